@@ -1,0 +1,67 @@
+"""structlog configuration: a pipeline of small processors, configured once.
+
+Every log line passes ``redact_secrets`` before it is rendered, so no call site can
+forget it. Events are named by what happened (``login.ok``, ``session.end``) and carry
+fields, not sentences. Exceptions are rendered with ``format_exc_info``: a plain
+traceback without frame locals (``dict_tracebacks`` would show locals, and a local
+may hold a password).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+#: Field names whose values are never written, whatever their type.
+SECRET_FIELDS = frozenset(
+    {
+        "password", "passwd", "pass", "secret", "app_password", "master_password",
+        "totp", "totp_code", "code", "otp", "seed", "sasl", "sasl_payload", "token",
+        "authorization", "credentials",
+    }
+)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]):
+    """Replace the value of any secret-named field, at any depth of dicts."""
+    for key, value in list(event_dict.items()):
+        if key.lower() in SECRET_FIELDS:
+            event_dict[key] = REDACTED
+        elif isinstance(value, dict):
+            event_dict[key] = redact_secrets(_logger, _method, dict(value))
+    return event_dict
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | None = None) -> None:
+    """Configure structlog for the whole process: JSON lines (default) or console text."""
+    out = file if file is not None else sys.stderr
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        redact_secrets,
+        structlog.processors.format_exc_info,
+    ]
+    if fmt == "console":
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    else:
+        processors.append(structlog.processors.JSONRenderer(sort_keys=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**fields: Any) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger().bind(**fields)

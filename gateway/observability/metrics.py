@@ -1,0 +1,127 @@
+"""Every Prometheus metric the gateway exports, defined in one place.
+
+Rules for this module:
+
+1. Names start with ``imap_gateway_``; dashboards and alert rules in ``grafana/``
+   depend on them, so a rename is a breaking change for administrators.
+2. No label ever carries a user name, an IP address or a session id: those are
+   unbounded (one attacker can mint millions) and belong in logs, not in metrics.
+   Label values come from small fixed sets, and ``command_label`` folds anything
+   unknown into ``"other"`` so a client cannot grow the series count.
+3. Metrics live in a registry of their own (``REGISTRY``) so the exporter shows
+   exactly what the gateway defines, without the client library's process defaults
+   being confused with gateway series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY, namespace="imap_gateway")
+
+_NS = "imap_gateway"
+
+connections_total = Counter(
+    "connections", "Client connections accepted.", ["listener", "tls_mode"],
+    namespace=_NS, registry=REGISTRY,
+)
+connections_active = Gauge(
+    "connections_active", "Client connections open now.", ["listener"],
+    namespace=_NS, registry=REGISTRY,
+)
+connections_rejected_total = Counter(
+    "connections_rejected", "Connections refused at accept time.", ["reason"],
+    namespace=_NS, registry=REGISTRY,
+)
+tls_handshake_failures_total = Counter(
+    "tls_handshake_failures", "Client TLS handshakes that failed.", ["listener", "reason"],
+    namespace=_NS, registry=REGISTRY,
+)
+auth_attempts_total = Counter(
+    "auth_attempts", "Login attempts by outcome.", ["result", "reason", "mechanism"],
+    namespace=_NS, registry=REGISTRY,
+)
+auth_decision_seconds = Histogram(
+    "auth_decision_seconds", "Time from login command to the answer.",
+    namespace=_NS, registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+plaintext_logins_blocked_total = Counter(
+    "plaintext_logins_blocked", "LOGIN/AUTHENTICATE refused because TLS was not active.",
+    ["listener"], namespace=_NS, registry=REGISTRY,
+)
+policy_denials_total = Counter(
+    "policy_denials", "Logins denied by a policy rule.", ["rule"],
+    namespace=_NS, registry=REGISTRY,
+)
+tarpit_delay_seconds = Histogram(
+    "tarpit_delay_seconds", "Delay added to failed logins by the limiter.",
+    namespace=_NS, registry=REGISTRY, buckets=(0.5, 1, 2, 4, 8, 16, 32),
+)
+bans_active = Gauge(
+    "bans_active", "Bans in force.", ["scope"], namespace=_NS, registry=REGISTRY,
+)
+bans_created_total = Counter(
+    "bans_created", "Bans created.", ["scope", "reason"], namespace=_NS, registry=REGISTRY,
+)
+anomalies_total = Counter(
+    "anomalies", "Anomalies detected.", ["kind"], namespace=_NS, registry=REGISTRY,
+)
+backend_connect_seconds = Histogram(
+    "backend_connect_seconds", "Backend connect, TLS and greeting time.", ["backend"],
+    namespace=_NS, registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+backend_errors_total = Counter(
+    "backend_errors", "Backend failures.", ["backend", "kind"], namespace=_NS, registry=REGISTRY,
+)
+backend_up = Gauge(
+    "backend_up", "1 if the last backend connection attempt succeeded.", ["backend"],
+    namespace=_NS, registry=REGISTRY,
+)
+bytes_relayed_total = Counter(
+    "bytes_relayed", "Bytes relayed after login.", ["direction"], namespace=_NS, registry=REGISTRY,
+)
+commands_relayed_total = Counter(
+    "commands_relayed", "Client commands relayed after login.", ["command"],
+    namespace=_NS, registry=REGISTRY,
+)
+commands_refused_total = Counter(
+    "commands_refused", "Client commands the gateway answered itself instead of relaying.",
+    ["reason"], namespace=_NS, registry=REGISTRY,
+)
+sessions_active = Gauge(
+    "sessions_active", "Authenticated sessions open now.", namespace=_NS, registry=REGISTRY,
+)
+session_duration_seconds = Histogram(
+    "session_duration_seconds", "Duration of client connections.",
+    namespace=_NS, registry=REGISTRY,
+    buckets=(0.1, 1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+preauth_disconnects_total = Counter(
+    "preauth_disconnects", "Connections closed by the gateway before login.", ["reason"],
+    namespace=_NS, registry=REGISTRY,
+)
+
+# The command label set: everything else is folded into "other" (rule 2).
+KNOWN_COMMANDS = frozenset(
+    """APPEND AUTHENTICATE CAPABILITY CHECK CLOSE COMPRESS COPY CREATE DELETE ENABLE EXAMINE
+    EXPUNGE FETCH GETACL GETMETADATA GETQUOTA GETQUOTAROOT ID IDLE LIST LOGIN LOGOUT LSUB MOVE
+    MYRIGHTS NAMESPACE NOOP RENAME SEARCH SELECT SETACL SETMETADATA SETQUOTA SORT STARTTLS STATUS
+    STORE SUBSCRIBE THREAD UID UNSELECT UNSUBSCRIBE XLIST
+    UID_COPY UID_EXPUNGE UID_FETCH UID_MOVE UID_SEARCH UID_SORT UID_STORE UID_THREAD""".split()
+)
+
+
+def command_label(name: str) -> str:
+    """Fold a client-chosen command name into the fixed label set ("UID FETCH" -> "UID_FETCH")."""
+    label = name.upper().replace(" ", "_")
+    return label if label in KNOWN_COMMANDS else "other"
+
+
+def render_latest() -> bytes:
+    """The text exposition of every gateway metric."""
+    return generate_latest(REGISTRY)
