@@ -1,0 +1,320 @@
+"""Admin commands for TOTP, app passwords and remembered devices, as plain functions.
+
+Each returns ``(exit_code, output)`` where output is text for a terminal or, with
+``as_json=True``, a JSON-ready dict; ``gateway/cli.py`` wires them to argparse and
+prints. Exit codes: 0 done, 1 the operation failed (unknown label, wrong code,
+store/key trouble), 2 bad arguments (duration, scope, label). Errors with
+``as_json`` are ``{"error": "..."}``.
+
+Secrets appear in output exactly twice, on purpose: ``totp enroll`` (seed, URI,
+QR code) and ``app-password create`` (the password). Listings never show them.
+``now`` defaults to the wall clock here, at the edge, and nowhere deeper.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import qrcode
+
+from gateway.auth.factors import InvalidScopeError, TotpResult
+from gateway.store.base import CredentialStore
+from gateway.store.errors import (
+    AppPasswordLabelExists,
+    AppPasswordNotFound,
+    DeviceNotFound,
+    StoreError,
+    TooManyAppPasswords,
+)
+
+Output = str | dict[str, Any]
+Result = tuple[int, Output]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90d"``, ``"12h"``, ``"2w"``, ``"1d12h"``, ``"45m"``, ``"30s"`` -> seconds.
+
+    Raises ValueError with the accepted forms; a bare number is refused because
+    "90" could mean days or seconds.
+    """
+    s = text.strip().lower()
+    pos, total = 0, 0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise ValueError(
+            f"bad duration {text!r}: use a number with a unit s/m/h/d/w, e.g. 90d, 12h, 1d12h"
+        )
+    return float(total)
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _fail(code: int, message: str, as_json: bool) -> Result:
+    return code, ({"error": message} if as_json else message)
+
+
+# --- totp ----------------------------------------------------------------------------
+
+
+def qr_text(data: str) -> str:
+    """A QR code of ``data`` drawn with block characters, for a terminal."""
+    qr = qrcode.QRCode(border=2)
+    qr.add_data(data)
+    qr.make(fit=True)
+    out = io.StringIO()
+    qr.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+def totp_enroll(
+    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None
+) -> Result:
+    """`imap-gateway totp enroll USER [--json]`: new pending seed, shown once."""
+    try:
+        enrollment = store.enroll(user, _now(now))
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {"user": user, "secret": enrollment.secret, "uri": enrollment.uri}
+    text = (
+        f"TOTP enrollment for {user} (pending until confirmed).\n"
+        "Scan this QR code with an authenticator app:\n\n"
+        f"{qr_text(enrollment.uri)}\n"
+        f"otpauth URI: {enrollment.uri}\n"
+        f"Secret for manual entry: {enrollment.secret}\n\n"
+        f"Then confirm with a current code: imap-gateway totp verify {user} CODE\n"
+        "Anyone who sees this secret can generate codes: clear the screen afterwards."
+    )
+    return EXIT_OK, text
+
+
+def totp_verify(
+    store: CredentialStore, user: str, code: str, *, as_json: bool = False, now: float | None = None
+) -> Result:
+    """`imap-gateway totp verify USER CODE`: activate the pending seed."""
+    try:
+        result = store.verify_enrollment(user, code.strip().replace(" ", ""), _now(now))
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if result is TotpResult.OK:
+        msg = f"TOTP is now active for {user}."
+        return EXIT_OK, ({"user": user, "status": "active"} if as_json else msg)
+    if result is TotpResult.NOT_ENROLLED:
+        msg = f"{user} has no pending TOTP enrollment: run `imap-gateway totp enroll {user}` first."
+    else:
+        msg = (
+            f"The code does not match {user}'s pending TOTP seed: check the phone's clock and "
+            "enter the code currently shown (6 digits)."
+        )
+    return _fail(EXIT_FAILED, msg, as_json)
+
+
+def totp_disable(store: CredentialStore, user: str, *, as_json: bool = False) -> Result:
+    """`imap-gateway totp disable USER`: remove active and pending seeds."""
+    try:
+        removed = store.disable(user)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if not removed:
+        return _fail(EXIT_FAILED, f"{user} has no TOTP enrollment.", as_json)
+    msg = f"TOTP disabled for {user}."
+    return EXIT_OK, ({"user": user, "status": "disabled"} if as_json else msg)
+
+
+# --- app passwords ---------------------------------------------------------------------
+
+
+def app_password_create(
+    store: CredentialStore,
+    user: str,
+    label: str,
+    *,
+    scopes: list[str] | None = None,
+    mailboxes: str | list[str] | None = None,
+    expires: str | None = None,
+    as_json: bool = False,
+    now: float | None = None,
+) -> Result:
+    """`imap-gateway app-password create USER --label L [--scope read-only]
+    [--mailboxes INBOX,Archive/*] [--expires 90d] [--json]`.
+
+    ``mailboxes`` (a comma list or a list of names) becomes one ``mailboxes=`` scope.
+    """
+    t = _now(now)
+    all_scopes = list(scopes or [])
+    if mailboxes:
+        names = mailboxes if isinstance(mailboxes, list) else [mailboxes]
+        all_scopes.append("mailboxes=" + ",".join(names))
+    try:
+        expires_at = None if not expires else t + parse_duration(expires)
+        created = store.create_app_password(user, label, all_scopes, expires_at, t)
+    except (InvalidScopeError, ValueError) as exc:
+        return _fail(EXIT_USAGE, str(exc), as_json)
+    except (AppPasswordLabelExists, TooManyAppPasswords, StoreError) as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    info = created.info
+    if as_json:
+        return EXIT_OK, {
+            "user": user,
+            "password": created.password,
+            "label": info.label,
+            "scopes": list(info.scopes),
+            "expires": info.expires,
+        }
+    text = (
+        f"App password for {user} ({info.label!r}, scopes: {', '.join(info.scopes)}, "
+        f"expires: {_fmt_time(info.expires) if info.expires else 'never'}):\n\n"
+        f"    {created.password}\n\n"
+        "It is shown only this once: enter it in the mail client now (dashes optional)."
+    )
+    return EXIT_OK, text
+
+
+def app_password_list(
+    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None
+) -> Result:
+    """`imap-gateway app-password list USER [--json]`: metadata only, never secrets."""
+    t = _now(now)
+    try:
+        items = store.list_app_passwords(user)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {
+            "user": user,
+            "app_passwords": [
+                {
+                    "label": i.label,
+                    "scopes": list(i.scopes),
+                    "created": i.created,
+                    "last_used": i.last_used,
+                    "last_ip": i.last_ip,
+                    "expires": i.expires,
+                    "expired": i.is_expired(t),
+                }
+                for i in items
+            ],
+        }
+    if not items:
+        return EXIT_OK, f"{user} has no app passwords."
+    lines = [f"{'LABEL':20} {'SCOPES':24} {'CREATED':21} {'LAST USED':21} {'LAST IP':16} EXPIRES"]
+    for i in items:
+        exp = "never" if i.expires is None else _fmt_time(i.expires)
+        if i.is_expired(t):
+            exp += " (expired)"
+        lines.append(
+            f"{i.label:20} {','.join(i.scopes):24} {_fmt_time(i.created):21} "
+            f"{_fmt_time(i.last_used):21} {i.last_ip or '-':16} {exp}"
+        )
+    return EXIT_OK, "\n".join(lines)
+
+
+def app_password_revoke(
+    store: CredentialStore, user: str, label: str, *, as_json: bool = False
+) -> Result:
+    """`imap-gateway app-password revoke USER LABEL`: stops working immediately."""
+    try:
+        store.revoke_app_password(user, label)
+    except AppPasswordNotFound as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    msg = f"Revoked app password {label!r} of {user}."
+    return EXIT_OK, ({"user": user, "revoked": label} if as_json else msg)
+
+
+# --- remembered devices --------------------------------------------------------------------
+
+
+def devices_list(
+    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None
+) -> Result:
+    """`imap-gateway devices list USER [--json]`."""
+    t = _now(now)
+    try:
+        devices = store.list_devices(user)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {
+            "user": user,
+            "devices": [
+                {
+                    "id": d.id,
+                    "network": d.network,
+                    "client_name": d.client_name,
+                    "created": d.created,
+                    "last_seen": d.last_seen,
+                    "expires": d.expires,
+                    "expired": d.is_expired(t),
+                }
+                for d in devices
+            ],
+        }
+    if not devices:
+        return EXIT_OK, f"{user} has no remembered devices."
+    lines = [f"{'ID':>5} {'NETWORK':20} {'CLIENT':20} {'LAST SEEN':21} EXPIRES"]
+    for d in devices:
+        exp = _fmt_time(d.expires) + (" (expired)" if d.is_expired(t) else "")
+        lines.append(
+            f"{d.id:>5} {d.network:20} {d.client_name or '-':20} {_fmt_time(d.last_seen):21} {exp}"
+        )
+    return EXIT_OK, "\n".join(lines)
+
+
+def devices_forget(
+    store: CredentialStore,
+    user: str,
+    device_id: int | str | None = None,
+    *,
+    all_devices: bool = False,
+    as_json: bool = False,
+) -> Result:
+    """`imap-gateway devices forget USER [ID|--all]`: the next login needs TOTP again."""
+    target: int | Literal["all"]
+    if all_devices or device_id == "all":
+        if device_id not in (None, "all"):
+            return _fail(EXIT_USAGE, "give either a device ID or --all, not both", as_json)
+        target = "all"
+    elif device_id is None:
+        return _fail(
+            EXIT_USAGE,
+            f"give a device ID (see `imap-gateway devices list {user}`) or --all",
+            as_json,
+        )
+    else:
+        try:
+            target = int(device_id)
+        except ValueError:
+            return _fail(EXIT_USAGE, f"device ID must be a number, got {device_id!r}", as_json)
+    try:
+        count = store.forget(user, target)
+    except DeviceNotFound as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    msg = f"Forgot {count} remembered device(s) of {user}."
+    return EXIT_OK, ({"user": user, "forgotten": count} if as_json else msg)

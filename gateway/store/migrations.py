@@ -1,0 +1,113 @@
+"""SQLite schema migrations: ordered functions, one per schema version.
+
+Rules of this module:
+
+1. A migration is appended, never edited once released: databases in the field
+   have already run the old text. Version N's function turns schema N-1 into N.
+2. Each migration runs inside the same transaction that bumps
+   ``schema_version``; a failure leaves the database at the previous version.
+3. ``BEGIN IMMEDIATE`` takes the write lock first, so two gateway processes
+   starting at once cannot both migrate.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from gateway.store.errors import StoreSchemaError
+
+
+def _v1_initial(db: sqlite3.Connection) -> None:
+    # totp: one row per user. active_seed/pending_seed are AES-GCM blobs (keyfile.py).
+    # last_step is the newest accepted RFC 6238 counter: replay protection.
+    db.execute(
+        """CREATE TABLE totp (
+            user TEXT PRIMARY KEY,
+            active_seed BLOB,
+            activated REAL,
+            pending_seed BLOB,
+            pending_since REAL,
+            last_step INTEGER
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE app_passwords (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            label TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL,
+            last_used REAL,
+            last_ip TEXT,
+            UNIQUE (user, label)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            network TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            UNIQUE (user, network, client_name)
+        )"""
+    )
+
+
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (1, _v1_initial),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(db: sqlite3.Connection) -> int:
+    """The schema version of ``db``; 0 for an empty database."""
+    row = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if row is None:
+        return 0
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def migrate(db: sqlite3.Connection, path: str) -> int:
+    """Bring ``db`` (autocommit connection) to LATEST_VERSION; return the version reached.
+
+    Raises StoreSchemaError if the database is newer than this code, which means
+    an older gateway binary is pointed at a database a newer one upgraded.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = current_version(db)
+        if version > LATEST_VERSION:
+            raise StoreSchemaError(
+                f"credential database {path} has schema version {version}, but this gateway "
+                f"knows only up to {LATEST_VERSION}: run the newer gateway version, or restore "
+                "a backup made before the upgrade"
+            )
+        for target, step in MIGRATIONS:
+            if target <= version:
+                continue
+            try:
+                step(db)
+            except sqlite3.Error as exc:
+                raise StoreSchemaError(
+                    f"credential database {path}: migration to schema version {target} failed: "
+                    f"{exc}; the database was left at version {version}"
+                ) from exc
+            version = target
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return version

@@ -1,0 +1,479 @@
+"""The embedded credential store: one SQLite file plus a key file for TOTP seeds.
+
+Rules of this module:
+
+1. Thread-safe by construction: one connection (``check_same_thread=False``)
+   guarded by a lock held only around SQL, never around scrypt, so slow app
+   password checks from several worker threads run in parallel.
+2. State changes that must not race (TOTP replay counter, enrollment) are one
+   conditional UPDATE each, atomic in SQLite even across processes sharing the
+   file (WAL mode, busy timeout).
+3. Costs: ``verify_app_password`` runs at most one scrypt per app password of that
+   user (capped at MAX_APP_PASSWORDS_PER_USER) and none at all when the secret is
+   not shaped like an app password. Everything else is a few indexed queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from gateway.auth.factors import (
+    TotpResult,
+    device_client_name,
+    device_network,
+    generate_app_password,
+    hash_app_password,
+    new_totp_secret,
+    normalize_app_password,
+    totp_matching_step,
+    totp_uri,
+    validate_scopes,
+    verify_app_password_hash,
+)
+from gateway.store.base import (
+    AppPasswordCheck,
+    AppPasswordInfo,
+    AppPasswordStatus,
+    DeviceInfo,
+    NewAppPassword,
+    TotpEnrollment,
+    TotpStatus,
+)
+from gateway.store.errors import (
+    AppPasswordLabelExists,
+    AppPasswordNotFound,
+    DeviceNotFound,
+    StoreError,
+    StoreKeyError,
+    TooManyAppPasswords,
+)
+from gateway.store.keyfile import SeedCipher, load_key
+from gateway.store.migrations import migrate
+
+# Bounds the scrypt work one login can cause (see verify_app_password).
+MAX_APP_PASSWORDS_PER_USER = 20
+# Bounds the rows one user's logins can create; the least recently seen go first.
+MAX_DEVICES_PER_USER = 50
+LABEL_MAX = 64
+
+_APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip"
+_DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
+
+
+class SqliteCredentialStore:
+    """CredentialStore on SQLite. Open once per process; share it between threads.
+
+    ``create_key=True`` (admin commands, first start) creates a missing key file,
+    unless the database already holds seeds: a new key could not decrypt them,
+    so that case is a StoreKeyError whatever ``create_key`` says. Opening also
+    test-decrypts one stored seed, so a wrong key fails at start, not at the
+    first TOTP login.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key_file: str | os.PathLike[str],
+        *,
+        create_key: bool = False,
+    ) -> None:
+        self.path = str(path)
+        self.key_file = str(key_file)
+        self._lock = threading.Lock()
+        _create_private_file(Path(self.path))
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open credential database {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            migrate(self._db, self.path)
+            self._cipher = self._open_cipher(create_key)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_cipher(self, create_key: bool) -> SeedCipher | None:
+        has_seed = "active_seed IS NOT NULL OR pending_seed IS NOT NULL"
+        (seeds,) = self._db.execute(f"SELECT COUNT(*) FROM totp WHERE {has_seed}").fetchone()
+        key = load_key(self.key_file, create=create_key and not seeds)
+        if key is None:
+            if seeds:
+                raise StoreKeyError(
+                    f"TOTP key file {self.key_file} is missing, but {self.path} holds encrypted "
+                    f"TOTP seeds for {seeds} user(s): restore the key file from backup "
+                    "(check [store] key_file), or disable and re-enroll those users",
+                    key_file=self.key_file,
+                )
+            return None
+        cipher = SeedCipher(key, self.key_file)
+        if seeds:
+            user, blob = self._db.execute(
+                f"SELECT user, COALESCE(active_seed, pending_seed) FROM totp WHERE {has_seed} "
+                "LIMIT 1"
+            ).fetchone()
+            cipher.decrypt(user, blob)  # raises StoreKeyError naming the file if wrong
+        return cipher
+
+    def __enter__(self) -> SqliteCredentialStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteCredentialStore(path={self.path!r}, key_file={self.key_file!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _require_cipher(self) -> SeedCipher:
+        if self._cipher is None:
+            # An admin command may have created the key file since we opened
+            # (first `totp enroll` while the gateway runs): pick it up.
+            key = load_key(self.key_file, create=False)
+            if key is not None:
+                self._cipher = SeedCipher(key, self.key_file)
+                return self._cipher
+            raise StoreKeyError(
+                f"TOTP key file {self.key_file} does not exist: run `imap-gateway totp enroll "
+                "USER` (it creates the key file) or start the gateway once to create it",
+                key_file=self.key_file,
+            )
+        return self._cipher
+
+    # --- TOTP ---------------------------------------------------------------------
+
+    def enroll(self, user: str, now: float) -> TotpEnrollment:
+        """Create a pending seed for ``user``; it takes effect on verify_enrollment.
+
+        An already active seed keeps working until the new one is confirmed, so a
+        user who re-enrolls and gives up half way is not locked out. Enrolling
+        again replaces an unconfirmed pending seed.
+        """
+        cipher = self._require_cipher()
+        secret = new_totp_secret()
+        blob = cipher.encrypt(user, secret)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO totp (user, pending_seed, pending_since) VALUES (?, ?, ?) "
+                "ON CONFLICT (user) DO UPDATE SET pending_seed = excluded.pending_seed, "
+                "pending_since = excluded.pending_since",
+                (user, blob, now),
+            )
+        return TotpEnrollment(user=user, secret=secret, uri=totp_uri(secret, user))
+
+    def verify_enrollment(self, user: str, code: str, now: float) -> TotpResult:
+        """Activate the pending seed if ``code`` is valid for it now (±1 step).
+
+        The code's step becomes the last accepted step, so the code typed to
+        confirm enrollment cannot be replayed to log in.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pending_seed FROM totp WHERE user = ?", (user,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return TotpResult.NOT_ENROLLED
+        blob = row[0]
+        step = totp_matching_step(self._require_cipher().decrypt(user, blob), code, now)
+        if step is None:
+            return TotpResult.INVALID
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE totp SET active_seed = pending_seed, activated = ?, pending_seed = NULL, "
+                "pending_since = NULL, last_step = ? WHERE user = ? AND pending_seed = ?",
+                (now, step, user, blob),
+            )
+        # rowcount 0: a concurrent enroll replaced the seed this code was for.
+        return TotpResult.OK if cur.rowcount == 1 else TotpResult.INVALID
+
+    def disable(self, user: str) -> bool:
+        """Remove the user's TOTP (active and pending). Returns whether there was any."""
+        with self._lock:
+            return self._db.execute("DELETE FROM totp WHERE user = ?", (user,)).rowcount > 0
+
+    def totp_status(self, user: str) -> TotpStatus:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT active_seed IS NOT NULL, pending_seed IS NOT NULL FROM totp WHERE user = ?",
+                (user,),
+            ).fetchone()
+        if row is None:
+            return TotpStatus.NONE
+        if row[0]:
+            return TotpStatus.ACTIVE
+        return TotpStatus.PENDING if row[1] else TotpStatus.NONE
+
+    def check_totp(self, user: str, code: str, now: float) -> TotpResult:
+        """Check a login's TOTP code and, if it is good, consume its time step.
+
+        ``replay``: the code is right but its step is not newer than the last
+        accepted one (someone saw it, or two logins raced; exactly one wins).
+        Raises StoreKeyError if the seed cannot be decrypted: fail closed.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT active_seed, last_step FROM totp WHERE user = ?", (user,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return TotpResult.NOT_ENROLLED
+        blob, last_step = row
+        step = totp_matching_step(self._require_cipher().decrypt(user, blob), code, now)
+        if step is None:
+            return TotpResult.INVALID
+        if last_step is not None and step <= last_step:
+            return TotpResult.REPLAY
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE totp SET last_step = ? WHERE user = ? AND active_seed = ? "
+                "AND (last_step IS NULL OR last_step < ?)",
+                (step, user, blob, step),
+            )
+        return TotpResult.OK if cur.rowcount == 1 else TotpResult.REPLAY
+
+    # --- app passwords ----------------------------------------------------------------
+
+    def create_app_password(
+        self,
+        user: str,
+        label: str,
+        scopes: Sequence[str] | None,
+        expires: float | None,
+        now: float,
+    ) -> NewAppPassword:
+        """Generate, hash (scrypt, slow) and store a new app password; return it once.
+
+        Raises ValueError (bad label/expiry), InvalidScopeError, AppPasswordLabelExists
+        or TooManyAppPasswords, each naming what to change.
+        """
+        label = label.strip()
+        if not label or len(label) > LABEL_MAX or not label.isprintable():
+            raise ValueError(f"label must be 1-{LABEL_MAX} printable characters")
+        canon_scopes = validate_scopes(list(scopes) if scopes else None)
+        if expires is not None and expires <= now:
+            raise ValueError("expiry must be in the future")
+        password = generate_app_password()
+        encoded = hash_app_password(password)
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM app_passwords WHERE user = ?", (user,)
+            ).fetchone()
+            if count >= MAX_APP_PASSWORDS_PER_USER:
+                raise TooManyAppPasswords(
+                    f"user {user!r} already has {count} app passwords (the limit is "
+                    f"{MAX_APP_PASSWORDS_PER_USER}); revoke unused ones with "
+                    f"`imap-gateway app-password revoke {user} LABEL`"
+                )
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO app_passwords (user, label, hash, scopes, created, expires) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (user, label, encoded, json.dumps(list(canon_scopes)), now, expires),
+                )
+            except sqlite3.IntegrityError:
+                raise AppPasswordLabelExists(
+                    f"user {user!r} already has an app password labelled {label!r}: choose "
+                    f"another label or revoke it first (imap-gateway app-password revoke {user} "
+                    f"{label!r})"
+                ) from None
+            new_id = cur.lastrowid
+        info = AppPasswordInfo(
+            id=int(new_id or 0),
+            user=user,
+            label=label,
+            scopes=canon_scopes,
+            created=now,
+            expires=expires,
+            last_used=None,
+            last_ip=None,
+        )
+        return NewAppPassword(password=password, info=info)
+
+    def verify_app_password(self, user: str, secret: str, now: float) -> AppPasswordCheck:
+        """Does ``secret`` match one of the user's app passwords? Slow: run in a thread.
+
+        Cost: 0 scrypts if the secret is not app-password shaped; otherwise up to
+        one per app password of the user (at most MAX_APP_PASSWORDS_PER_USER),
+        active ones first, most recently used first, stopping at the first match.
+        There is no per-password lookup id on purpose: any public part of the
+        password would cut its entropy. Expired ones are checked last only to tell
+        ``expired`` apart from ``no_match`` (a clearer log for the admin); they
+        never verify. Does not write: call record_app_password_use on success.
+        """
+        canon = normalize_app_password(secret)
+        if canon is None:
+            return AppPasswordCheck(AppPasswordStatus.NO_MATCH)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_APP_COLS}, hash FROM app_passwords WHERE user = ? ORDER BY "
+                "(expires IS NOT NULL AND expires <= ?), last_used IS NULL, last_used DESC, id",
+                (user, now),
+            ).fetchall()
+        checked = 0
+        for row in rows:
+            checked += 1
+            if verify_app_password_hash(canon, row[-1]):
+                info = _app_info(row[:-1])
+                status = AppPasswordStatus.EXPIRED if info.is_expired(now) else AppPasswordStatus.OK
+                return AppPasswordCheck(status, info, shaped=True, hashes_checked=checked)
+        return AppPasswordCheck(AppPasswordStatus.NO_MATCH, shaped=True, hashes_checked=checked)
+
+    def record_app_password_use(self, app_password_id: int, ip: str, now: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE app_passwords SET last_used = ?, last_ip = ? WHERE id = ?",
+                (now, ip, app_password_id),
+            )
+
+    def list_app_passwords(self, user: str) -> list[AppPasswordInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_APP_COLS} FROM app_passwords WHERE user = ? ORDER BY created, id",
+                (user,),
+            ).fetchall()
+        return [_app_info(r) for r in rows]
+
+    def revoke_app_password(self, user: str, label: str) -> None:
+        """Delete the app password; it stops verifying immediately (the label becomes free)."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM app_passwords WHERE user = ? AND label = ?", (user, label)
+            )
+        if cur.rowcount == 0:
+            raise AppPasswordNotFound(
+                f"user {user!r} has no app password labelled {label!r}; see "
+                f"`imap-gateway app-password list {user}`"
+            )
+
+    # --- remembered devices -----------------------------------------------------------
+
+    def remember(
+        self, user: str, ip: str, client_name: str | None, ttl: float, now: float
+    ) -> DeviceInfo:
+        """Trust (user, network of ``ip``, client name) for ``ttl`` seconds from ``now``.
+
+        Call after a login that passed TOTP *and* the backend password. Remembering
+        the same device again extends it and keeps its id. Expired rows of the user
+        are pruned here, and past MAX_DEVICES_PER_USER the least recently seen go.
+        """
+        if ttl <= 0:
+            raise ValueError("remember-device ttl must be positive (0 means: do not remember)")
+        network = device_network(ip)
+        name = device_client_name(client_name)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM devices WHERE user = ? AND expires <= ?", (user, now))
+                row = self._db.execute(
+                    "INSERT INTO devices (user, network, client_name, created, expires, last_seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user, network, client_name) DO UPDATE "
+                    "SET expires = excluded.expires, last_seen = excluded.last_seen "
+                    f"RETURNING {_DEV_COLS}",
+                    (user, network, name, now, now + ttl, now),
+                ).fetchone()
+                self._db.execute(
+                    "DELETE FROM devices WHERE user = ? AND id NOT IN (SELECT id FROM devices "
+                    "WHERE user = ? ORDER BY last_seen DESC, id DESC LIMIT ?)",
+                    (user, user, MAX_DEVICES_PER_USER),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return _device_info(row)
+
+    def is_remembered(self, user: str, ip: str, client_name: str | None, now: float) -> bool:
+        """Is this device trusted at ``now``? Marks it seen (for `devices list`) if so."""
+        try:
+            network = device_network(ip)
+        except ValueError:
+            return False
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE devices SET last_seen = ? WHERE user = ? AND network = ? "
+                "AND client_name = ? AND expires > ?",
+                (now, user, network, device_client_name(client_name), now),
+            )
+        return cur.rowcount > 0
+
+    def list_devices(self, user: str) -> list[DeviceInfo]:
+        """All remembered devices of the user, expired ones included (see is_expired)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_DEV_COLS} FROM devices WHERE user = ? ORDER BY created, id", (user,)
+            ).fetchall()
+        return [_device_info(r) for r in rows]
+
+    def forget(self, user: str, device_id: int | Literal["all"]) -> int:
+        """Forget one device by id, or ``"all"`` of the user's. Returns how many went.
+
+        Raises DeviceNotFound for an id the user does not have (ids of other
+        users' devices are not found either).
+        """
+        with self._lock:
+            if device_id == "all":
+                return self._db.execute("DELETE FROM devices WHERE user = ?", (user,)).rowcount
+            cur = self._db.execute(
+                "DELETE FROM devices WHERE user = ? AND id = ?", (user, int(device_id))
+            )
+        if cur.rowcount == 0:
+            raise DeviceNotFound(
+                f"user {user!r} has no remembered device {device_id}; see "
+                f"`imap-gateway devices list {user}`"
+            )
+        return cur.rowcount
+
+
+def open_store(
+    path: str | os.PathLike[str], key_file: str | os.PathLike[str], *, create_key: bool = False
+) -> SqliteCredentialStore:
+    """Open (creating and migrating as needed) the SQLite credential store."""
+    return SqliteCredentialStore(path, key_file, create_key=create_key)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 if missing: it holds hashes and encrypted seeds."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create credential database {path}: {exc.strerror}") from exc
+
+
+def _app_info(row: Sequence[object]) -> AppPasswordInfo:
+    id_, user, label, scopes, created, expires, last_used, last_ip = row
+    return AppPasswordInfo(
+        id=int(id_),  # type: ignore[call-overload]
+        user=str(user),
+        label=str(label),
+        scopes=tuple(json.loads(str(scopes))),
+        created=float(created),  # type: ignore[arg-type]
+        expires=None if expires is None else float(expires),  # type: ignore[arg-type]
+        last_used=None if last_used is None else float(last_used),  # type: ignore[arg-type]
+        last_ip=None if last_ip is None else str(last_ip),
+    )
+
+
+def _device_info(row: Sequence[object]) -> DeviceInfo:
+    id_, user, network, client_name, created, expires, last_seen = row
+    return DeviceInfo(
+        id=int(id_),  # type: ignore[call-overload]
+        user=str(user),
+        network=str(network),
+        client_name=str(client_name),
+        created=float(created),  # type: ignore[arg-type]
+        expires=float(expires),  # type: ignore[arg-type]
+        last_seen=float(last_seen),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,395 @@
+"""The SQLite credential store against a real database file and key file in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from gateway.auth.factors import TotpResult
+from gateway.store import (
+    AppPasswordLabelExists,
+    AppPasswordNotFound,
+    AppPasswordStatus,
+    CredentialStore,
+    DeviceNotFound,
+    SqliteCredentialStore,
+    StoreKeyError,
+    StoreSchemaError,
+    TooManyAppPasswords,
+    TotpStatus,
+    open_store,
+)
+from gateway.store.migrations import LATEST_VERSION, current_version
+from gateway.store.sqlite import MAX_APP_PASSWORDS_PER_USER
+
+T0 = 1_700_000_015.0  # 15 s into a TOTP step
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "state" / "gateway.db", tmp_path / "state" / "store.key"
+
+
+@pytest.fixture
+def store(paths: tuple[Path, Path]) -> SqliteCredentialStore:
+    db, key = paths
+    s = open_store(db, key, create_key=True)
+    yield s
+    s.close()
+
+
+def enroll_active(store: SqliteCredentialStore, user: str, now: float = T0) -> str:
+    """Enroll and confirm TOTP with a code from the step before ``now``; return the seed."""
+    secret, _uri = store.enroll(user, now)
+    assert store.verify_enrollment(user, pyotp.TOTP(secret).at(now - 30), now) is TotpResult.OK
+    return secret
+
+
+# --- schema and files ------------------------------------------------------------------
+
+
+def test_migrates_empty_database_and_is_idempotent(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    open_store(db, key).close()
+    conn = sqlite3.connect(db)
+    assert current_version(conn) == LATEST_VERSION
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"schema_version", "totp", "app_passwords", "devices"} <= tables
+    conn.close()
+    with open_store(db, key) as again:  # reopening does not re-run migrations
+        assert again.totp_status("nobody") is TotpStatus.NONE
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_newer_schema_is_refused_with_advice(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    open_store(db, key).close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreSchemaError, match="schema version 99.*newer gateway"):
+        open_store(db, key)
+
+
+def test_the_store_satisfies_the_protocol(store: SqliteCredentialStore) -> None:
+    assert isinstance(store, CredentialStore)
+
+
+def test_key_file_created_0600_only_when_asked(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key) as s:  # create_key=False: no key file appears
+        assert not key.exists()
+        with pytest.raises(StoreKeyError, match=r"store\.key does not exist.*totp enroll"):
+            s.enroll("alice", T0)
+    with open_store(db, key, create_key=True):
+        pass
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+
+
+def test_seed_is_not_stored_in_plaintext(
+    store: SqliteCredentialStore, paths: tuple[Path, Path]
+) -> None:
+    secret = enroll_active(store, "alice")
+    pending, _ = store.enroll("bob", T0)
+    store.close()
+    db, _key = paths
+    blob = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("gateway.db"))
+    for s in (secret, pending):
+        assert s.encode() not in blob
+        assert s.lower().encode() not in blob
+
+
+def test_missing_key_with_seeds_in_db_is_a_clear_error(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key, create_key=True) as s:
+        enroll_active(s, "alice")
+    key.unlink()
+    for create in (False, True):  # never mint a new key over existing seeds
+        with pytest.raises(StoreKeyError, match=r"store\.key is missing.*1 user.*restore") as err:
+            open_store(db, key, create_key=create)
+        assert err.value.key_file == str(key)
+    assert not key.exists()
+
+
+def test_wrong_key_fails_at_open_naming_the_file(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key, create_key=True) as s:
+        enroll_active(s, "alice")
+    key.write_bytes(os.urandom(32))
+    with pytest.raises(StoreKeyError, match=r"cannot decrypt.*alice.*store\.key.*restore"):
+        open_store(db, key)
+
+
+def test_malformed_or_world_readable_key_is_refused(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"short")
+    key.chmod(0o600)
+    with pytest.raises(StoreKeyError, match="holds 5 bytes, expected 32"):
+        open_store(db, key)
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o644)
+    with pytest.raises(StoreKeyError, match="readable by every user.*chmod 600"):
+        open_store(db, key)
+
+
+def test_seed_row_moved_to_another_user_does_not_decrypt(
+    store: SqliteCredentialStore, paths: tuple[Path, Path]
+) -> None:
+    enroll_active(store, "alice")
+    store._db.execute(  # an attacker with DB write access copies alice's seed to mallory
+        "INSERT INTO totp (user, active_seed, last_step) SELECT 'mallory', active_seed, NULL "
+        "FROM totp WHERE user = 'alice'"
+    )
+    with pytest.raises(StoreKeyError, match="mallory"):
+        store.check_totp("mallory", "123456", T0)
+
+
+# --- TOTP -------------------------------------------------------------------------------------
+
+
+def test_enrollment_is_pending_until_verified(store: SqliteCredentialStore) -> None:
+    secret, uri = store.enroll("alice", T0)
+    assert "issuer=imap-gateway" in uri and secret in uri
+    assert store.totp_status("alice") is TotpStatus.PENDING
+    code = pyotp.TOTP(secret).at(T0)
+    assert store.check_totp("alice", code, T0) is TotpResult.NOT_ENROLLED
+    assert (
+        store.verify_enrollment("alice", "000000" if code != "000000" else "111111", T0)
+        is TotpResult.INVALID
+    )
+    assert store.verify_enrollment("alice", code, T0) is TotpResult.OK
+    assert store.totp_status("alice") is TotpStatus.ACTIVE
+    # the code that confirmed enrollment cannot be replayed to log in
+    assert store.check_totp("alice", code, T0) is TotpResult.REPLAY
+    assert store.verify_enrollment("carol", "123456", T0) is TotpResult.NOT_ENROLLED
+
+
+def test_check_totp_right_wrong_replay_window(store: SqliteCredentialStore) -> None:
+    secret = enroll_active(store, "alice")  # step(T0) - 1 consumed
+    otp = pyotp.TOTP(secret)
+    t = T0 + 60  # two steps later
+    wrong = f"{(int(otp.at(t)) + 1) % 1_000_000:06d}"
+    assert store.check_totp("alice", wrong, t) is TotpResult.INVALID
+    assert store.check_totp("alice", otp.at(t - 30), t) is TotpResult.OK  # -1 step accepted
+    assert store.check_totp("alice", otp.at(t - 30), t) is TotpResult.REPLAY
+    assert store.check_totp("alice", otp.at(t), t) is TotpResult.OK  # newer step: fine
+    assert store.check_totp("alice", otp.at(t + 30), t) is TotpResult.OK  # +1 step accepted
+    # now the current step is older than the last accepted one: a replay, not a new login
+    assert store.check_totp("alice", otp.at(t), t) is TotpResult.REPLAY
+    later = t + 300
+    assert store.check_totp("alice", otp.at(later - 60), later) is TotpResult.INVALID  # -2 steps
+    assert store.check_totp("alice", otp.at(later + 60), later) is TotpResult.INVALID  # +2 steps
+    assert store.check_totp("bob", otp.at(later), later) is TotpResult.NOT_ENROLLED
+
+
+def test_replay_state_survives_reopen(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key, create_key=True) as s:
+        secret = enroll_active(s, "alice")
+        code = pyotp.TOTP(secret).at(T0 + 30)
+        assert s.check_totp("alice", code, T0 + 30) is TotpResult.OK
+    with open_store(db, key) as s:
+        assert s.check_totp("alice", code, T0 + 30) is TotpResult.REPLAY
+
+
+def test_concurrent_use_of_one_code_accepts_exactly_one(store: SqliteCredentialStore) -> None:
+    secret = enroll_active(store, "alice")
+    t = T0 + 30
+    code = pyotp.TOTP(secret).at(t)
+    results: list[TotpResult] = []
+    barrier = threading.Barrier(8)
+
+    def login() -> None:
+        barrier.wait()
+        results.append(store.check_totp("alice", code, t))
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert results.count(TotpResult.OK) == 1
+    assert results.count(TotpResult.REPLAY) == 7
+
+
+def test_reenrollment_keeps_old_seed_until_confirmed_and_disable(
+    store: SqliteCredentialStore,
+) -> None:
+    old = enroll_active(store, "alice")
+    new, _ = store.enroll("alice", T0 + 60)
+    t = T0 + 90
+    assert store.check_totp("alice", pyotp.TOTP(old).at(t), t) is TotpResult.OK
+    assert store.verify_enrollment("alice", pyotp.TOTP(new).at(t), t) is TotpResult.OK
+    t += 60
+    assert store.check_totp("alice", pyotp.TOTP(old).at(t), t) is TotpResult.INVALID
+    assert store.check_totp("alice", pyotp.TOTP(new).at(t), t) is TotpResult.OK
+    assert store.disable("alice") is True
+    assert store.totp_status("alice") is TotpStatus.NONE
+    assert store.check_totp("alice", pyotp.TOTP(new).at(t + 30), t + 30) is TotpResult.NOT_ENROLLED
+    assert store.disable("alice") is False
+
+
+def test_enrollment_repr_hides_secret(store: SqliteCredentialStore) -> None:
+    e = store.enroll("alice", T0)
+    assert e.secret not in repr(e) and "otpauth" not in repr(e)
+
+
+# --- app passwords ------------------------------------------------------------------------------
+
+
+def test_app_password_create_verify_and_metadata(
+    store: SqliteCredentialStore, paths: tuple[Path, Path]
+) -> None:
+    new = store.create_app_password("alice", "iPhone", ["read-only"], None, T0)
+    assert new.password not in repr(new)
+    assert new.info.scopes == ("read-only",) and new.info.expires is None
+    ok = store.verify_app_password("alice", new.password, T0 + 1)
+    assert ok.status is AppPasswordStatus.OK and ok.info is not None and ok.info.label == "iPhone"
+    # typed without dashes, in capitals: still the same password
+    typed = new.password.replace("-", "").upper()
+    assert store.verify_app_password("alice", typed, T0 + 1).status is AppPasswordStatus.OK
+    # another user's app password does not verify for alice, and vice versa
+    assert store.verify_app_password("bob", new.password, T0).status is AppPasswordStatus.NO_MATCH
+    store.record_app_password_use(new.info.id, "192.0.2.9", T0 + 5)
+    [listed] = store.list_app_passwords("alice")
+    assert (listed.last_used, listed.last_ip, listed.created) == (T0 + 5, "192.0.2.9", T0)
+    store.close()
+    db, _ = paths
+    raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("gateway.db"))
+    assert new.password.encode() not in raw
+    assert new.password.replace("-", "").encode() not in raw
+    assert b"scrypt$16384$8$1$" in raw
+
+
+def test_wrong_password_costs_no_scrypt_unless_shaped(store: SqliteCredentialStore) -> None:
+    store.create_app_password("alice", "laptop", None, None, T0)
+    plain = store.verify_app_password("alice", "correct horse battery", T0)
+    assert (plain.status, plain.shaped, plain.hashes_checked) == (
+        AppPasswordStatus.NO_MATCH,
+        False,
+        0,
+    )
+    guess = store.verify_app_password("alice", "abcde-fghij-kmnpq-rstuv", T0)
+    assert (guess.status, guess.shaped, guess.hashes_checked) == (
+        AppPasswordStatus.NO_MATCH,
+        True,
+        1,
+    )
+
+
+def test_expired_app_password_never_verifies(store: SqliteCredentialStore) -> None:
+    new = store.create_app_password("alice", "temp", None, T0 + 3600, T0)
+    assert (
+        store.verify_app_password("alice", new.password, T0 + 3599).status is AppPasswordStatus.OK
+    )
+    check = store.verify_app_password("alice", new.password, T0 + 3600)
+    assert check.status is AppPasswordStatus.EXPIRED
+    with pytest.raises(ValueError, match="future"):
+        store.create_app_password("alice", "past", None, T0 - 1, T0)
+
+
+def test_revoke_by_label(store: SqliteCredentialStore) -> None:
+    a = store.create_app_password("alice", "phone", None, None, T0)
+    b = store.create_app_password("alice", "tablet", None, None, T0)
+    store.revoke_app_password("alice", "phone")
+    assert store.verify_app_password("alice", a.password, T0).status is AppPasswordStatus.NO_MATCH
+    assert store.verify_app_password("alice", b.password, T0).status is AppPasswordStatus.OK
+    assert [i.label for i in store.list_app_passwords("alice")] == ["tablet"]
+    with pytest.raises(AppPasswordNotFound, match="no app password labelled 'phone'.*list alice"):
+        store.revoke_app_password("alice", "phone")
+
+
+def test_labels_are_unique_per_user_and_validated(store: SqliteCredentialStore) -> None:
+    store.create_app_password("alice", "phone", None, None, T0)
+    with pytest.raises(
+        AppPasswordLabelExists, match="already has an app password labelled 'phone'"
+    ):
+        store.create_app_password("alice", "phone", None, None, T0)
+    store.create_app_password("bob", "phone", None, None, T0)  # other user: fine
+    for bad in ("", "   ", "x" * 65, "tab\there"):
+        with pytest.raises(ValueError, match="label"):
+            store.create_app_password("alice", bad, None, None, T0)
+
+
+def test_app_password_count_is_capped(store: SqliteCredentialStore) -> None:
+    # fill the table directly: creating 20 through the API would cost 20 scrypts
+    for i in range(MAX_APP_PASSWORDS_PER_USER):
+        store._db.execute(
+            "INSERT INTO app_passwords (user, label, hash, scopes, created) VALUES (?, ?, 'x', '[\"full\"]', ?)",
+            ("alice", f"l{i}", T0),
+        )
+    with pytest.raises(TooManyAppPasswords, match="limit is 20.*revoke"):
+        store.create_app_password("alice", "one more", None, None, T0)
+
+
+# --- remembered devices ------------------------------------------------------------------------------
+
+
+def test_device_remembered_then_forgotten(store: SqliteCredentialStore) -> None:
+    dev = store.remember("alice", "192.0.2.10", "Thunderbird", 3600, T0)
+    assert (dev.network, dev.client_name, dev.expires) == ("192.0.2.0/24", "Thunderbird", T0 + 3600)
+    assert store.is_remembered("alice", "192.0.2.200", "Thunderbird", T0 + 10)  # same /24
+    assert not store.is_remembered("alice", "192.0.3.10", "Thunderbird", T0 + 10)  # other /24
+    assert not store.is_remembered("alice", "192.0.2.10", "K-9 Mail", T0 + 10)  # other client
+    assert not store.is_remembered("bob", "192.0.2.10", "Thunderbird", T0 + 10)  # other user
+    assert store.forget("alice", dev.id) == 1
+    assert not store.is_remembered("alice", "192.0.2.10", "Thunderbird", T0 + 20)
+    with pytest.raises(DeviceNotFound, match="devices list alice"):
+        store.forget("alice", dev.id)
+
+
+def test_device_expires_after_ttl_and_refresh_keeps_id(store: SqliteCredentialStore) -> None:
+    dev = store.remember("alice", "2001:db8:5:6::1", None, 100, T0)
+    assert store.is_remembered("alice", "2001:db8:5:6:ffff::2", "", T0 + 99)  # same /64
+    assert not store.is_remembered("alice", "2001:db8:5:7::1", "", T0 + 99)  # other /64
+    # remembering again before expiry (a new TOTP login) extends it and keeps the id
+    again = store.remember("alice", "2001:db8:5:6::9", "", 100, T0 + 50)
+    assert again.id == dev.id and again.expires == T0 + 150
+    assert store.is_remembered("alice", "2001:db8:5:6::1", "", T0 + 149)
+    assert not store.is_remembered("alice", "2001:db8:5:6::1", "", T0 + 150)
+    assert [d.id for d in store.list_devices("alice")] == [dev.id]
+
+
+def test_forget_all_and_other_users_untouched(store: SqliteCredentialStore) -> None:
+    store.remember("alice", "192.0.2.1", "a", 3600, T0)
+    store.remember("alice", "198.51.100.1", "b", 3600, T0)
+    bob = store.remember("bob", "192.0.2.1", "a", 3600, T0)
+    with pytest.raises(DeviceNotFound):
+        store.forget("alice", bob.id)  # ids of other users' devices are not alice's to forget
+    assert store.forget("alice", "all") == 2
+    assert store.list_devices("alice") == []
+    assert store.is_remembered("bob", "192.0.2.1", "a", T0 + 1)
+
+
+def test_remember_prunes_expired_and_rejects_zero_ttl(store: SqliteCredentialStore) -> None:
+    store.remember("alice", "192.0.2.1", "old", 10, T0)
+    store.remember("alice", "192.0.2.1", "new", 3600, T0 + 20)
+    assert [d.client_name for d in store.list_devices("alice")] == ["new"]
+    with pytest.raises(ValueError, match="ttl"):
+        store.remember("alice", "192.0.2.1", "x", 0, T0)
+
+
+def test_is_remembered_marks_last_seen_and_ignores_garbage_ip(store: SqliteCredentialStore) -> None:
+    store.remember("alice", "192.0.2.1", "c", 3600, T0)
+    assert store.is_remembered("alice", "192.0.2.7", "c", T0 + 50)
+    [d] = store.list_devices("alice")
+    assert d.last_seen == T0 + 50
+    assert not store.is_remembered("alice", "not-an-ip", "c", T0 + 50)
+
+
+def test_running_store_picks_up_key_created_later_by_admin(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key) as gateway:  # started before any key existed
+        with open_store(db, key, create_key=True) as admin_cli:
+            secret = enroll_active(admin_cli, "alice")
+        code = pyotp.TOTP(secret).at(T0 + 30)
+        assert gateway.check_totp("alice", code, T0 + 30) is TotpResult.OK
