@@ -1,0 +1,273 @@
+"""The limiter: failed-login counting, tarpits, bans and smart lockout.
+
+Theory of operation
+-------------------
+Four sliding windows of ``[limits] fail_window`` count failed logins: per client IP, per
+subnet (/24, /64), per user, per (user, IP). A failure is identified by its attempt
+fingerprint (HMAC of user and password, computed by the shell; the limiter never sees
+the password), and the windows hold distinct fingerprints: a phone retrying the same
+stale password counts once, an attacker trying new passwords counts every time.
+
+Escalation, from mild to hard:
+
+1. tarpit: the NO is delayed ``tarpit_base * 2**(n-1)`` (at most ``tarpit_max``), where n
+   is the larger of the IP's and the (user, IP) pair's failure count;
+2. ban: at ``ip_fail_threshold`` the IP, at ``subnet_fail_threshold`` the subnet, is banned
+   for ``ban_ttl * 2**(offences-1)`` (at most ``ban_ttl_max``); offences are remembered
+   for ``offence_memory``. A ban restarts that source's failure window, so after it ends
+   the source gets a fresh threshold, and a longer ban if it offends again;
+3. anomalies (``gateway.anomaly``): a password spray from one source bans it too.
+
+Smart lockout (why a per-user limit cannot lock a victim out): a successful login makes
+the user's subnet "familiar" for ``familiar_ttl``. The per-user and per-(user, IP)
+thresholds only block logins from unfamiliar networks, and failures from a familiar
+network do not count toward the per-user threshold. An attacker elsewhere can make the
+user's account unreachable from *other* unfamiliar networks, never from the networks
+the user actually uses; the user's own typos at home never lock them out on the road.
+
+``[limits] allow_networks`` are never banned (and exempt from IP-wide tarpits); their
+failures are still counted and their anomalies still raised.
+
+All methods take the clock ``now`` (wall-clock seconds). They are async only because the
+state may be Redis; the decisions themselves are the pure rules in ``gateway.limits.rules``.
+User names are case-folded so "Alice" and "ALICE" share counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gateway.anomaly.detectors import AnomalyDetector
+from gateway.anomaly.model import Anomaly
+from gateway.limits.decisions import (
+    Ban,
+    BanScope,
+    ConnectDecision,
+    FailureOutcome,
+    LoginGate,
+    SuccessOutcome,
+)
+from gateway.limits.rules import (
+    ban_ttl,
+    canonical_ip,
+    covering_network_keys,
+    host_network,
+    is_allow_listed,
+    normalize_network,
+    overlaps_allow_list,
+    subnet_of,
+    tarpit_seconds,
+)
+from gateway.limits.settings import AnomalySettings, LimitsSettings
+from gateway.limits.state import StateBackend
+
+_K = "lim:"
+_FAMILIAR_CAP = 64  # networks remembered per user; the most recently used win
+
+
+class BanRefused(ValueError):
+    """An admin ban would cover an allow-listed network (``[limits] allow_networks``)."""
+
+
+class Limiter:
+    """Decisions for the shell: ``check_connect``, ``check_login``, ``record_failure``,
+    ``record_success``; and ban administration: ``list_bans``, ``add_ban``, ``remove_ban``.
+
+    ``anomalies`` is the detector the limiter feeds on logins; the shell feeds it the rest
+    (``observe_plaintext_attempt``, ``observe_bytes``, ``observe_expunge``).
+    """
+
+    def __init__(
+        self,
+        state: StateBackend,
+        settings: LimitsSettings | None = None,
+        anomaly_settings: AnomalySettings | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = settings or LimitsSettings()
+        self.anomalies = AnomalyDetector(state, anomaly_settings)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def subnet(self, ip: str) -> str:
+        s = self.settings
+        return subnet_of(ip, s.subnet_v4_prefix, s.subnet_v6_prefix)
+
+    def is_allow_listed(self, ip: str) -> bool:
+        return is_allow_listed(ip, self.settings.allow)
+
+    async def _familiar(self, user: str, subnet: str, now: float) -> bool:
+        return await self.state.window_contains(
+            f"{_K}fam:{user}", subnet, now, self.settings.familiar_ttl
+        )
+
+    async def _ban(self, scope: BanScope, network: str, reason: str, now: float) -> Ban:
+        s = self.settings
+        offences = await self.state.incr(f"{_K}off:{network}", now, s.offence_memory)
+        ttl = ban_ttl(offences, s.ban_ttl, s.ban_ttl_max)
+        ban = Ban(scope=scope, network=network, reason=reason, created=now,
+                  expires=now + ttl, source="auto")
+        await self.state.ban_put(ban, now)
+        return ban
+
+    # -- connection and login gates ---------------------------------------------------
+
+    async def check_connect(self, ip: str, now: float) -> ConnectDecision:
+        """Is ``ip`` banned (as a host, as a subnet, or inside any admin-banned network)?
+
+        Allow-listed addresses are always admitted. Connection counts and rates are the
+        ``ConnectionTracker``'s job (in-process); this is the shared ban check.
+        """
+        ip = canonical_ip(ip)
+        if self.is_allow_listed(ip):
+            return ConnectDecision(True, "allow_listed")
+        bans = await self.state.ban_get(covering_network_keys(ip), now)
+        if bans:
+            ban = max(bans, key=lambda b: b.expires)
+            return ConnectDecision(False, f"banned:{ban.reason}", ban)
+        return ConnectDecision(True, "ok")
+
+    async def check_login(self, user: str, ip: str, now: float) -> LoginGate:
+        """May ``user`` attempt a login from ``ip`` now (asked before verifying anything)?
+
+        Blocks a banned source, and a user under attack but only from networks where the
+        user has not logged in recently (smart lockout). The client must get the same
+        generic NO as for a wrong password; the reason is for logs.
+        """
+        s = self.settings
+        ip, user = canonical_ip(ip), user.casefold()
+        subnet = self.subnet(ip)
+        if not self.is_allow_listed(ip):
+            bans = await self.state.ban_get(covering_network_keys(ip), now)
+            if bans:
+                return LoginGate(False, f"banned:{bans[0].reason}")
+        user_n, pair_n = await self.state.window_count(
+            [f"{_K}f:u:{user}", f"{_K}f:ui:{user}|{ip}"], now, s.fail_window
+        )
+        if user_n < s.user_fail_threshold and pair_n < s.user_ip_fail_threshold:
+            return LoginGate(True, "ok")
+        if await self._familiar(user, subnet, now):
+            return LoginGate(True, "familiar_network")
+        if pair_n >= s.user_ip_fail_threshold:
+            return LoginGate(False, "user_ip_failures")
+        return LoginGate(False, "user_lockout")
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    async def record_failure(
+        self, user: str, ip: str, fingerprint: bytes, now: float
+    ) -> FailureOutcome:
+        """Count a failed login and say how to answer it (tarpit) and what it triggered.
+
+        ``fingerprint`` is ``HMAC-SHA256(process_secret, user + "\\0" + password)[:8]``;
+        only its hex form is stored.
+        """
+        s = self.settings
+        ip, user = canonical_ip(ip), user.casefold()
+        subnet = self.subnet(ip)
+        allow = self.is_allow_listed(ip)
+        fp = fingerprint.hex()
+        familiar = await self._familiar(user, subnet, now)
+        keys = {
+            "ip": f"{_K}f:ip:{ip}",
+            "subnet": f"{_K}f:net:{subnet}",
+            "user_ip": f"{_K}f:ui:{user}|{ip}",
+            "user": f"{_K}f:u:{user}",
+        }
+        duplicate = await self.state.window_contains(f"{_K}fp:{user}", fp, now, s.fail_window)
+        if duplicate:
+            values = await self.state.window_count(list(keys.values()), now, s.fail_window)
+        else:
+            # Failures from a familiar network do not count against the user account:
+            # only the owner's own typos happen there.
+            entries = [(k, fp) for name, k in keys.items() if name != "user" or not familiar]
+            entries.append((f"{_K}fp:{user}", fp))
+            added = await self.state.window_add(entries, now, s.fail_window)
+            values = added[:-1]
+            if familiar:
+                values.append((await self.state.window_count([keys["user"]], now,
+                                                              s.fail_window))[0])
+        counts = dict(zip(keys, values, strict=True))
+
+        tarpit_n = counts["user_ip"] if allow else max(counts["ip"], counts["user_ip"])
+        tarpit = tarpit_seconds(tarpit_n, s.tarpit_base, s.tarpit_max)
+
+        new_bans: list[Ban] = []
+        banned: set[str] = set()
+        if not allow:
+            banned = {b.network for b in await self.state.ban_get(covering_network_keys(ip), now)}
+            if counts["ip"] >= s.ip_fail_threshold and host_network(ip) not in banned:
+                new_bans.append(await self._ban("ip", host_network(ip), "ip_failures", now))
+                await self.state.delete([keys["ip"]])
+            if counts["subnet"] >= s.subnet_fail_threshold and subnet not in banned:
+                new_bans.append(await self._ban("subnet", subnet, "subnet_failures", now))
+                await self.state.delete([keys["subnet"]])
+            banned |= {b.network for b in new_bans}
+
+        anomalies = []
+        for a in await self.anomalies.observe_login_failure(user, ip, subnet, now):
+            spray_ban = (a.kind == "password_spray" and not allow
+                         and self.anomalies.settings.spray_action == "ban")
+            if spray_ban:
+                scope: BanScope = "ip" if a.ip is not None else "subnet"
+                target = host_network(ip) if a.ip is not None else subnet
+                if target not in banned:
+                    new_bans.append(await self._ban(scope, target, "password_spray", now))
+                    banned.add(target)
+                a = dataclasses.replace(a, action="banned")
+            elif tarpit > 0:
+                a = dataclasses.replace(a, action="tarpitted")
+            anomalies.append(a)
+        return FailureOutcome(tarpit_seconds=tarpit, new_bans=tuple(new_bans),
+                              anomalies=tuple(anomalies), duplicate=duplicate, counts=counts)
+
+    async def record_success(self, user: str, ip: str, now: float) -> SuccessOutcome:
+        """A successful login: the user's subnet becomes familiar (exempt from the user
+        lockout there) and the (user, IP) failure count is cleared. Raises
+        ``new_network_for_user`` when the subnet is new and the user had others."""
+        s = self.settings
+        ip, user = canonical_ip(ip), user.casefold()
+        subnet = self.subnet(ip)
+        fam_key = f"{_K}fam:{user}"
+        previous = await self.state.window_members(fam_key, now, s.familiar_ttl)
+        await self.state.window_add([(fam_key, subnet)], now, s.familiar_ttl, _FAMILIAR_CAP)
+        await self.state.delete([f"{_K}f:ui:{user}|{ip}"])
+        anomalies: list[Anomaly] = await self.anomalies.observe_login_success(
+            user, ip, now, subnet=subnet, previous_networks=previous
+        )
+        return SuccessOutcome(anomalies=tuple(anomalies), new_network=subnet not in previous)
+
+    # -- ban administration (imap-gateway bans list|add|remove) -------------------------
+
+    async def list_bans(self, now: float) -> list[Ban]:
+        """Active bans, soonest expiry first."""
+        return await self.state.ban_list(now)
+
+    async def add_ban(
+        self, network: str, now: float, *, ttl: float | None = None, reason: str = "admin"
+    ) -> Ban:
+        """Ban an address or CIDR network for ``ttl`` seconds (default ``ban_ttl_max``).
+
+        Raises ``BanRefused`` if it overlaps ``[limits] allow_networks`` (those are never
+        banned; remove the entry from the allow list first) and ``InvalidAddress`` for text
+        that is not an address or network.
+        """
+        net = normalize_network(network)
+        clash = overlaps_allow_list(net, self.settings.allow)
+        if clash is not None:
+            raise BanRefused(
+                f"{net} overlaps allow-listed {clash} ([limits] allow_networks); "
+                "allow-listed networks are never banned"
+            )
+        ttl = self.settings.ban_ttl_max if ttl is None else ttl
+        if ttl <= 0:
+            raise ValueError(f"ban ttl must be > 0 seconds, got {ttl}")
+        scope: BanScope = "ip" if net.prefixlen == net.max_prefixlen else "subnet"
+        ban = Ban(scope=scope, network=str(net), reason=reason, created=now,
+                  expires=now + ttl, source="admin")
+        await self.state.ban_put(ban, now)
+        return ban
+
+    async def remove_ban(self, network: str, now: float) -> bool:
+        """Lift the ban of exactly this network (as listed); False if none existed."""
+        return await self.state.ban_delete(str(normalize_network(network)))
