@@ -1,0 +1,86 @@
+"""Summary statistics and the result table: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+TARGETS = ("dovecot-direct", "haproxy", "gateway")
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list (p in 0..100); the value is always a real sample."""
+    if not sorted_values:
+        raise ValueError("percentile of no samples")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile {p} outside 0..100")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    if not values:
+        raise ValueError("median of no values")
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def fmt(value: float | None) -> str:
+    """Three significant digits, no exponent: the noise here is ~10 %, more digits would be fiction."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:,.{digits}f}"
+
+
+def short_error(message: str) -> str:
+    """One line for under the table: the first line, plus the last line when a log tail follows."""
+    lines = [ln.strip(" |+-") for ln in message.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return "unknown error"
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
+def ratio(gateway: float | None, haproxy: float | None) -> float | None:
+    if gateway is None or haproxy is None or haproxy == 0:
+        return None
+    return gateway / haproxy
+
+
+def table(rows: list[tuple[str, dict[str, float | None]]], errors: dict[str, str]) -> str:
+    """Markdown table: metric | dovecot-direct | haproxy | gateway | gateway/haproxy.
+
+    A target that failed shows 'error' in its column (the reason is listed under the table).
+    """
+    head = ["metric", *TARGETS, "gateway/haproxy"]
+    body = []
+    for metric, values in rows:
+        cells = [metric]
+        for t in TARGETS:
+            v = values.get(t)
+            cells.append("error" if v is None and t in errors else fmt(v))
+        r = ratio(values.get("gateway"), values.get("haproxy"))
+        cells.append("-" if r is None else f"{r:.2f}")
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
+    sep = (
+        "| " + " | ".join("-" * (w - 1) + (":" if i else "-") for i, w in enumerate(widths)) + " |"
+    )
+    out = [line(head), sep, *map(line, body)]
+    for target, err in errors.items():
+        out.append(f"\n{target}: {err}")
+    return "\n".join(out)

@@ -1,0 +1,28 @@
+import pytest
+
+from bench.cli import WORKLOADS, parse_args, split_cpus
+from bench.stats import TARGETS
+
+
+def test_defaults_are_the_documented_full_run():
+    s = parse_args([])
+    assert (s.rounds, s.sessions, s.clients, s.fetch_messages) == (5, 2000, 32, 1000)
+    assert s.only == WORKLOADS and s.targets == TARGETS
+
+
+def test_quick_is_small_and_flags_override_it():
+    s = parse_args(["--quick", "--sessions", "50"])
+    assert s.rounds == 2 and s.fetch_messages == 100 and s.sessions == 50
+
+
+def test_only_keeps_canonical_order_and_rejects_unknown(capsys):
+    assert parse_args(["--only", "memory,logins"]).only == ("logins", "memory")
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "logins,speed"])
+    assert "unknown ['speed']" in capsys.readouterr().err
+
+
+def test_split_cpus_gives_the_client_its_own_core():
+    assert split_cpus({0, 1}) == ({0}, {1})
+    assert split_cpus({2, 3, 5}) == ({2}, {3, 5})
+    assert split_cpus({0}) == (None, None)  # one core: no pinning at all

@@ -1,0 +1,67 @@
+import pytest
+
+from bench.stats import fmt, median, percentile, ratio, short_error, table
+
+
+def test_percentile_is_nearest_rank_sample():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    # with few samples p99 is the maximum, not an interpolation past it
+    assert percentile([1.0, 2.0, 3.0], 99) == 3.0
+
+
+def test_percentile_rejects_empty_and_out_of_range():
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="outside"):
+        percentile([1.0], 101)
+
+
+def test_median_odd_and_even():
+    assert median([5, 1, 3]) == 3
+    assert median([4, 1, 3, 2]) == 2.5
+
+
+def test_fmt_three_significant_digits():
+    assert fmt(612.4) == "612"
+    assert fmt(0.8547) == "0.855"
+    assert fmt(1225.2) == "1,225"
+    assert fmt(17.73) == "17.7"
+    assert fmt(None) == "-"
+
+
+def test_ratio_needs_both_values():
+    assert ratio(300.0, 600.0) == 0.5
+    assert ratio(None, 600.0) is None
+    assert ratio(300.0, 0.0) is None
+
+
+def test_table_marks_failed_target_and_ratio():
+    rows = [
+        ("TLS logins/s", {"dovecot-direct": 650.0, "haproxy": 600.0, "gateway": 300.0}),
+        ("NOOP p50 µs", {"dovecot-direct": 80.0, "haproxy": 90.0}),
+    ]
+    text = table(rows, {"gateway": "noop: ImapError: LOGIN answered NO"})
+    lines = text.splitlines()
+    assert lines[0].split("|")[1:-1] == [
+        " metric       ",
+        " dovecot-direct ",
+        " haproxy ",
+        " gateway ",
+        " gateway/haproxy ",
+    ]
+    assert lines[2].split("|")[5].strip() == "0.50"
+    assert lines[3].split("|")[4].strip() == "error"
+    assert lines[3].split("|")[5].strip() == "-"
+    assert "gateway: noop: ImapError: LOGIN answered NO" in text
+
+
+def test_short_error_keeps_first_and_last_line():
+    msg = "gateway exited (rc 1); last lines of x.log:\n  | Traceback\n  | ImportError: no module\n  +----"
+    assert (
+        short_error(msg) == "gateway exited (rc 1); last lines of x.log: ... ImportError: no module"
+    )
+    assert short_error("one line") == "one line"
