@@ -1,0 +1,606 @@
+"""The post-auth client->backend command stream: the relay's hot path.
+
+Rules of this module:
+
+1. It sees every byte the logged-in client sends and decides, per command, whether the
+   backend gets it (as is, or rewritten) or the gateway answers itself. It reads only what a
+   decision needs: tag, command name, UID subcommand and the mailbox argument.
+2. It never raises on client bytes (only on a bad :data:`CommandFilter` result, which is a
+   gateway bug). No I/O, no clock, no logging.
+3. It keeps the gateway and the backend in agreement on where every command ends, so no
+   client can hide a command where the gateway does not look:
+
+   * Synchronizing literals are answered by the gateway (``+ Ready for literal data``) and
+     forwarded as LITERAL+ (``{n+}``). The gateway therefore never depends on whether the
+     backend accepted a literal: the client's bytes after ``{n}`` are the literal, always.
+     (Needs a backend with LITERAL+; Dovecot has it.) Cost: a command the backend would
+     refuse before its literal still has its literal sent.
+   * Commands the backend does not know are answered ``BAD`` here and never reach it:
+     Dovecot stops parsing an unknown command at its name and then reads a literal's body
+     as the next command (see :func:`commands_for_capabilities`).
+   * Commands with a fixed number of arguments are read whole and refused here when they
+     have more: Dovecot leaves extra arguments unread, literals included (see MAX_ARGS).
+   * Lines that do not tokenize are answered ``BAD`` here too.
+4. Literal bodies are never copied or inspected: they leave as ``memoryview`` slices of the
+   fed chunks. A chunk that is forwarded unchanged leaves as one ``Forward`` of the chunk.
+
+Costs and bounds: O(lines) Python work plus one ``find`` per byte of line text (in C);
+literal bytes cost O(1) per fed chunk. The framer holds at most ``max_line`` bytes of an
+unfinished line; a fixed-arity command that carries literals is held whole, at most
+MAX_COLLECTED bytes; nothing else is buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Final, Literal
+
+from .framing import (
+    NEED_DATA,
+    Framer,
+    FramingError,
+    LineSegment,
+    LiteralData,
+    find_literal_marker,
+    strip_eol,
+)
+from .responses import tagged, untagged
+from .tokens import Atom, ListTok, ParseError, String, Token, as_astring, parse_head, tokenize
+
+__all__ = [
+    "Action",
+    "Close",
+    "Command",
+    "CommandFilter",
+    "CommandFilterError",
+    "CommandInfo",
+    "CommandStream",
+    "Forward",
+    "BASE_COMMANDS",
+    "KNOWN_COMMANDS",
+    "MAX_ARGS",
+    "commands_for_capabilities",
+    "Reply",
+    "Verdict",
+]
+
+READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
+
+#: Answered by the gateway itself whatever the backend offers.
+_GATEWAY_COMMANDS: Final = frozenset({"CAPABILITY", "COMPRESS", "STARTTLS", "LOGIN", "AUTHENTICATE"})
+#: RFC 3501 commands every IMAP4rev1 backend implements.
+BASE_COMMANDS: Final = _GATEWAY_COMMANDS | frozenset(
+    """APPEND CHECK CLOSE COPY CREATE DELETE EXAMINE EXPUNGE FETCH LIST LOGOUT LSUB NOOP
+    RENAME SEARCH SELECT STATUS STORE SUBSCRIBE UNSUBSCRIBE""".split()
+    + ["UID COPY", "UID FETCH", "UID SEARCH", "UID STORE"]
+)
+#: Extension commands, enabled by the backend capability that announces them.
+_EXTENSION_COMMANDS: Final = {
+    "IDLE": ["IDLE"],
+    "NAMESPACE": ["NAMESPACE"],
+    "UNSELECT": ["UNSELECT"],
+    "ID": ["ID"],
+    "ENABLE": ["ENABLE"],
+    "MOVE": ["MOVE", "UID MOVE"],
+    "UIDPLUS": ["UID EXPUNGE"],
+    "SORT": ["SORT", "UID SORT"],
+    "THREAD=": ["THREAD", "UID THREAD"],
+    "QUOTA": ["GETQUOTA", "GETQUOTAROOT", "SETQUOTA"],
+    "ACL": ["GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS"],
+    "METADATA": ["GETMETADATA", "SETMETADATA"],
+    "METADATA-SERVER": ["GETMETADATA", "SETMETADATA"],
+    "NOTIFY": ["NOTIFY"],
+    "REPLACE": ["REPLACE", "UID REPLACE"],
+    "XLIST": ["XLIST"],
+    "UNAUTHENTICATE": ["UNAUTHENTICATE"],
+    "IMAP4REV2": ["IDLE", "NAMESPACE", "UNSELECT", "ENABLE", "MOVE", "UID MOVE", "UID EXPUNGE"],
+}
+
+
+def commands_for_capabilities(caps: Iterable[str]) -> frozenset[str]:
+    """The commands to relay for a backend with capabilities ``caps`` (its post-login list).
+
+    Why not a fixed list: a command the backend does not know is answered ``BAD`` by Dovecot
+    *without reading its literal*, so the literal's body would run as a command the gateway
+    never inspected (verified against Dovecot 2.3.19: ``a GETQUOTAROOT INBOX {14+}`` without
+    the quota plugin).
+    """
+    out = set(BASE_COMMANDS)
+    for cap in caps:
+        up = cap.upper()
+        key = "THREAD=" if up.startswith("THREAD=") else up
+        out.update(_EXTENSION_COMMANDS.get(key, ()))
+    return frozenset(out)
+
+
+#: What Dovecot 2.3 offers by default (no quota/acl/metadata plugins).
+KNOWN_COMMANDS: Final = commands_for_capabilities(
+    "IDLE NAMESPACE UNSELECT ID ENABLE MOVE UIDPLUS SORT THREAD=REFS NOTIFY".split()
+)
+
+#: Commands whose handler reads a fixed number of arguments. Dovecot leaves any further
+#: argument unread -- and an unread literal's body then runs as commands (verified for each
+#: of these against Dovecot 2.3.19: ``a NOOP {14+}`` + ``b CAPABILITY`` runs b). The stream
+#: reads such commands whole (bounded by MAX_COLLECTED) and refuses extra arguments.
+MAX_ARGS: Final = {
+    **dict.fromkeys(
+        """NOOP CAPABILITY CHECK CLOSE EXPUNGE UNSELECT NAMESPACE LOGOUT IDLE UNAUTHENTICATE
+        STARTTLS""".split(),
+        0,
+    ),
+    **dict.fromkeys(
+        "CREATE DELETE SUBSCRIBE UNSUBSCRIBE GETQUOTAROOT GETQUOTA MYRIGHTS GETACL".split(), 1
+    ),
+    **dict.fromkeys(
+        "STATUS RENAME COPY MOVE SETQUOTA LISTRIGHTS DELETEACL SETMETADATA".split(), 2
+    ),
+    **dict.fromkeys(["UID COPY", "UID MOVE"], 2),
+    "UID EXPUNGE": 1,
+    "SETACL": 3,
+}
+#: Bytes (lines and literals) of one fixed-arity command the stream holds while reading it.
+MAX_COLLECTED: Final = 16384
+
+#: Index of the mailbox argument, per command.
+_MAILBOX_ARG: Final = {
+    **dict.fromkeys(
+        """SELECT EXAMINE STATUS APPEND CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE
+        GETQUOTAROOT MYRIGHTS GETACL SETACL DELETEACL LISTRIGHTS REPLACE""".split(),
+        0,
+    ),
+    **dict.fromkeys(["COPY", "MOVE", "UID COPY", "UID MOVE", "UID REPLACE"], 1),
+}
+_LIST_COMMANDS: Final = frozenset({"LIST", "LSUB", "XLIST"})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    """What a command filter may look at.
+
+    ``mailbox``: the mailbox argument (SELECT/EXAMINE/STATUS/APPEND/CREATE/DELETE/RENAME
+    source/SUBSCRIBE/..., COPY/MOVE destination, LIST/LSUB pattern), decoded UTF-8 with
+    ``surrogateescape`` and *not* decoded from modified UTF-7; None when absent.
+    ``mailbox_unknown``: the command names a mailbox that the stream could not read (given
+    as a literal, or several LIST patterns) -- a scope filter should refuse such commands
+    rather than treat them as mailbox-less.
+    """
+
+    tag: bytes
+    name: str
+    mailbox: str | None = None
+    mailbox_unknown: bool = False
+    #: The command's first line segment as received (CRLF included), given to a command
+    #: filter so it can build a ``Verdict.REWRITE`` (e.g. SELECT sent as EXAMINE).
+    line: bytes = field(default=b"", repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A command filter's answer. Use ``Verdict.FORWARD``, ``Verdict.REFUSE(response)``
+    (complete reply bytes for the client, CRLF-terminated) or ``Verdict.REWRITE(line)``
+    (replaces the command's first line segment, CRLF included; if that segment announced a
+    literal the new line must end with the same literal marker)."""
+
+    action: Literal["forward", "refuse", "rewrite"]
+    data: bytes = field(default=b"", repr=False)
+
+    FORWARD: ClassVar[Verdict]
+
+    @staticmethod
+    def REFUSE(response: bytes) -> Verdict:  # noqa: N802 - reads like a constant
+        return Verdict("refuse", response)
+
+    @staticmethod
+    def REWRITE(line: bytes) -> Verdict:  # noqa: N802
+        return Verdict("rewrite", line)
+
+
+Verdict.FORWARD = Verdict("forward")
+
+CommandFilter = Callable[[CommandInfo], Verdict]
+
+
+class CommandFilterError(ValueError):
+    """A command filter returned something the stream cannot apply safely."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``data`` to the backend as is."""
+
+    data: bytes | memoryview = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The gateway answers the client itself (write at a backend response boundary)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command was seen (for metrics and logs)."""
+
+    info: CommandInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Write ``data`` (a BYE) to the client, then close the session."""
+
+    reason: str
+    data: bytes
+
+
+Action = Forward | Reply | Command | Close
+
+
+def _to_non_sync(line: bytes) -> bytes:
+    """Rewrite the ``{n}`` marker at the end of ``line`` as ``{n+}`` (LITERAL+)."""
+    body = strip_eol(line)
+    return body[:-1] + b"+}" + line[len(body) :]
+
+
+class CommandStream:
+    """Relay state for one logged-in client: feed bytes, get actions.
+
+    ``capability_line``: the capability list (without ``* CAPABILITY``) the gateway answers
+    CAPABILITY with, so the backend's list (which has COMPRESS) never reaches the client.
+    ``command_filter``: called once per command after the built-in rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        capability_line: bytes,
+        command_filter: CommandFilter | None = None,
+        max_line: int = 65536,
+        known_commands: frozenset[str] = KNOWN_COMMANDS,
+    ) -> None:
+        self.capability_line = capability_line
+        self.command_filter = command_filter
+        self.known_commands = known_commands
+        self.closed = False
+        self._framer = Framer(max_line, None, role="client")
+        self._mode: Literal["forward", "drop", "collect"] = "forward"  # current command's rest
+        # "collect" (a fixed-arity command with literals, read whole before deciding):
+        self._held: list[bytes] = []  # its bytes as they will go to the backend
+        self._parts: list[tuple[bytes, bytes | None]] = []  # tokenizer input
+        self._literal_buf = bytearray()
+        self._held_size = 0
+        self._first_seg: LineSegment | None = None
+        self._idle = False  # an IDLE was forwarded: the next line should be DONE
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed client bytes; returns actions in order. ``b""`` (EOF) returns ``[]``."""
+        if self.closed or not data:
+            return []
+        framer = self._framer
+        whole = framer.partial_len == 0
+        framer.receive_data(data)
+        self._out: list[Action] = []
+        self._pending: list[bytes] = []  # consecutive small forwards, joined once
+        self._unchanged = True
+        while True:
+            ev = framer.next_event()
+            if ev is NEED_DATA:
+                break
+            if isinstance(ev, LiteralData):
+                if self._mode == "forward":
+                    self._forward_view(ev.data)
+                else:
+                    self._unchanged = False  # dropped, or held until the command is whole
+                    if self._mode == "collect":
+                        self._collect_literal(ev)
+            elif isinstance(ev, LineSegment):
+                self._on_segment(ev)
+            elif isinstance(ev, FramingError):
+                self._on_error(ev)
+                break
+        if whole and self._unchanged and framer.buffered_len == 0:
+            out = [a for a in self._out if isinstance(a, Command)]
+            out.append(Forward(data))
+            return out
+        self._flush()
+        return self._out
+
+    # -- output helpers ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._pending:
+            joined = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._out.append(Forward(joined))
+            self._pending = []
+
+    def _forward_line(self, line: bytes, changed: bool = False) -> None:
+        self._pending.append(line)
+        if changed:
+            self._unchanged = False
+
+    def _forward_view(self, view: memoryview) -> None:
+        self._flush()
+        self._out.append(Forward(view))
+
+    def _act(self, action: Action) -> None:
+        if not isinstance(action, Command):
+            self._unchanged = False
+        self._flush()
+        self._out.append(action)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _on_error(self, ev: FramingError) -> None:
+        self.closed = True
+        if ev.kind == "line_too_long":
+            self._act(Close("line_too_long", untagged("BYE", "Line too long.")))
+        else:
+            self._act(Close(ev.kind, untagged("BYE", "Invalid literal size.")))
+
+    def _on_segment(self, seg: LineSegment) -> None:
+        lit = seg.literal
+        if not seg.first:
+            # The rest of a command that has (had) a literal.
+            if self._mode == "drop":
+                if lit is not None and lit.sync:
+                    self._framer.cancel_literal()
+                self._unchanged = False
+                return
+            if self._mode == "collect":
+                self._collect_segment(seg)
+                return
+            self._forward_segment(seg.data, lit)
+            return
+        if self._idle:
+            self._idle = False
+            if lit is None and strip_eol(seg.data).upper() == b"DONE":
+                self._forward_line(seg.data)
+                return
+        self._mode = "forward"
+        info_or_reply = self._inspect(seg)
+        if isinstance(info_or_reply, bytes):
+            self._refuse(seg, info_or_reply)
+            return
+        if isinstance(info_or_reply, tuple):  # fixed arity with a literal: read it whole
+            self._start_collect(seg)
+            return
+        self._decide(seg, info_or_reply)
+
+    def _decide(self, seg: LineSegment, info: CommandInfo, held: list[bytes] | None = None) -> None:
+        """Apply the built-in rules and the filter to a command whose first segment is
+        ``seg``; ``held`` is the rest of a collected command (already converted)."""
+        lit = seg.literal
+        self._act(Command(info))
+        verdict = self._builtin(info)
+        if verdict is None and self.command_filter is not None:
+            verdict = self.command_filter(replace(info, line=seg.data))
+            if not isinstance(verdict, Verdict):
+                raise CommandFilterError(
+                    f"command filter returned {type(verdict).__name__} for {info.name}; "
+                    "expected a Verdict"
+                )
+        if verdict is not None and verdict.action == "refuse":
+            if held is not None:  # all of it was read already: nothing more to drop
+                self._act(Reply(verdict.data))
+                self._mode = "forward"
+            else:
+                self._refuse(seg, verdict.data)
+            return
+        line = seg.data
+        if verdict is not None and verdict.action == "rewrite":
+            line = self._checked_rewrite(seg, verdict.data)
+        if held is not None:
+            self._mode = "forward"
+            line = _to_non_sync(line) if lit is not None and lit.sync else line
+            self._forward_line(line, changed=True)
+            for piece in held:
+                self._forward_line(piece)
+        else:
+            self._forward_segment(line, lit, changed=line is not seg.data)
+        if lit is None and info.name == "IDLE":
+            self._idle = True
+
+    # -- fixed-arity commands with literals: read whole, then decide ------------------------------
+
+    def _start_collect(self, seg: LineSegment) -> None:
+        self._mode = "collect"
+        self._first_seg = seg
+        self._held = []
+        self._parts = []
+        self._held_size = 0
+        self._collect_segment(seg, first=True)
+
+    def _collect_segment(self, seg: LineSegment, first: bool = False) -> None:
+        lit = seg.literal
+        text = strip_eol(seg.data)
+        self._held_size += len(seg.data) + (lit.size if lit else 0)
+        if self._held_size > MAX_COLLECTED:
+            tag = self._first_seg.data.split(b" ", 1)[0] if self._first_seg else b"*"
+            self._mode = "drop"
+            self._act(Reply(tagged(tag, "BAD", "Command too long.", "TOOBIG")))
+            if lit is not None and lit.sync:
+                self._framer.cancel_literal()
+            return
+        if lit is None:
+            self._parts.append((text, None))
+            self._held.append(seg.data)
+            self._finish_collect()
+            return
+        found = find_literal_marker(text)
+        before = text[: found[0]] if isinstance(found, tuple) else text
+        if not first:
+            early = self._info_from_parts([*self._parts, (before, b"")], partial=True)
+            if isinstance(early, bytes):
+                self._mode = "drop"
+                self._act(Reply(early))
+                if lit.sync:
+                    self._framer.cancel_literal()
+                return
+        self._parts.append((before, None))
+        if not first:
+            self._held.append(_to_non_sync(seg.data) if lit.sync else seg.data)
+        if lit.sync:
+            self._act(Reply(READY_FOR_LITERAL))
+        self._literal_buf = bytearray()
+        if lit.size == 0:
+            self._parts[-1] = (before, b"")
+
+    def _collect_literal(self, ev: LiteralData) -> None:
+        self._literal_buf += ev.data
+        if ev.remaining == 0:
+            body = bytes(self._literal_buf)
+            self._held.append(body)
+            self._parts[-1] = (self._parts[-1][0], body)
+            self._literal_buf = bytearray()
+
+    def _finish_collect(self) -> None:
+        seg = self._first_seg
+        assert seg is not None
+        self._first_seg = None
+        info = self._info_from_parts(self._parts)
+        if isinstance(info, bytes):
+            self._act(Reply(info))
+            self._mode = "forward"
+            return
+        self._decide(seg, info, self._held)
+
+    def _forward_segment(self, line: bytes, lit, changed: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if lit is not None and lit.sync:
+            # Answer "+" ourselves and send the backend a LITERAL+ marker (rule 3).
+            self._act(Reply(READY_FOR_LITERAL))
+            self._forward_line(_to_non_sync(line), changed=True)
+        else:
+            self._forward_line(line, changed)
+
+    def _refuse(self, seg: LineSegment, response: bytes) -> None:
+        self._act(Reply(response))
+        lit = seg.literal
+        if lit is not None:
+            if lit.sync:
+                self._framer.cancel_literal()  # the client gets the reply instead of "+"
+            else:
+                self._mode = "drop"  # the body comes anyway: consume it, forward nothing
+
+    def _checked_rewrite(self, seg: LineSegment, line: bytes) -> bytes:
+        if not line.endswith(b"\r\n") or b"\n" in line[:-1]:
+            raise CommandFilterError("REWRITE line must be exactly one line ending in CRLF")
+        new = find_literal_marker(strip_eol(line))
+        old = seg.literal
+        new_marker = (new[1], new[3]) if isinstance(new, tuple) else None
+        old_marker = (old.size, old.binary) if old is not None else None
+        if new_marker != old_marker or (
+            old is not None and isinstance(new, tuple) and new[2] != old.sync
+        ):
+            raise CommandFilterError(
+                "REWRITE line must keep the original literal marker (or lack of one); "
+                "changing it would desynchronise the gateway and the backend"
+            )
+        return line
+
+    # -- command inspection -----------------------------------------------------------------------
+
+    def _inspect(self, seg: LineSegment) -> CommandInfo | bytes | tuple[str]:
+        """The command's CommandInfo, the complete reply refusing it, or ``("collect",)``
+        for a fixed-arity command with a literal, which must be read whole first."""
+        text = strip_eol(seg.data)
+        if seg.literal is not None:
+            found = find_literal_marker(text)
+            if isinstance(found, tuple):
+                text = text[: found[0]]
+        head = parse_head(text)
+        if isinstance(head, ParseError):
+            if not text and seg.literal is None:
+                return untagged("BAD", "Empty command line.")
+            return self._bad(head.tag, head.message)
+        tag, name, pos = head
+        if name not in self.known_commands:
+            return tagged(tag, "BAD", "Unknown command.")
+        if name in MAX_ARGS:
+            if seg.literal is not None:
+                # Refuse before answering "+" when the literal is already one too many.
+                early = self._info_from_parts([(text, b"")], partial=True)
+                return early if isinstance(early, bytes) else ("collect",)
+            return self._info_from_parts([(text, None)])
+        index = _MAILBOX_ARG.get(name)
+        if index is None and name not in _LIST_COMMANDS:
+            return CommandInfo(tag, name)
+        parts = [(text, b"" if seg.literal is not None else None)]
+        args = tokenize(parts, start=pos, max_tokens=3 if index is None else index + 1)
+        if isinstance(args, ParseError):
+            return self._bad(tag, args.message)
+        is_list = index is None
+        if index is None:  # LIST [(options)] reference pattern
+            index = 2 if args and isinstance(args[0], ListTok) else 1
+        if index >= len(args) and seg.literal is not None:
+            return CommandInfo(tag, name, None, True)  # it lies after a literal
+        mailbox, unknown = self._mailbox_of(args, index, is_list)
+        return CommandInfo(tag, name, mailbox, unknown)
+
+    def _info_from_parts(
+        self, parts: list[tuple[bytes, bytes | None]], partial: bool = False
+    ) -> CommandInfo | bytes:
+        """Parse a whole fixed-arity command; refuse it when it has too many arguments.
+
+        ``partial``: the parts end with a literal still to come (an empty placeholder);
+        only the argument count is checked, so an unterminated list is fine.
+        """
+        head = parse_head(parts[0][0])
+        if isinstance(head, ParseError):  # cannot happen: checked on the first segment
+            return self._bad(head.tag, head.message)
+        tag, name, pos = head
+        limit = MAX_ARGS[name]
+        args = tokenize(parts, start=pos, max_tokens=limit + 1)
+        if isinstance(args, ParseError):
+            if partial and args.message == "Missing ')'.":
+                return CommandInfo(tag, name)
+            return self._bad(tag, args.message)
+        if len(args) > limit:
+            return self._bad(tag, f"Too many arguments for {name}.")
+        index = _MAILBOX_ARG.get(name)
+        if index is None:
+            return CommandInfo(tag, name)
+        mailbox, unknown = self._mailbox_of(args, index, False, literals_read=True)
+        return CommandInfo(tag, name, mailbox, unknown)
+
+    @staticmethod
+    def _mailbox_of(
+        args: list[Token], index: int, pattern: bool, literals_read: bool = False
+    ) -> tuple[str | None, bool]:
+        if index >= len(args):
+            return None, False
+        tok = args[index]
+        if isinstance(tok, ListTok):  # LIST ... (pattern pattern)
+            if len(tok.items) == 1:
+                tok = tok.items[0]
+            else:
+                return None, True
+        if isinstance(tok, String) and tok.literal and not literals_read:
+            return None, True
+        if pattern and isinstance(tok, Atom):  # list-mailbox: astring chars plus % and *
+            return tok.value, False
+        value = as_astring(tok)
+        if value is None:
+            return None, True
+        return value.decode("utf-8", errors="surrogateescape"), False
+
+    @staticmethod
+    def _bad(tag: bytes | None, text: str) -> bytes:
+        return tagged(tag, "BAD", text) if tag else untagged("BAD", text)
+
+    def _builtin(self, info: CommandInfo) -> Verdict | None:
+        tag, name = info.tag, info.name
+        if name == "COMPRESS":
+            return Verdict.REFUSE(
+                tagged(tag, "NO", "COMPRESS is not available through this gateway.", "CANNOT")
+            )
+        if name == "STARTTLS":
+            return Verdict.REFUSE(tagged(tag, "BAD", "Already in TLS."))
+        if name == "CAPABILITY":
+            return Verdict.REFUSE(
+                b"* CAPABILITY " + self.capability_line + b"\r\n"
+                + tagged(tag, "OK", "Capability completed.")
+            )
+        if name in ("LOGIN", "AUTHENTICATE"):
+            return Verdict.REFUSE(tagged(tag, "BAD", "Already authenticated."))
+        return None

@@ -1,0 +1,200 @@
+"""Backend->client response scanning, capability rewriting and response builders.
+
+Rules of this module:
+
+1. The scanner only *watches* the backend stream: it never changes, holds back or copies
+   the bytes the shell relays. It reports where response boundaries are (so the shell can
+   inject its own replies without cutting a response in two), tagged completions and
+   expunges.
+2. It never raises on backend bytes; odd lines are simply not counted.
+3. Builders never emit a CR or LF from caller text (a text with CRLF would let whoever
+   controls the text inject a response line): such characters become spaces.
+4. No I/O, no clock, no logging.
+
+Costs and bounds: the scanner is a :class:`~gateway.imap.framing.Framer` in server role.
+Python work is O(lines); literal bodies (message data) are skipped by length with one slice
+per fed chunk. The framer holds at most ``max_line`` bytes of an unfinished line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from .framing import NEED_DATA, Framer, FramingError, LineSegment, strip_eol
+
+__all__ = [
+    "ScanResult",
+    "ResponseScanner",
+    "capability_from_ok",
+    "continuation",
+    "quote",
+    "rewrite_capabilities",
+    "rewrite_login_ok",
+    "tagged",
+    "untagged",
+]
+
+_EXPUNGE_RE: Final = re.compile(rb"\* [0-9]+ EXPUNGE\Z", re.IGNORECASE)
+_VANISHED_RE: Final = re.compile(rb"\* VANISHED (?:\(EARLIER\) )?([0-9:,]+)\Z", re.IGNORECASE)
+_TAGGED_RE: Final = re.compile(rb"([^\x00-\x20\x7f-\xff(){\"\\%*+]+) (OK|NO|BAD)(?: |\Z)", re.I)
+_CAP_CODE_RE: Final = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+_DROP_CAPS: Final = frozenset({"STARTTLS", "LOGINDISABLED"})
+_DROP_PREFIXES: Final = ("AUTH=", "COMPRESS=")
+_MAX_SET_RANGES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What one chunk of backend data contained.
+
+    ``at_line_boundary``: after this chunk the stream is between two responses; only then
+    may the shell write its own reply bytes to the client.
+    ``expunged``: ``* n EXPUNGE`` responses plus the sizes of ``VANISHED`` UID sets.
+    ``completed``: ``(tag, status)`` of each tagged response, status upper-case.
+    """
+
+    at_line_boundary: bool
+    expunged: int = 0
+    completed: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def _uid_set_size(spec: bytes) -> int:
+    total = 0
+    for n, part in enumerate(spec.split(b",")):
+        if n >= _MAX_SET_RANGES:
+            break
+        lo, _, hi = part.partition(b":")
+        if not lo or not lo.isdigit() or (hi and not hi.isdigit()):
+            continue
+        total += abs(int(hi) - int(lo)) + 1 if hi else 1
+    return total
+
+
+class ResponseScanner:
+    """Find response boundaries in the backend->client stream.
+
+    ``max_line`` bounds one response line; Dovecot's long lines are ``SEARCH``/``ESEARCH``
+    results and ``LIST`` output, so the default is generous. A backend line over it means
+    the scanner can no longer tell boundaries: ``broken`` becomes True and every later
+    result says ``at_line_boundary=False`` (the shell then stops injecting and should end
+    the session).
+    """
+
+    def __init__(self, *, max_line: int = 16 * 1024 * 1024) -> None:
+        self._framer = Framer(max_line, None, role="server")
+        self.broken: FramingError | None = None
+
+    def receive_data(self, data: bytes) -> ScanResult:
+        framer = self._framer
+        framer.receive_data(data)
+        expunged = 0
+        completed: list[tuple[bytes, str]] = []
+        while True:
+            ev = framer.next_event()
+            if ev is NEED_DATA:
+                break
+            if isinstance(ev, FramingError):
+                self.broken = ev
+                return ScanResult(False, expunged, completed)
+            if isinstance(ev, LineSegment) and ev.first and ev.literal is None:
+                body = strip_eol(ev.data)
+                if body.startswith(b"* "):
+                    if _EXPUNGE_RE.match(body):
+                        expunged += 1
+                    elif (v := _VANISHED_RE.match(body)) is not None:
+                        expunged += _uid_set_size(v.group(1))
+                elif (t := _TAGGED_RE.match(body)) is not None:
+                    completed.append((t.group(1), t.group(2).decode("ascii").upper()))
+            # LiteralData and continuation segments need no work.
+        return ScanResult(framer.at_boundary, expunged, completed)
+
+
+# -- capabilities -----------------------------------------------------------------------------
+
+
+def rewrite_capabilities(caps: Iterable[str]) -> list[str]:
+    """The backend's capabilities as the gateway may show them to a logged-in client.
+
+    Dropped: ``STARTTLS``/``LOGINDISABLED`` (TLS is the gateway's business), ``AUTH=*``
+    (authentication is over), ``COMPRESS=*`` (the relay parses the client stream, so it
+    cannot be compressed). Everything else is kept, in order.
+    """
+    out = []
+    for cap in caps:
+        up = cap.upper()
+        if up in _DROP_CAPS or up.startswith(_DROP_PREFIXES):
+            continue
+        out.append(cap)
+    return out
+
+
+def capability_from_ok(line: bytes) -> list[str] | None:
+    """The ``[CAPABILITY ...]`` list of an OK line (greeting or tagged), else None."""
+    text = strip_eol(bytes(line)).decode("utf-8", errors="replace")
+    head = text.split(" ", 2)
+    if len(head) < 3 or head[1].upper() not in ("OK", "PREAUTH"):
+        return None
+    m = _CAP_CODE_RE.match(head[2])
+    if m is None:
+        return None
+    return m.group(1).split()
+
+
+def rewrite_login_ok(line: bytes) -> bytes:
+    """Rewrite the ``[CAPABILITY ...]`` code of a *tagged* OK line with
+    :func:`rewrite_capabilities`; any other line is returned unchanged."""
+    body = strip_eol(line)
+    eol = line[len(body) :]
+    if body.startswith((b"*", b"+")):
+        return line
+    caps = capability_from_ok(body)
+    if caps is None:
+        return line
+    tag, status, rest = body.split(b" ", 2)
+    end = rest.index(b"]")
+    new_code = " ".join(["CAPABILITY", *rewrite_capabilities(caps)]).encode()
+    return b"%s %s [%s]%s%s" % (tag, status, new_code, rest[end + 1 :], eol)
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+_QUOTED_SAFE_RE: Final = re.compile(r'[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z')
+
+
+def _clean(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def quote(s: str) -> bytes:
+    """``s`` as an IMAP string: quoted when it is 7-bit without CR/LF/NUL, else a literal.
+
+    Non-ASCII becomes a literal (UTF-8) because quoted UTF-8 is only legal in IMAP4rev2.
+    """
+    if _QUOTED_SAFE_RE.match(s):
+        return b'"' + s.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+    raw = s.encode("utf-8", errors="surrogateescape")
+    return b"{%d}\r\n%s" % (len(raw), raw)
+
+
+def tagged(tag: bytes, status: str, text: str, code: str | None = None) -> bytes:
+    """``<tag> <status> [<code>] <text>\\r\\n``."""
+    code_part = f"[{_clean(code)}] " if code else ""
+    return bytes(tag) + f" {status} {code_part}{_clean(text)}\r\n".encode()
+
+
+def untagged(status: str, text: str = "", code: str | None = None) -> bytes:
+    """``* <status> [<code>] <text>\\r\\n``; ``status`` may also be a data word (``ID``)."""
+    parts = [status]
+    if code:
+        parts.append(f"[{_clean(code)}]")
+    if text:
+        parts.append(_clean(text))
+    return ("* " + " ".join(_clean(p) for p in parts) + "\r\n").encode()
+
+
+def continuation(text: str = "") -> bytes:
+    """``+ <text>\\r\\n`` (a continuation request)."""
+    return f"+ {_clean(text)}\r\n".encode()

@@ -1,0 +1,293 @@
+"""Post-auth client->backend command stream (the relay's hot path)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.imap.commands import (
+    Close,
+    Command,
+    CommandFilterError,
+    CommandInfo,
+    CommandStream,
+    Forward,
+    Reply,
+    Verdict,
+    commands_for_capabilities,
+)
+
+CAPS = b"IMAP4rev1 IDLE LITERAL+ MOVE"
+
+
+def stream(**kw) -> CommandStream:
+    return CommandStream(capability_line=CAPS, **kw)
+
+
+def run(s: CommandStream, pieces) -> tuple[bytes, bytes, list]:
+    """(bytes to backend, bytes to client, Command/Close actions) -- split-independent."""
+    backend, client, other = bytearray(), bytearray(), []
+    for p in pieces:
+        for a in s.receive_data(p):
+            if isinstance(a, Forward):
+                backend += a.data
+            elif isinstance(a, Reply):
+                client += a.data
+            else:
+                other.append(a)
+    return bytes(backend), bytes(client), other
+
+
+def every_split(data: bytes):
+    yield [data]
+    yield [data[i : i + 1] for i in range(len(data))]
+    for i in range(1, len(data)):
+        yield [data[:i], data[i:]]
+
+
+def same_in_every_split(data: bytes, **kw):
+    whole = run(stream(**kw), [data])
+    for pieces in every_split(data):
+        assert run(stream(**kw), pieces) == whole, pieces
+    return whole
+
+
+def test_a_chunk_forwarded_unchanged_is_one_forward_of_the_same_object():
+    chunk = b"a SELECT INBOX\r\nb FETCH 1:* (FLAGS)\r\nc NOOP\r\n"
+    actions = stream().receive_data(chunk)
+    assert [type(a) for a in actions] == [Command, Command, Command, Forward]
+    assert actions[-1].data is chunk
+    assert actions[0].info == CommandInfo(b"a", "SELECT", "INBOX")
+
+
+def test_append_with_1mb_non_sync_literal_flows_through_unchanged():
+    body = bytes(random.Random(7).getrandbits(8) for _ in range(4096)) * 256  # 1 MiB
+    data = b"a APPEND INBOX (\\Seen) {1048576+}\r\n" + body + b"\r\nb NOOP\r\n"
+    marker_end = data.index(b"\r\n") + 2
+    cut_points = [1, marker_end - 3, marker_end - 1, marker_end, marker_end + 1,
+                  len(data) - 12, len(data) - 9, len(data) - 1]
+    rng = random.Random(1)
+    splits = [[data]] + [[data[:c], data[c:]] for c in cut_points]
+    for size in (7, 4096, 65536):
+        splits.append([data[i : i + size] for i in range(0, len(data), size)])
+    for _ in range(3):
+        cuts = sorted(rng.sample(range(1, len(data)), 20))
+        splits.append([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)])
+    for pieces in splits:
+        s = stream()
+        forwards = []
+        client = b""
+        fed_ids = {id(p) for p in pieces}
+        for p in pieces:
+            for a in s.receive_data(p):
+                if isinstance(a, Forward):
+                    forwards.append(a.data)
+                elif isinstance(a, Reply):
+                    client += a.data
+        assert b"".join(forwards) == data
+        assert client == b""
+        # Literal bytes travel as the fed chunks themselves or views of them: the only
+        # copies are of line text (a few dozen bytes).
+        copied = [f for f in forwards if not isinstance(f, memoryview) and id(f) not in fed_ids]
+        assert sum(len(f) for f in copied) <= 100
+
+
+def test_sync_literal_gets_plus_from_the_gateway_and_goes_on_as_literal_plus():
+    data = b"a APPEND INBOX {5}\r\nhello\r\nb NOOP\r\n"
+    backend, client, other = same_in_every_split(data)
+    assert client == b"+ Ready for literal data\r\n"
+    assert backend == b"a APPEND INBOX {5+}\r\nhello\r\nb NOOP\r\n"
+    assert [a.info.name for a in other] == ["APPEND", "NOOP"]
+
+
+def test_multiappend_with_binary_literals():
+    data = b"a APPEND box ~{3}\r\n\x00\x01\x02 (\\Seen) {2+}\r\nhi\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert client == b"+ Ready for literal data\r\n"
+    assert backend == b"a APPEND box ~{3+}\r\n\x00\x01\x02 (\\Seen) {2+}\r\nhi\r\n"
+
+
+def test_idle_done_is_not_a_command():
+    data = b"a IDLE\r\nDONE\r\nb NOOP\r\n"
+    backend, client, other = same_in_every_split(data)
+    assert backend == data and client == b""
+    assert [a.info.name for a in other] == ["IDLE", "NOOP"]
+
+
+def test_line_after_idle_that_is_not_done_is_parsed_as_a_command():
+    backend, client, _ = run(stream(), [b"a IDLE\r\nDONE {5+}\r\nb COMPRESS DEFLATE\r\n"])
+    assert backend == b"a IDLE\r\n"
+    assert client.startswith(b"DONE BAD ")  # "{5+}" is no command name; its body dropped
+
+
+def test_builtin_refusals():
+    data = (
+        b"a COMPRESS DEFLATE\r\nb STARTTLS\r\nc CAPABILITY\r\nd LOGIN u p\r\n"
+        b"e AUTHENTICATE PLAIN\r\n"
+    )
+    backend, client, other = same_in_every_split(data)
+    assert backend == b""
+    assert client == (
+        b"a NO [CANNOT] COMPRESS is not available through this gateway.\r\n"
+        b"b BAD Already in TLS.\r\n"
+        b"* CAPABILITY IMAP4rev1 IDLE LITERAL+ MOVE\r\nc OK Capability completed.\r\n"
+        b"d BAD Already authenticated.\r\ne BAD Already authenticated.\r\n"
+    )
+    assert len(other) == 5
+
+
+def test_refused_command_with_sync_literal_gets_no_plus_and_next_command_is_parsed():
+    data = b"a LOGIN {3}\r\nb NOOP\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert client == b"a BAD Already authenticated.\r\n"
+    assert backend == b"b NOOP\r\n"
+
+
+def test_refused_command_with_non_sync_literal_drops_body_and_rest():
+    data = b"a LOGIN {3+}\r\nb N {3+}\r\nOOP\r\nc NOOP\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert client == b"a BAD Already authenticated.\r\n"
+    assert backend == b"c NOOP\r\n"  # nothing of the refused command, not even its literal
+
+
+def test_unknown_command_literal_cannot_smuggle_a_command():
+    smuggled = b"x COMPRESS DEFLATE\r\n"
+    data = b"a XFOO {%d+}\r\n" % len(smuggled) + smuggled + b"\r\nb NOOP\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert client == b"a BAD Unknown command.\r\n"
+    assert backend == b"b NOOP\r\n"
+
+
+# Each of these makes Dovecot 2.3.19 run "b CAPABILITY" from inside the literal (probed).
+SMUGGLERS = [
+    b"NOOP", b"CHECK", b"CLOSE", b"EXPUNGE", b"UNSELECT", b"NAMESPACE", b"STATUS INBOX (MESSAGES)",
+    b"CREATE x", b"DELETE x", b"SUBSCRIBE x", b"UNSUBSCRIBE x", b"RENAME a b", b"COPY 1 x",
+    b"MOVE 1 x", b"UID EXPUNGE 1", b"UID MOVE 1 x", b"GETQUOTAROOT INBOX", b"MYRIGHTS INBOX",
+    b"GETACL INBOX", b"ESEARCH x", b"X-CANCEL",
+]
+
+
+@pytest.mark.parametrize("command", SMUGGLERS)
+def test_literal_the_backend_would_not_read_never_reaches_it(command):
+    hidden = b"b CAPABILITY\r\n"
+    for marker in (b"{%d+}" % len(hidden), b"{%d}" % len(hidden)):
+        data = b"a " + command + b" " + marker + b"\r\n" + hidden + b"\r\nc NOOP\r\n"
+        for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+            backend, client, _ = run(stream(), pieces)
+            assert b"b CAPABILITY" not in backend, (command, marker)
+            assert backend.endswith(b"c NOOP\r\n")
+            assert client.startswith(b"a BAD "), client
+
+
+def test_fixed_arity_command_with_literal_is_read_whole_then_forwarded():
+    data = b"a RENAME {3}\r\nold {3+}\r\nnew\r\nb NOOP\r\n"
+    backend, client, other = same_in_every_split(data)
+    assert client == b"+ Ready for literal data\r\n"
+    assert backend == b"a RENAME {3+}\r\nold {3+}\r\nnew\r\nb NOOP\r\n"
+    assert other[0].info == CommandInfo(b"a", "RENAME", "old")
+
+
+def test_fixed_arity_command_is_bounded_while_held():
+    s = stream()
+    backend, client, _ = run(s, [b"a CREATE {20000+}\r\n", b"x" * 20000, b"\r\nb NOOP\r\n"])
+    assert client == b"a BAD [TOOBIG] Command too long.\r\n"
+    assert backend == b"b NOOP\r\n"
+
+
+def test_backend_capabilities_decide_which_commands_are_relayed():
+    dovecot = commands_for_capabilities("IMAP4rev1 IDLE MOVE UIDPLUS THREAD=REFS QUOTA".split())
+    assert {"IDLE", "MOVE", "UID MOVE", "UID EXPUNGE", "THREAD", "GETQUOTAROOT"} <= dovecot
+    assert "GETACL" not in dovecot and "SORT" not in dovecot
+    s = stream(known_commands=commands_for_capabilities(["IMAP4rev1"]))
+    backend, client, _ = run(s, [b"a MOVE 1 x\r\n"])
+    assert backend == b"" and client == b"a BAD Unknown command.\r\n"
+
+
+def test_unterminated_quote_is_refused_here_so_backend_and_gateway_agree():
+    data = b'a SELECT "x {5+}\r\nb CAPABILITY\r\n'
+    backend, client, _ = same_in_every_split(data)
+    assert backend == b""
+    assert client.startswith(b"a BAD Unterminated quoted string.\r\n* CAPABILITY ")
+
+
+def test_mailbox_extraction():
+    cases = {
+        b"a select Sent\r\n": ("SELECT", "Sent", False),
+        b'a STATUS "My Box" (MESSAGES)\r\n': ("STATUS", "My Box", False),
+        b"a UID MOVE 1:3 Archive\r\n": ("UID MOVE", "Archive", False),
+        b"a COPY 1 {3+}\r\nabc\r\n": ("COPY", "abc", False),  # fixed arity: read whole
+        b"a SELECT {3+}\r\n": ("SELECT", None, True),
+        b'a LIST "" "INBOX.*"\r\n': ("LIST", "INBOX.*", False),
+        b'a LIST (SUBSCRIBED) "" %\r\n': ("LIST", "%", False),
+        b'a LIST "" ("a" "b")\r\n': ("LIST", None, True),
+        b"a LIST {0+}\r\n": ("LIST", None, True),
+        b"a RENAME old new\r\n": ("RENAME", "old", False),
+        b"a FETCH 1 (BODY[HEADER.FIELDS (FROM)])\r\n": ("FETCH", None, False),
+        b"a SELECT\r\n": ("SELECT", None, False),
+    }
+    for line, (name, mailbox, unknown) in cases.items():
+        actions = stream().receive_data(line)
+        info = actions[0].info
+        assert (info.name, info.mailbox, info.mailbox_unknown) == (name, mailbox, unknown), line
+
+
+def test_filter_refuse_and_rewrite():
+    def scope(info: CommandInfo) -> Verdict:
+        if info.mailbox_unknown or info.mailbox == "Secret":
+            return Verdict.REFUSE(info.tag + b" NO [NOPERM] Not in scope.\r\n")
+        if info.name == "SELECT":
+            return Verdict.REWRITE(info.tag + b" EXAMINE " + info.mailbox.encode() + b"\r\n")
+        return Verdict.FORWARD
+
+    data = (
+        b"a SELECT INBOX\r\nb SELECT Secret\r\nc APPEND {6+}\r\nSecret {2+}\r\nhi\r\n"
+        b"d NOOP\r\n"
+    )
+    backend, client, _ = same_in_every_split(data, command_filter=scope)
+    assert backend == b"a EXAMINE INBOX\r\nd NOOP\r\n"
+    assert client == b"b NO [NOPERM] Not in scope.\r\nc NO [NOPERM] Not in scope.\r\n"
+
+
+def test_rewrite_that_would_change_framing_is_an_error():
+    s = stream(command_filter=lambda info: Verdict.REWRITE(b"a APPEND x\r\n"))
+    with pytest.raises(CommandFilterError, match="literal marker"):
+        s.receive_data(b"a APPEND x {3+}\r\n")
+
+
+def test_line_too_long_closes_the_session():
+    s = stream(max_line=32)
+    actions = s.receive_data(b"a FETCH " + b"1," * 20)
+    assert actions == [Close("line_too_long", b"* BYE Line too long.\r\n")]
+    assert s.receive_data(b"\r\n") == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=30),
+            st.sampled_from([
+                b"a APPEND x {3}\r\n", b"{2+}\r\n", b"a IDLE\r\n", b"DONE\r\n",
+                b"a LOGIN {4+}\r\n", b"abcd\r\n", b"\r\n", b'"q {1}\r\n',
+            ]),
+        ),
+        max_size=12,
+    )
+)
+def test_arbitrary_input_never_raises_and_forwards_only_client_bytes(pieces):
+    s = stream(max_line=64)
+    fed = 0
+    backend, client = 0, 0
+    for p in pieces:
+        fed += len(p)
+        for a in s.receive_data(p):
+            if isinstance(a, Forward):
+                backend += len(a.data)
+            elif isinstance(a, Reply | Close):
+                client += len(a.data)
+    # Only "{n}" -> "{n+}" adds a byte per (at most one per line) literal.
+    assert backend <= fed + fed // 4 + 1
+    assert client <= 200 * (fed + 1)

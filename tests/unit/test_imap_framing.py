@@ -1,0 +1,243 @@
+"""Layer 1 framing: lines, literals, caps -- driven byte by byte and in every split."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.imap.framing import (
+    NEED_DATA,
+    Framer,
+    FramingError,
+    LineSegment,
+    Literal,
+    LiteralData,
+    parse_response_line,
+)
+
+
+def drain(framer: Framer) -> list:
+    out = []
+    while (ev := framer.next_event()) is not NEED_DATA:
+        out.append(ev)
+        if isinstance(ev, FramingError) and not ev.recoverable:
+            break
+    return out
+
+
+def frame(pieces: list[bytes], **kw) -> list:
+    """Feed pieces; return events with literal pieces merged (split-independent form)."""
+    framer = Framer(kw.pop("max_line", 1000), kw.pop("max_literal", None), **kw)
+    events: list = []
+    for p in pieces:
+        framer.receive_data(p)
+        events += drain(framer)
+        if events and isinstance(events[-1], FramingError) and not events[-1].recoverable:
+            break
+    merged: list = []
+    for ev in events:
+        if isinstance(ev, LiteralData):
+            data = bytes(ev.data)
+            if merged and isinstance(merged[-1], tuple):
+                data = merged.pop()[1] + data
+            merged.append(("literal", data))
+        else:
+            merged.append(ev)
+    return merged
+
+
+def splits(data: bytes):
+    """The whole input, byte by byte, and every two-piece split."""
+    yield [data]
+    yield [data[i : i + 1] for i in range(len(data))]
+    for i in range(1, len(data)):
+        yield [data[:i], data[i:]]
+
+
+APPEND = b"a APPEND INBOX {11}\r\nhello\r\n{xy} ~{3+}\r\n\x00\r\n\r\nb NOOP\r\n"
+
+
+def test_lines_and_literals_are_the_same_in_every_split():
+    expected = [
+        LineSegment(b"a APPEND INBOX {11}\r\n", Literal(11, True, False), True),
+        ("literal", b"hello\r\n{xy}"),
+        LineSegment(b" ~{3+}\r\n", Literal(3, False, True), False),
+        ("literal", b"\x00\r\n"),
+        LineSegment(b"\r\n", None, False),
+        LineSegment(b"b NOOP\r\n", None, True),
+    ]
+    for pieces in splits(APPEND):
+        assert frame(pieces) == expected, pieces
+
+
+def test_literal_bodies_are_views_of_the_fed_bytes_not_copies():
+    framer = Framer(100)
+    head = b"a APPEND x {1048576+}\r\n"
+    body = bytes(1024 * 1024)
+    framer.receive_data(head)
+    framer.receive_data(body)
+    events = drain(framer)
+    assert isinstance(events[0], LineSegment)
+    assert len(events) == 2
+    piece = events[1]
+    assert isinstance(piece, LiteralData) and piece.remaining == 0
+    assert piece.data.obj is body  # the very object fed in: no copy
+
+
+def test_zero_length_literal_goes_straight_to_the_next_segment():
+    assert frame([b"a X {0}\r\n)\r\n"]) == [
+        LineSegment(b"a X {0}\r\n", Literal(0, True, False), True),
+        LineSegment(b")\r\n", None, False),
+    ]
+
+
+def test_line_of_exactly_max_line_passes_and_one_more_byte_fails():
+    ok = b"a" * 8 + b"\r\n"
+    for pieces in splits(ok):
+        assert frame(pieces, max_line=10) == [LineSegment(ok, None, True)]
+    long = b"a" * 9 + b"\r\n"
+    for pieces in splits(long):
+        events = frame(pieces, max_line=10)
+        assert [type(e) for e in events] == [FramingError]
+        assert events[0].kind == "line_too_long"
+
+
+def test_line_too_long_is_reported_before_the_line_end_arrives():
+    framer = Framer(10)
+    framer.receive_data(b"x" * 10)
+    ev = framer.next_event()
+    assert isinstance(ev, FramingError) and ev.kind == "line_too_long"
+    assert framer.next_event() == ev  # final: stays failed
+
+
+def test_too_large_sync_literal_is_recoverable_and_non_sync_is_final():
+    framer = Framer(100, 10)
+    framer.receive_data(b"a LOGIN {11}\r\nb NOOP\r\n")
+    err = framer.next_event()
+    assert isinstance(err, FramingError) and err.kind == "literal_too_large"
+    assert err.recoverable and err.line == b"a LOGIN {11}\r\n"
+    assert framer.next_event() == LineSegment(b"b NOOP\r\n", None, True)
+
+    framer = Framer(100, 10)
+    framer.receive_data(b"a LOGIN {11+}\r\nb NOOP\r\n")
+    err = framer.next_event()
+    assert isinstance(err, FramingError) and not err.recoverable
+    assert framer.next_event() is err
+
+
+def test_absurd_literal_sizes_are_errors_not_exceptions():
+    ev = frame([b"a X {" + b"9" * 30 + b"}\r\n"])
+    # 30 digits do not even match as a marker (at most 25): it is plain text then.
+    assert ev == [LineSegment(b"a X {" + b"9" * 30 + b"}\r\n", None, True)]
+    ev = frame([b"a X {99999999999999999999}\r\n"])
+    assert isinstance(ev[0], FramingError) and ev[0].kind == "bad_literal"
+    ev = frame([b"a X {99999999999999999999}\r\n"], max_literal=100)
+    assert ev[0].kind == "literal_too_large"
+
+
+def test_markers_that_are_not_literals():
+    for line in [
+        b'a SELECT "x {5}\r\n',  # inside an unterminated quoted string
+        b'a SELECT "x \\" {5}\r\n',  # escaped quote: still inside
+        b"a SELECT x{5}\r\n",  # not at a token start
+        b"{5}\r\n",  # no tag at all
+    ]:
+        assert frame([line]) == [LineSegment(line, None, True)], line
+    line = b'a SELECT "x\\\\" {5}\r\n'  # escaped backslash closes the quote: literal
+    assert frame([line])[0].literal == Literal(5, True, False)
+
+
+def test_server_text_responses_never_carry_literals():
+    for line in [
+        b"a NO Mailbox doesn't exist: x {5}\r\n",
+        b"* OK [ALERT] see {5}\r\n",
+        b"* bye {5}\r\n",
+        b"+ {5}\r\n",
+    ]:
+        assert frame([line], role="server") == [LineSegment(line, None, True)]
+    data = b'* 1 FETCH (BODY[] {5}\r\nab\r\nc)\r\n'
+    assert frame([data], role="server")[0].literal == Literal(5, True, False)
+
+
+def test_bare_lf_ends_a_line_like_dovecot_does():
+    assert frame([b"a NOOP\nb NOOP\r\n"]) == [
+        LineSegment(b"a NOOP\n", None, True),
+        LineSegment(b"b NOOP\r\n", None, True),
+    ]
+
+
+def test_take_buffered_returns_partial_line_and_unread_chunks():
+    framer = Framer(100)
+    framer.receive_data(b"a NOOP\r\nb LO")
+    assert drain(framer) == [LineSegment(b"a NOOP\r\n", None, True)]
+    framer.receive_data(b"GIN x y\r\n")
+    assert framer.take_buffered() == b"b LOGIN x y\r\n"
+    assert framer.at_boundary and framer.buffered_len == 0
+
+
+def test_one_byte_feeding_costs_linear_time():
+    """Re-feeding in 1-byte pieces must not rescan the buffer (O(n), not O(n^2))."""
+
+    def run(n: int) -> float:
+        best = float("inf")
+        for _ in range(3):
+            framer = Framer(n + 10)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                framer.receive_data(b"x")
+                framer.next_event()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    small, big = run(20_000), run(80_000)
+    assert big / small < 10  # 4x input: ~4x time when linear, ~16x when quadratic
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6), st.booleans())
+def test_arbitrary_bytes_never_raise_and_bytes_are_conserved(data, cuts, server):
+    framer = Framer(64, 50, role="server" if server else "client")
+    cuts = sorted({c for c in cuts if c < len(data)})
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    out = bytearray()
+    failed = False
+    for p in pieces:
+        framer.receive_data(p)
+        for ev in drain(framer):
+            if isinstance(ev, LineSegment):
+                assert len(ev.data) <= 64
+                out += ev.data
+            elif isinstance(ev, LiteralData):
+                out += ev.data
+            elif isinstance(ev, FramingError):
+                if ev.recoverable:
+                    out += ev.line
+                else:
+                    failed = True
+        if failed:
+            break
+    if not failed:
+        assert framer.partial_len < 64
+        assert bytes(out) + framer.take_buffered() == data
+
+
+def test_parse_response_line():
+    r = parse_response_line(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] Dovecot ready.\r\n")
+    assert (r.kind, r.tag, r.status, r.code, r.text) == (
+        "untagged", None, "OK", "CAPABILITY IMAP4rev1 SASL-IR", "Dovecot ready."
+    )
+    r = parse_response_line(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+    assert (r.kind, r.tag, r.status, r.code) == ("tagged", b"a1", "NO", "AUTHENTICATIONFAILED")
+    r = parse_response_line(b"+ \r\n")
+    assert (r.kind, r.text) == ("continuation", "")
+    r = parse_response_line(b'* ID ("name" "Dovecot")\r\n')
+    assert (r.kind, r.status, r.text) == ("untagged", None, 'ID ("name" "Dovecot")')
+    assert parse_response_line(b"\r\n").kind == "invalid"
+    assert parse_response_line(b"a1 WHAT\r\n").kind == "invalid"
+
+
+@given(st.binary(max_size=200))
+def test_parse_response_line_never_raises(data):
+    parse_response_line(data)
