@@ -63,5 +63,11 @@ def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | Non
     )
 
 
-def get_logger(**fields: Any) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(**fields)
+def get_logger(**fields: Any) -> Any:
+    """A logger that follows the configuration in force when it logs.
+
+    Without fields this is structlog's lazy proxy, safe to create at import time; with
+    fields it binds now (sessions are created after ``configure_logging`` ran).
+    """
+    logger = structlog.get_logger()
+    return logger.bind(**fields) if fields else logger

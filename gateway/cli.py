@@ -1,0 +1,239 @@
+"""The ``imap-gateway`` command.
+
+Every sub-command takes ``--config FILE``; commands meant for scripts take ``--json``.
+A bad config, policy file or command line names the file and the key, exits non-zero
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = os.environ.get("IMAP_GATEWAY_CONFIG", "/etc/imap-gateway/gateway.toml")
+
+
+def _load(path: str):
+    from gateway.config import ConfigError, load_config
+
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        print(f"imap-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from gateway.observability.logs import configure_logging
+    from gateway.server import serve
+    from gateway.tls import TLSSetupError
+
+    config = _load(args.config)
+    log_file = None
+    if config.logging.file:
+        log_file = open(config.logging.file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    configure_logging(config.logging.format, config.logging.level, log_file)
+    try:
+        trio.run(serve, config)
+    except TLSSetupError as exc:
+        print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"imap-gateway: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.tls import TLSSetupError, server_context
+
+    config = _load(args.config)
+    try:
+        server_context(config.tls.cert, config.tls.key, config.tls.min_version)
+    except TLSSetupError as exc:
+        print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"ok": True, "config": config.summary()}, indent=2, default=str))
+    else:
+        print(f"{config.source_path}: OK")
+    return 0
+
+
+def _emit(result: tuple[int, object], as_json: bool) -> int:
+    """Print an admin helper's (exit code, text or dict) result; errors go to stderr."""
+    code, payload = result
+    if as_json:
+        text = json.dumps(payload, indent=2, default=str)
+    else:
+        text = payload if isinstance(payload, str) else json.dumps(payload, indent=2, default=str)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def _open_store(config, *, create_key: bool = False):
+    from gateway.store import open_store
+    from gateway.store.errors import StoreError
+
+    try:
+        config.store.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return open_store(config.store.path, config.store.key_file, create_key=create_key)
+    except (StoreError, OSError) as exc:
+        print(f"imap-gateway: {config.source_path}: store: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from gateway.policy.commands import check_command, explain_command
+
+    config = _load(args.config)
+    if args.policy_command == "check":
+        code, text = check_command(config.policy.dir)
+        if args.json:
+            print(json.dumps({"ok": code == 0, "dir": str(config.policy.dir), "report": text},
+                             indent=2))
+        else:
+            print(text, file=sys.stdout if code == 0 else sys.stderr)
+        return code
+    code, text = explain_command(config.policy.dir, args.user, args.ip, args.factor, args.json)
+    print(text, file=sys.stdout if code in (0,) else sys.stderr)
+    return code
+
+
+def cmd_totp(args: argparse.Namespace) -> int:
+    from gateway.auth import admin
+
+    config = _load(args.config)
+    with _open_store(config, create_key=args.totp_command == "enroll") as store:
+        if args.totp_command == "enroll":
+            return _emit(admin.totp_enroll(store, args.user, as_json=args.json), args.json)
+        if args.totp_command == "verify":
+            code = args.code
+            if code is None:
+                if not sys.stdin.isatty():
+                    print("imap-gateway: totp verify: give CODE (no terminal to prompt on)",
+                          file=sys.stderr)
+                    return 2
+                code = input(f"Current code from the authenticator app for {args.user}: ")
+            return _emit(admin.totp_verify(store, args.user, code, as_json=args.json), args.json)
+        return _emit(admin.totp_disable(store, args.user, as_json=args.json), args.json)
+
+
+def cmd_app_password(args: argparse.Namespace) -> int:
+    from gateway.auth import admin
+
+    config = _load(args.config)
+    with _open_store(config, create_key=True) as store:
+        if args.ap_command == "create":
+            return _emit(admin.app_password_create(
+                store, args.user, args.label, scopes=args.scope, mailboxes=args.mailboxes,
+                expires=args.expires, as_json=args.json), args.json)
+        if args.ap_command == "list":
+            return _emit(admin.app_password_list(store, args.user, as_json=args.json), args.json)
+        return _emit(admin.app_password_revoke(store, args.user, args.label, as_json=args.json),
+                     args.json)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from gateway.auth import admin
+
+    config = _load(args.config)
+    with _open_store(config) as store:
+        if args.devices_command == "list":
+            return _emit(admin.devices_list(store, args.user, as_json=args.json), args.json)
+        return _emit(admin.devices_forget(store, args.user, args.id, all_devices=args.all,
+                                          as_json=args.json), args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imap-gateway",
+        description="Security-hardening IMAP gateway in front of Dovecot.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the options may stand before or after the action word
+    # ("policy --json check" and "policy check --json"); a nested parser's default
+    # must not overwrite what an outer one parsed.
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"gateway config file (default: {DEFAULT_CONFIG})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the gateway")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the config file and exit")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("policy", parents=[common], help="check or explain login policies")
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    psub.add_parser("check", parents=[common], help="validate every file in [policy] dir")
+    e = psub.add_parser("explain", parents=[common],
+                        help="which rule decides a login, and why earlier rules did not match")
+    e.add_argument("--user", required=True)
+    e.add_argument("--ip", required=True)
+    e.add_argument("--factor", default="none",
+                   choices=["none", "totp", "app-password", "remembered-device"],
+                   help="the factor the login presents (default: none)")
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("totp", parents=[common], help="TOTP enrolment")
+    tsub = p.add_subparsers(dest="totp_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("enroll", parents=[common],
+                        help="new seed: prints the otpauth URI and a QR code")
+    t.add_argument("user")
+    t = tsub.add_parser("verify", parents=[common],
+                        help="activate the pending seed with a current code")
+    t.add_argument("user")
+    t.add_argument("code", nargs="?", help="prompted for when omitted")
+    t = tsub.add_parser("disable", parents=[common], help="remove the user's TOTP seed")
+    t.add_argument("user")
+    p.set_defaults(func=cmd_totp)
+
+    p = sub.add_parser("app-password", parents=[common], help="per-device app passwords")
+    asub = p.add_subparsers(dest="ap_command", required=True, metavar="ACTION")
+    a = asub.add_parser("create", parents=[common], help="create one; it is shown only once")
+    a.add_argument("user")
+    a.add_argument("--label", required=True, help='device name, e.g. "iPhone"')
+    a.add_argument("--scope", action="append", choices=["full", "read-only"],
+                   help="access level (default: full)")
+    a.add_argument("--mailboxes", help="comma list of mailboxes, e.g. INBOX,Archive/*")
+    a.add_argument("--expires", help="lifetime, e.g. 90d (default: never)")
+    a = asub.add_parser("list", parents=[common], help="list (never shows the secrets)")
+    a.add_argument("user")
+    a = asub.add_parser("revoke", parents=[common],
+                        help="revoke; live sessions using it end within 2 seconds")
+    a.add_argument("user")
+    a.add_argument("label")
+    p.set_defaults(func=cmd_app_password)
+
+    p = sub.add_parser("devices", parents=[common], help="remembered devices (TOTP skipped)")
+    dsub = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("list", parents=[common])
+    d.add_argument("user")
+    d = dsub.add_parser("forget", parents=[common])
+    d.add_argument("user")
+    d.add_argument("id", nargs="?", help="device id from 'devices list'")
+    d.add_argument("--all", action="store_true", help="forget every device of the user")
+    p.set_defaults(func=cmd_devices)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.config = getattr(args, "config", DEFAULT_CONFIG)
+    args.json = getattr(args, "json", False)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
