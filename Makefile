@@ -1,0 +1,38 @@
+# imap-gateway developer and CI entry points.
+#   make test    Debian deps (if missing, as root) + .venv + the whole pytest suite
+#   make demo    a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
+#   make bench   benchmarks (bench/)      make lint   ruff
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -q
+
+.PHONY: venv deps test demo bench lint
+
+# Reinstall only when pyproject.toml changed (the stamp lives inside the venv).
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@echo "venv: $(VENV) (pip install -e '.[test]')"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+deps:
+	scripts/deps.sh
+
+test: deps venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	scripts/demo.sh
+
+bench: venv
+	$(PY) -m bench
+
+lint: venv
+	$(VENV)/bin/ruff check .
