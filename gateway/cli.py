@@ -31,15 +31,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.observability.logs import configure_logging
     from gateway.server import serve
+    from gateway.startup import StartupError, prepare
     from gateway.tls import TLSSetupError
 
     config = _load(args.config)
+    try:
+        runtime = prepare(config)
+    except StartupError as exc:
+        print(f"imap-gateway: {exc}", file=sys.stderr)
+        return 2
     log_file = None
     if config.logging.file:
         log_file = open(config.logging.file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     configure_logging(config.logging.format, config.logging.level, log_file)
     try:
-        trio.run(serve, config)
+        trio.run(serve, config, runtime)
     except TLSSetupError as exc:
         print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
         return 2
@@ -152,6 +158,39 @@ def cmd_devices(args: argparse.Namespace) -> int:
                                           as_json=args.json), args.json)
 
 
+def _admin_client(config):
+    """An admin API client for the running gateway, or exit 1 with the reason."""
+    from gateway.admin_api import AdminTokenError
+    from gateway.admin_client import AdminDisabled, client_from_config
+
+    try:
+        return client_from_config(config)
+    except (AdminDisabled, AdminTokenError) as exc:
+        print(f"imap-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from gateway import admin_client as ac
+
+    client = _admin_client(_load(args.config))
+    if args.sessions_command == "list":
+        return _emit(ac.sessions_list_command(client, args.json), args.json)
+    return _emit(ac.sessions_kill_command(client, args.id, args.json), args.json)
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    from gateway import admin_client as ac
+
+    client = _admin_client(_load(args.config))
+    if args.bans_command == "list":
+        return _emit(ac.bans_list_command(client, args.json), args.json)
+    if args.bans_command == "add":
+        return _emit(ac.bans_add_command(client, args.network, args.ttl, args.reason, args.json),
+                     args.json)
+    return _emit(ac.bans_remove_command(client, args.network, args.json), args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imap-gateway",
@@ -224,6 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("id", nargs="?", help="device id from 'devices list'")
     d.add_argument("--all", action="store_true", help="forget every device of the user")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("sessions", parents=[common],
+                       help="live client sessions (via the running gateway's admin API)")
+    ssub = p.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    ssub.add_parser("list", parents=[common], help="every open session, oldest first")
+    s = ssub.add_parser("kill", parents=[common],
+                        help="end a session; the client gets BYE")
+    s.add_argument("id", help="session id from 'sessions list'")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("bans", parents=[common],
+                       help="banned addresses and networks (via the admin API)")
+    bsub = p.add_subparsers(dest="bans_command", required=True, metavar="ACTION")
+    bsub.add_parser("list", parents=[common], help="active bans, soonest expiry first")
+    b = bsub.add_parser("add", parents=[common],
+                        help="ban an address or CIDR network; it gets BYE at connect")
+    b.add_argument("network", help="e.g. 192.0.2.7 or 192.0.2.0/24")
+    b.add_argument("--ttl", help="lifetime, e.g. 1h (default: [limits] ban_ttl_max)")
+    b.add_argument("--reason", help='shown in "bans list" and logs (default: admin)')
+    b = bsub.add_parser("remove", parents=[common], help="lift a ban (exactly as listed)")
+    b.add_argument("network")
+    p.set_defaults(func=cmd_bans)
     return parser
 
 

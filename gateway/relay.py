@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from gateway.session import ClientSession
 
 BACKEND_RECEIVE_SIZE = 262144
+#: How often the volume detector hears about backend→client bytes (a state round trip each).
+BYTES_REPORT_INTERVAL = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
 _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
@@ -50,6 +52,7 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
         known_commands=cm.commands_for_capabilities(session.backend_capabilities),
     )
     scanner = ResponseScanner()
+    response_filter = session.response_filter
     client = session.stream
     write_lock = trio.Lock()
     state = {"boundary": True, "reason": "client_closed"}
@@ -76,7 +79,6 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                         _count_command(action.info.name)
                         if action.info.name == "LOGOUT":
                             state["reason"] = "logout"
-                        session.on_command(action.info)
                     elif isinstance(action, cm.Reply):
                         metrics.commands_refused_total.labels("gateway").inc()
                         await reply(action.data)
@@ -93,26 +95,38 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                 return
 
     async def backend_to_client(cancel: trio.CancelScope) -> None:
+        unreported = 0
         while True:
             data = await backend.stream.receive_some(BACKEND_RECEIVE_SIZE)
             if not data:
-                state["reason"] = "backend_closed" if state["reason"] != "logout" else "logout"
+                if state["reason"] != "logout":
+                    state["reason"] = "backend_closed"
                 cancel.cancel()
                 return
             idle.deadline = trio.current_time() + idle_timeout
             result = scanner.receive_data(data)
+            boundary = result.at_line_boundary
+            out = data
+            if response_filter is not None:
+                out = response_filter.receive_data(data)
+                boundary = response_filter.at_line_boundary
             async with write_lock:
-                await client.send_all(data)
-                session.bytes_out += len(data)
-                state["boundary"] = result.at_line_boundary
-                if result.at_line_boundary and pending:
+                if out:
+                    await client.send_all(out)
+                    session.bytes_out += len(out)
+                state["boundary"] = boundary
+                if boundary and pending:
                     joined = b"".join(pending)
                     pending.clear()
                     await client.send_all(joined)
                     session.bytes_out += len(joined)
             _TO_CLIENT.inc(len(data))
             if result.expunged:
-                session.on_expunged(result.expunged)
+                await session.on_expunged(result.expunged)
+            unreported += len(data)
+            if unreported >= BYTES_REPORT_INTERVAL:
+                await session.on_bytes(unreported)
+                unreported = 0
 
     with trio.CancelScope() as idle:
         idle.deadline = trio.current_time() + idle_timeout

@@ -1,62 +1,61 @@
 """The gateway process: listeners, signals, shared context. A thin trio shell.
 
-One nursery holds every listener; each accepted connection runs in its own task
-(trio.serve_listeners) as a ``ClientSession``. SIGHUP reloads the TLS certificate
-(new handshakes only; live sessions are untouched); SIGTERM/SIGINT stop accepting and
-close every session.
+One nursery holds every listener and background task; each accepted connection runs in
+its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
+
+- policy watcher: reloads ``[policy] dir`` when a file changes (every 2 s) and on SIGHUP;
+  a broken file keeps the last good policy, and live sessions the new policy denies are
+  closed with BYE;
+- credential watcher: every second, ends live sessions whose app password was revoked
+  or has expired (the admin CLI writes the same store);
+- bans gauge, metrics endpoint, admin API.
+
+SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
+SIGTERM/SIGINT stop accepting and close every session.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import signal
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
+from gateway.authenticator import Authenticator
 from gateway.backend import BackendConnection, BackendUnavailable, ClientEndpoint
 from gateway.config import Config
+from gateway.limits import ConnectionTracker, Limiter, StateUnavailable, open_state
+from gateway.limits.settings import AnomalySettings, LimitsSettings
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
-from gateway.session import ClientSession, ForwardAuthenticator
+from gateway.policy import LoginContext, snapshot
+from gateway.session import ClientSession
+from gateway.startup import Runtime
 from gateway.tls import TLSContextHolder, TLSSetupError, backend_context
 
 log = get_logger()
 
-
-class ConnectionCounter:
-    """Concurrent connections per client IP and in total (in-process).
-
-    ``admit`` returns the refusal reason or None; every admitted connection must be
-    ``release``d exactly once (the caller does it in a ``finally``).
-    """
-
-    def __init__(self, per_ip: int, total: int) -> None:
-        self.per_ip = per_ip
-        self.total = total
-        self.by_ip: Counter[str] = Counter()
-        self.count = 0
-
-    def admit(self, ip: str) -> str | None:
-        if self.count >= self.total:
-            return "global_limit"
-        if self.by_ip[ip] >= self.per_ip:
-            return "per_ip_limit"
-        self.by_ip[ip] += 1
-        self.count += 1
-        return None
-
-    def release(self, ip: str) -> None:
-        self.count -= 1
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
-
+POLICY_POLL_SECONDS = 2.0
+CREDENTIAL_POLL_SECONDS = 1.0
+BANS_GAUGE_SECONDS = 5.0
 
 _REFUSALS = {
     "per_ip_limit": b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n",
+    "rate_limit": b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n",
     "global_limit": b"* BYE [UNAVAILABLE] Server busy, try again later.\r\n",
+    "banned": b"* BYE [UNAVAILABLE] Service not available from your address.\r\n",
+}
+_TRACKER_REASONS = {
+    "max_connections": "global_limit",
+    "max_connections_per_ip": "per_ip_limit",
+    "max_connection_rate_per_ip": "rate_limit",
 }
 
 
@@ -64,7 +63,9 @@ _REFUSALS = {
 class GatewayContext:
     config: Config
     tls: TLSContextHolder
-    connections: ConnectionCounter
+    runtime: Runtime
+    limiter: Limiter
+    tracker: ConnectionTracker
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     ready: bool = False
 
@@ -72,7 +73,28 @@ class GatewayContext:
         b = self.config.backend
         self.backend_ssl = backend_context(b.ca_file) if b.tls != "none" else None
         self.backend_name = f"{b.host}:{b.port}"
-        self.authenticator = ForwardAuthenticator(self)
+        self.authenticator = Authenticator(self)
+        # Keys the limiter's attempt fingerprints: per process, never stored, so a
+        # fingerprint cannot be brute-forced back into a password offline.
+        self._fingerprint_key = secrets.token_bytes(32)
+        metrics.backend_up.labels(self.backend_name)  # export the series from the start
+
+    @property
+    def policy(self):
+        return self.runtime.policy
+
+    @property
+    def store(self):
+        return self.runtime.store
+
+    @property
+    def master_password(self) -> str | None:
+        return self.runtime.master_password
+
+    def attempt_fingerprint(self, user: str, password: str) -> bytes:
+        """Keyed, truncated hash of one attempt: counts distinct wrong passwords, reveals none."""
+        msg = (user.casefold() + "\0" + password).encode("utf-8", "surrogateescape")
+        return hmac.new(self._fingerprint_key, msg, hashlib.sha256).digest()[:8]
 
     async def connect_backend(self, endpoint: ClientEndpoint) -> BackendConnection:
         """Open a backend connection for one client, with metrics for success and failure."""
@@ -93,41 +115,99 @@ class GatewayContext:
         metrics.backend_up.labels(self.backend_name).set(1)
         return conn
 
-    async def handle(self, listener, tcp: trio.SocketStream) -> None:
+    async def handle(self, listener: Any, tcp: trio.SocketStream) -> None:
         """Run one client connection to completion (called by trio.serve_listeners)."""
         tls_mode = "implicit" if listener.mode == "implicit-tls" else "starttls"
         metrics.connections_total.labels(listener.address, tls_mode).inc()
         session = ClientSession(self, listener, tcp)
-        refusal = self.connections.admit(session.client_ip)
-        if refusal is not None:
-            metrics.connections_rejected_total.labels(refusal).inc()
-            session.log.warning("connection.refused", reason=refusal, listener=listener.address)
-            await self._refuse(session, refusal)
+        now = time.time()
+        admitted = self.tracker.try_open(session.client_ip, now)
+        if not admitted.allowed:
+            await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
+                               admitted.reason)
             return
-        active = metrics.connections_active.labels(listener.address)
-        active.inc()
-        self.sessions[session.session_id] = session
         try:
-            await session.run()
-        except Exception:
-            # A bug in one session must never take the listener (and every other
-            # session) down with it; the traceback goes to the log, not the client.
-            session.log.exception("session.crashed")
+            try:
+                banned = await self.limiter.check_connect(session.client_ip, now)
+            except StateUnavailable as exc:
+                session.log.error("limiter.unavailable", error=str(exc))
+                banned = None
+            if banned is not None and not banned.allowed:
+                await self._refuse(session, "banned", banned.reason)
+                return
+            active = metrics.connections_active.labels(listener.address)
+            active.inc()
+            self.sessions[session.session_id] = session
+            try:
+                await session.run()
+            except Exception:
+                # A bug in one session must never take the listener (and every other
+                # session) down with it; the traceback goes to the log, not the client.
+                session.log.exception("session.crashed")
+            finally:
+                del self.sessions[session.session_id]
+                active.dec()
         finally:
-            del self.sessions[session.session_id]
-            active.dec()
-            self.connections.release(session.client_ip)
+            self.tracker.close(admitted.ticket)
 
-    async def _refuse(self, session: ClientSession, reason: str) -> None:
+    async def _refuse(self, session: ClientSession, label: str, reason: str) -> None:
         """Say BYE (over TLS on an implicit-TLS listener, so the client can read it) and close."""
+        metrics.connections_rejected_total.labels(label).inc()
+        session.log.warning("connection.refused", reason=reason,
+                            listener=session.listener.address)
         with trio.move_on_after(self.config.limits.tls_handshake_timeout):
             try:
                 if session.listener.mode == "implicit-tls":
                     await session._start_tls()
-                await session.stream.send_all(_REFUSALS[reason])
+                await session.stream.send_all(_REFUSALS[label])
             except Exception:  # noqa: BLE001 - a refused client gets no more of our time
                 pass
         await trio.aclose_forcefully(session.stream)
+
+    # -- policy and credential changes ---------------------------------------------------------
+
+    async def reload_policy(self, *, force: bool) -> None:
+        reloader = self.policy
+        stamp = await trio.to_thread.run_sync(snapshot, reloader.dir)
+        new, error = await trio.to_thread.run_sync(lambda: reloader.check(stamp, force=force))
+        if error is not None:
+            log.error("policy.reload_failed", error=str(error),
+                      kept=reloader.current.fingerprint if reloader.current else None)
+            return
+        if new is None:
+            return
+        log.info("policy.reloaded", fingerprint=new.fingerprint, rules=len(new.rules))
+        for session in list(self.sessions.values()):
+            if session.user is None:
+                continue
+            decision = new.decide(LoginContext(user=session.user, ip=session.client_ip,
+                                               factor=session.factor))
+            if not decision.allowed:
+                session.log.warning("session.revoked", reason=decision.reason)
+                session.kill("policy_revoked", "Access revoked by policy.")
+
+    async def check_credentials(self) -> None:
+        """End sessions whose app password was revoked or expired since they logged in."""
+        by_user: dict[str, list[ClientSession]] = {}
+        for session in self.sessions.values():
+            if session.app_password_id is not None and session.user is not None:
+                by_user.setdefault(session.user, []).append(session)
+        if not by_user:
+            return
+        now = time.time()
+
+        def live_ids() -> dict[str, dict[int, Any]]:
+            return {user: {i.id: i for i in self.store.list_app_passwords(user)}
+                    for user in by_user}
+
+        current = await trio.to_thread.run_sync(live_ids)
+        for user, sessions in by_user.items():
+            for session in sessions:
+                info = current[user].get(session.app_password_id)
+                if info is None or info.is_expired(now):
+                    session.log.warning("session.revoked", reason="app_password_revoked",
+                                        app_password=session.app_password_label)
+                    session.kill("app_password_revoked", "App password revoked.")
 
 
 async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
@@ -139,6 +219,7 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                     log.info("tls.reloaded", cert=str(ctx.config.tls.cert))
                 except TLSSetupError as exc:
                     log.error("tls.reload_failed", error=str(exc))
+                await ctx.reload_policy(force=True)
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
                          sessions=len(ctx.sessions))
@@ -146,29 +227,63 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                 return
 
 
-async def serve(config: Config) -> None:
+async def _every(seconds: float, job, name: str) -> None:
+    """Run ``job`` forever, ``seconds`` apart; a failing run is logged, not fatal."""
+    while True:
+        await trio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("background.failed", task=name)
+
+
+async def _update_bans_gauge(ctx: GatewayContext) -> None:
+    bans = await ctx.limiter.list_bans(time.time())
+    counts = Counter(ban.scope for ban in bans)
+    for scope in ("ip", "subnet", "user_ip"):
+        metrics.bans_active.labels(scope).set(counts.get(scope, 0))
+
+
+async def serve(config: Config, runtime: Runtime) -> None:
     """Run the gateway until SIGTERM/SIGINT."""
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
-    ctx = GatewayContext(
-        config=config, tls=tls,
-        connections=ConnectionCounter(config.limits.max_connections_per_ip,
-                                      config.limits.max_connections),
-    )
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, ctx, nursery.cancel_scope)
-        if config.metrics.address:
-            await nursery.start(serve_metrics, config.metrics.host, config.metrics.port,
-                                lambda: ctx.ready)
-        for listener in config.listeners:
-            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host,
-                                                    backlog=1024)
-            nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), sockets)
-        ctx.ready = True
-        log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
-                 backend=ctx.backend_name, metrics=config.metrics.address or None)
+    limits = LimitsSettings.from_config(config.limits)
+    for warning in runtime.warnings:
+        log.warning("gateway.config_warning", detail=warning)
+    async with open_state(config.state.redis) as state:
+        ctx = GatewayContext(
+            config=config, tls=tls, runtime=runtime,
+            limiter=Limiter(state, limits, AnomalySettings.from_config(config.anomaly)),
+            tracker=ConnectionTracker.from_settings(limits),
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_signals, ctx, nursery.cancel_scope)
+            nursery.start_soon(_every, POLICY_POLL_SECONDS,
+                               lambda: ctx.reload_policy(force=False), "policy_watch")
+            nursery.start_soon(_every, CREDENTIAL_POLL_SECONDS, ctx.check_credentials,
+                               "credential_watch")
+            nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
+                               "bans_gauge")
+            if config.metrics.address:
+                await nursery.start(serve_metrics, config.metrics.host, config.metrics.port,
+                                    lambda: ctx.ready)
+            if config.admin.address:
+                from gateway.admin_api import serve_admin
+
+                await nursery.start(serve_admin, ctx, config.admin.host, config.admin.port,
+                                    runtime.admin_token)
+            for listener in config.listeners:
+                sockets = await trio.open_tcp_listeners(listener.port, host=listener.host,
+                                                        backlog=1024)
+                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), sockets)
+            ctx.ready = True
+            log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
+                     backend=ctx.backend_name, metrics=config.metrics.address or None,
+                     admin=config.admin.address or None,
+                     policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
 
 
-def _bind(ctx: GatewayContext, listener):
+def _bind(ctx: GatewayContext, listener: Any):
     async def handler(tcp: trio.SocketStream) -> None:
         await ctx.handle(listener, tcp)
     return handler

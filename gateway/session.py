@@ -18,18 +18,27 @@ from __future__ import annotations
 import collections
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from gateway.backend import BackendConnection, BackendUnavailable, ClientEndpoint
+from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_patterns
+from gateway.authenticator import LoginOutcome
+from gateway.backend import BackendConnection, ClientEndpoint
 from gateway.imap import preauth as pa
+from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_capabilities, rewrite_login_ok
+from gateway.limits import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 
 RECEIVE_SIZE = 65536
+
+#: Failures that say nothing about the client's credentials: not counted by the limiter.
+_NOT_THE_CLIENTS_FAULT = frozenset(
+    {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed"})
 
 
 def new_session_id() -> str:
@@ -66,6 +75,12 @@ class ClientSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.user: str | None = None
+        self.started_at = time.time()
+        #: The factor the login presented ("none", "totp", "remembered-device",
+        #: "app-password"): policy reloads re-check live sessions with it.
+        self.factor = "none"
+        self.app_password_id: int | None = None
+        self.app_password_label: str | None = None
         self.client_id: dict[str, str] = {}
         self.end_reason = "unknown"
         self.log = get_logger(
@@ -81,6 +96,8 @@ class ClientSession:
         self.backend_capabilities: list[str] = []
         #: Per-command decision hook for the relay (scopes); None = forward everything.
         self.command_filter = None
+        #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
+        self.response_filter = None
 
     def kill(self, reason: str, message: str) -> None:
         """End a relayed session from outside (admin, policy reload): the client gets BYE."""
@@ -89,11 +106,36 @@ class ClientSession:
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
 
-    def on_command(self, info: Any) -> None:
-        """Hook for per-command observers (anomaly detection); nothing by default."""
+    async def on_expunged(self, count: int) -> None:
+        """The backend reported ``count`` messages expunged in this session (mass delete)."""
+        limiter = self.ctx.limiter
+        try:
+            found = await limiter.anomalies.observe_expunge(
+                self.user, count, time.time(), ip=self.client_ip)
+        except StateUnavailable as exc:
+            self.log.error("limiter.unavailable", error=str(exc))
+            return
+        self._report(found)
 
-    def on_expunged(self, count: int) -> None:
-        """Hook for expunge observers (mass-delete detection); nothing by default."""
+    async def on_bytes(self, count: int) -> None:
+        """``count`` more bytes went from the backend to this client (high-volume fetch)."""
+        try:
+            found = await self.ctx.limiter.anomalies.observe_bytes(
+                self.session_id, self.user, count, time.time(), ip=self.client_ip)
+        except StateUnavailable as exc:
+            self.log.error("limiter.unavailable", error=str(exc))
+            return
+        self._report(found)
+
+    def _report(self, anomalies, bans=()) -> None:
+        """Log and count what the limiter and detectors raised."""
+        for ban in bans:
+            metrics.bans_created_total.labels(ban.scope, ban.reason).inc()
+            self.log.warning("ban.created", scope=ban.scope, network=ban.network,
+                             ban_reason=ban.reason, expires=ban.expires)
+        for anomaly in anomalies:
+            metrics.anomalies_total.labels(anomaly.kind).inc()
+            self.log.warning("anomaly", **anomaly.as_event())
 
     # -- stream helpers ----------------------------------------------------------------------
 
@@ -199,10 +241,7 @@ class ClientSession:
                                     return backend, ev.leftover
                         pending.extend(more)
                     elif isinstance(event, pa.PlaintextLoginRefused):
-                        metrics.plaintext_logins_blocked_total.labels(self.listener.address).inc()
-                        metrics.auth_attempts_total.labels(
-                            "failure", "plaintext", event.mechanism.lower()).inc()
-                        self.log.warning("login.plaintext_blocked", mechanism=event.mechanism)
+                        await self._plaintext_refused(event.mechanism)
                     elif isinstance(event, pa.ClientIdentified):
                         self.client_id = dict(event.fields)
                         self.log.info("client.id", client_id=self.client_id)
@@ -223,103 +262,100 @@ class ClientSession:
                     await self._send(event.data)
         raise SessionClosed("preauth_timeout")
 
+    async def _plaintext_refused(self, mechanism: str) -> None:
+        metrics.plaintext_logins_blocked_total.labels(self.listener.address).inc()
+        metrics.auth_attempts_total.labels("failure", "plaintext", mechanism.lower()).inc()
+        self.log.warning("login.plaintext_blocked", mechanism=mechanism)
+        try:
+            found = await self.ctx.limiter.anomalies.observe_plaintext_attempt(
+                self.client_ip, time.time(), subnet=self.ctx.limiter.subnet(self.client_ip))
+        except StateUnavailable as exc:
+            self.log.error("limiter.unavailable", error=str(exc))
+            return
+        self._report(found)
+
     async def _login(
         self, conn: pa.PreauthConnection, req: pa.LoginRequest
     ) -> tuple[BackendConnection | None, list]:
         """Decide a login; on success return the backend and the machine's events."""
         started = trio.current_time()
         mechanism = req.mechanism.lower()
-        outcome = await self.ctx.authenticator.login(self, req)
-        elapsed = trio.current_time() - started
-        metrics.auth_decision_seconds.observe(elapsed)
+        limiter = self.ctx.limiter
+        try:
+            gate = await limiter.check_login(req.username, self.client_ip, time.time())
+        except StateUnavailable as exc:
+            self.log.error("limiter.unavailable", error=str(exc))
+            gate = None
+        if gate is not None and not gate.allowed:
+            outcome = LoginOutcome(reason=gate.reason)
+        else:
+            outcome = await self.ctx.authenticator.login(self, req)
+        metrics.auth_decision_seconds.observe(trio.current_time() - started)
         if outcome.backend is not None:
-            self.user = outcome.user
-            metrics.auth_attempts_total.labels("success", "ok", mechanism).inc()
-            self.log.info("login.ok", user=outcome.user, mechanism=req.mechanism,
-                          factor=outcome.factor, tls_version=self.tls_version)
-            events = conn.login_succeeded()
-            backend = outcome.backend
-            raw_caps = capability_from_ok(outcome.ok_line)
-            if raw_caps is None:
-                raw_caps = await backend.fetch_capabilities()
-            self.backend_capabilities = raw_caps
-            self.capability_line = " ".join(rewrite_capabilities(raw_caps))
-            await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
-            if backend.buffer:
-                await self._send(bytes(backend.buffer))
-                backend.buffer.clear()
-            return outcome.backend, events
-        metrics.auth_attempts_total.labels("failure", outcome.reason.split(":")[0], mechanism).inc()
+            return await self._logged_in(conn, req, outcome), conn.login_succeeded()
+
+        reason_label = outcome.reason.split(":")[0]
+        metrics.auth_attempts_total.labels("failure", reason_label, mechanism).inc()
         self.log.info("login.denied", user=req.username, mechanism=req.mechanism,
                       reason=outcome.reason)
-        # Every failure looks the same and takes at least the same time (no user enumeration).
-        floor = self.ctx.config.limits.auth_failure_delay
         if outcome.unavailable:
             return None, conn.login_unavailable()
-        await trio.sleep_until(started + floor + outcome.tarpit)
+        tarpit = 0.0
+        if reason_label not in _NOT_THE_CLIENTS_FAULT:
+            try:
+                failure = await limiter.record_failure(
+                    req.username, self.client_ip,
+                    self.ctx.attempt_fingerprint(req.username, req.password), time.time())
+            except StateUnavailable as exc:
+                self.log.error("limiter.unavailable", error=str(exc))
+            else:
+                tarpit = failure.tarpit_seconds
+                if tarpit:
+                    metrics.tarpit_delay_seconds.observe(tarpit)
+                self._report(failure.anomalies, failure.new_bans)
+        # Every failure looks the same and takes at least the same time (no user
+        # enumeration), plus the limiter's tarpit for repeat offenders.
+        await trio.sleep_until(started + self.ctx.config.limits.auth_failure_delay + tarpit)
         return None, conn.login_failed()
+
+    async def _logged_in(self, conn, req, outcome) -> BackendConnection:
+        """Bookkeeping and the client's tagged OK for a successful login."""
+        backend = outcome.backend
+        self.user = outcome.user
+        self.factor = outcome.factor
+        self.app_password_id = outcome.app_password_id
+        self.app_password_label = outcome.app_password_label
+        self.command_filter = build_filter(outcome.scopes)
+        patterns = parse_mailbox_patterns(outcome.scopes)
+        if patterns is not None:
+            self.response_filter = ListResponseFilter(mailbox_matcher(patterns))
+        metrics.auth_attempts_total.labels("success", "ok", req.mechanism.lower()).inc()
+        self.log.info("login.ok", user=outcome.user, mechanism=req.mechanism,
+                      factor=outcome.factor, app_password=outcome.app_password_label,
+                      scopes=list(outcome.scopes), tls_version=self.tls_version)
+        try:
+            success = await self.ctx.limiter.record_success(
+                outcome.user, self.client_ip, time.time())
+        except StateUnavailable as exc:
+            self.log.error("limiter.unavailable", error=str(exc))
+        else:
+            self._report(success.anomalies)
+        raw_caps = capability_from_ok(outcome.ok_line)
+        if raw_caps is None:
+            raw_caps = await backend.fetch_capabilities()
+        self.backend_capabilities = raw_caps
+        self.capability_line = " ".join(rewrite_capabilities(raw_caps))
+        await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
+        if backend.buffer:
+            pending = bytes(backend.buffer)
+            backend.buffer.clear()
+            if self.response_filter is not None:
+                pending = self.response_filter.receive_data(pending)
+            await self._send(pending)
+        return backend
 
     def endpoint(self) -> ClientEndpoint:
         return ClientEndpoint(
             ip=self.client_ip, port=self.client_port, local_ip=self.local_ip,
             local_port=self.local_port, session_id=self.session_id, tls_version=self.tls_version,
         )
-
-
-@dataclass
-class LoginOutcome:
-    """What the authenticator decided; exactly one of ``backend`` / ``reason`` is set."""
-
-    backend: BackendConnection | None = None
-    user: str | None = None
-    ok_line: bytes = b""
-    factor: str = "password"
-    reason: str = ""
-    unavailable: bool = False
-    tarpit: float = 0.0
-
-
-class ForwardAuthenticator:
-    """Issue-2 login: the backend verifies the client's own credentials.
-
-    The gateway opens a backend connection, forwards the client's address, and sends
-    the credentials as AUTHENTICATE PLAIN. The client's SASL authorization identity
-    must be empty or equal to the user: the gateway does not let a client act as a
-    Dovecot master user on someone else's behalf.
-    """
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    async def login(self, session: ClientSession, req: pa.LoginRequest) -> LoginOutcome:
-        if req.authzid and req.authzid != req.username:
-            return LoginOutcome(reason="authzid_not_allowed")
-        backend_cfg = self.ctx.config.backend
-        try:
-            backend = await self.ctx.connect_backend(session.endpoint())
-        except BackendUnavailable as exc:
-            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
-        try:
-            result = await backend.login_plain(
-                authzid="", authcid=req.username, password=req.password,
-                timeout=backend_cfg.login_timeout,
-            )
-        except BackendUnavailable as exc:
-            await backend.aclose()
-            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
-            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
-        if result.ok:
-            return LoginOutcome(backend=backend, user=req.username, ok_line=result.line)
-        await backend.aclose()
-        if result.code == "UNAVAILABLE":
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
-        if result.code == "PRIVACYREQUIRED":
-            session.log.error(
-                "backend.misconfigured",
-                detail="backend refused plaintext auth from the gateway: add the gateway to "
-                "Dovecot's login_trusted_networks, or use client_ip = \"proxy-v2\"",
-            )
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
-        return LoginOutcome(reason="backend_rejected")

@@ -1,0 +1,153 @@
+"""Login decisions in the shell: policy → factor plan → backend login.
+
+The order matters and each step can only narrow:
+
+1. The client's SASL authorization identity must be empty or the user itself, and a
+   user name may not contain the Dovecot master separator: a client never gets to act
+   as a master user.
+2. The policy's first matching rule for (user, client IP): deny → refused here,
+   without touching the store or the backend.
+3. ``gateway.auth.decide`` (in a worker thread: it may run scrypt) turns the secret
+   into a plan: an app password (log in to Dovecot as the user via the master user),
+   a password to forward (after a good TOTP code, or from a remembered device), or a
+   refusal with a reason.
+4. The policy is asked again with the factor actually presented, so a rule can never
+   be satisfied by a weaker factor than it names.
+5. The backend verifies the password (forwarded plans) or the master login.
+
+Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
+the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
+from gateway.backend import BackendConnection, BackendUnavailable
+from gateway.observability import metrics
+from gateway.policy import LoginContext
+from gateway.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from gateway.imap.preauth import LoginRequest
+    from gateway.session import ClientSession
+
+
+@dataclass
+class LoginOutcome:
+    """What the authenticator decided; a success has ``backend`` set."""
+
+    backend: BackendConnection | None = None
+    user: str | None = None
+    ok_line: bytes = b""
+    factor: str = "none"
+    reason: str = ""
+    unavailable: bool = False
+    tarpit: float = 0.0
+    scopes: tuple[str, ...] = ("full",)
+    app_password_id: int | None = None
+    app_password_label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Authenticator:
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    @property
+    def master_configured(self) -> bool:
+        return bool(self.ctx.config.backend.master_user) and self.ctx.master_password is not None
+
+    async def login(self, session: ClientSession, req: LoginRequest) -> LoginOutcome:
+        user = req.username
+        if req.authzid and req.authzid != user:
+            return LoginOutcome(reason="authzid_not_allowed")
+        separator = self.ctx.config.backend.master_separator
+        if self.ctx.config.backend.master_user and separator and separator in user:
+            return LoginOutcome(reason="master_separator_in_user")
+
+        policy = self.ctx.policy.current
+        requirement = policy.requirement_for(user, session.client_ip)
+        if not requirement.allowed:
+            metrics.policy_denials_total.labels(requirement.rule or "no_rule_matched").inc()
+            return LoginOutcome(reason=requirement.reason)
+
+        now = time.time()
+        try:
+            plan = await trio.to_thread.run_sync(
+                decide, user, req.password, session.client_ip, session.client_id.get("name"),
+                requirement, self.ctx.store, now, self.master_configured,
+            )
+        except StoreError as exc:
+            session.log.error("store.error", error=str(exc))
+            return LoginOutcome(reason="store_error")
+        if isinstance(plan, Deny):
+            return LoginOutcome(reason=plan.reason)
+
+        final = policy.decide(LoginContext(user=user, ip=session.client_ip, factor=plan.factor))
+        if not final.allowed:
+            metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
+            return LoginOutcome(reason=final.reason)
+
+        backend_cfg = self.ctx.config.backend
+        try:
+            backend = await self.ctx.connect_backend(session.endpoint())
+        except BackendUnavailable as exc:
+            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        try:
+            if isinstance(plan, UseAppPassword):
+                if backend_cfg.master_login == "separator":
+                    authzid, authcid = "", f"{user}{separator}{backend_cfg.master_user}"
+                else:
+                    authzid, authcid = user, backend_cfg.master_user
+                result = await backend.login_plain(
+                    authzid=authzid, authcid=authcid, password=self.ctx.master_password,
+                    timeout=backend_cfg.login_timeout,
+                )
+            else:
+                result = await backend.login_plain(
+                    authzid="", authcid=plan.user, password=plan.password,
+                    timeout=backend_cfg.login_timeout,
+                )
+        except BackendUnavailable as exc:
+            await backend.aclose()
+            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
+            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+
+        if not result.ok:
+            await backend.aclose()
+            if result.code == "UNAVAILABLE":
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            if result.code == "PRIVACYREQUIRED":
+                session.log.error(
+                    "backend.misconfigured",
+                    detail="the backend refused plaintext auth from the gateway: add the "
+                    "gateway to Dovecot's login_trusted_networks, or use client_ip = \"proxy-v2\"",
+                )
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            if isinstance(plan, UseAppPassword):
+                session.log.error("backend.master_login_failed", code=result.code)
+                return LoginOutcome(reason="master_login_failed")
+            return LoginOutcome(reason="backend_rejected")
+
+        outcome = LoginOutcome(backend=backend, user=user, ok_line=result.line, factor=plan.factor)
+        if isinstance(plan, UseAppPassword):
+            outcome.scopes = tuple(plan.scopes)
+            outcome.app_password_id = plan.app_password_id
+            outcome.app_password_label = plan.label
+        elif isinstance(plan, ForwardPassword) and plan.remember:
+            try:
+                await trio.to_thread.run_sync(
+                    self.ctx.store.remember, user, session.client_ip,
+                    session.client_id.get("name"), requirement.remember_device, now,
+                )
+            except StoreError as exc:
+                session.log.error("store.error", error=str(exc))
+        return outcome

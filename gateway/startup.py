@@ -1,0 +1,100 @@
+"""Everything the gateway loads before it accepts a connection, checked up front.
+
+``prepare`` runs before the event loop starts, so a broken policy file, a missing or
+wrong store key, or an unreadable master password stops ``imap-gateway serve`` with
+one line that names the file and what to do, and nothing is listening yet.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
+from gateway.store import open_store
+from gateway.store.base import CredentialStore
+from gateway.store.errors import StoreError
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message names the file/key and the fix."""
+
+
+@dataclass
+class Runtime:
+    policy: PolicyReloader
+    store: CredentialStore
+    master_password: str | None = field(repr=False, default=None)
+    admin_token: str | None = field(repr=False, default=None)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_master_password(config: Config) -> str | None:
+    path = config.backend.master_password_file
+    if not config.backend.master_user or path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(
+            f"{config.source_path}: backend.master_password_file: cannot read {path}: "
+            f"{exc.strerror}") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise StartupError(
+            f"{config.source_path}: backend.master_password_file: {path} is empty")
+    return password
+
+
+def admin_token_path(config: Config) -> Path:
+    """Where the admin API token lives: ``[admin] token_file`` or next to the store."""
+    if config.admin.token_file is not None:
+        return Path(config.admin.token_file)
+    return Path(config.store.path).parent / "admin.token"
+
+
+def load_admin_token(config: Config, *, create: bool) -> str:
+    """Read (or, for the gateway itself, create 0600) the admin API bearer token."""
+    path = admin_token_path(config)
+    if create and not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise StartupError(
+            f"{config.source_path}: admin.token_file: cannot read {path}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise StartupError(f"{config.source_path}: admin.token_file: {path} is empty")
+    return token
+
+
+def prepare(config: Config) -> Runtime:
+    """Load policy, credential store, master password and admin token; StartupError if any fails."""
+    try:
+        policy: Policy = load_policy(Path(config.policy.dir))
+    except PolicyError as exc:
+        raise StartupError(f"{config.source_path}: policy.dir: {exc}") from None
+    reloader = PolicyReloader(Path(config.policy.dir), current=policy)
+
+    store_path = Path(config.store.path)
+    try:
+        store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = open_store(store_path, Path(config.store.key_file), create_key=True)
+    except (StoreError, OSError) as exc:
+        raise StartupError(f"{config.source_path}: store: {exc}") from None
+
+    runtime = Runtime(policy=reloader, store=store, master_password=_read_master_password(config))
+    if runtime.master_password is None:
+        runtime.warnings.append(
+            "no [backend] master_user configured: app passwords will be refused "
+            "(log reason master_user_missing)")
+    if config.admin.address:
+        runtime.admin_token = load_admin_token(config, create=True)
+    return runtime
