@@ -334,6 +334,16 @@ def gateway_available() -> str | None:
     return None
 
 
+#: Forward mode: the password goes to Dovecot, no second factor (what HAProxy compares to).
+BENCH_POLICY = """\
+[[rule]]
+name = "bench: password only"
+users = ["*"]
+action = "allow"
+mfa = "none"
+"""
+
+
 def start_gateway(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in)."""
     port = free_port()
@@ -342,6 +352,8 @@ def start_gateway(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Ser
     shutil.copy(rd.cert, gdir / "cert.pem")
     shutil.copy(rd.key, gdir / "key.pem")
     cfg = gdir / "gateway.toml"
+    (gdir / "policies").mkdir()
+    (gdir / "policies" / "00-bench.toml").write_text(BENCH_POLICY)
     cfg.write_text(
         render(HERE / "gateway.toml.in", {"PORT": str(port), "IMAP_PORT": str(imap_port)})
     )
