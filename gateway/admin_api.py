@@ -25,7 +25,8 @@ Endpoints::
     POST   /bans              -> 201 <ban>   body {"network", "ttl"?, "reason"?}
     DELETE /bans/<network>    -> 200 {"removed": <network>} | 404   (network URL-encoded)
 
-Errors are ``{"error": "..."}`` with 400, 401, 404, 405, 408, 413 or 503.
+Errors are ``{"error": "..."}`` with 400, 401, 404, 405, 408, 409 (kill before login),
+413, 500 or 503.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ class Response:
 
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
             413: "Content Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -430,6 +431,12 @@ def _kill(ctx: Any, session_id: str) -> Response:
     session = ctx.sessions.get(session_id)
     if session is None:
         raise HttpError(404, f"no session {session_id!r} (imap-gateway sessions list shows them)")
+    if getattr(session, "cancel_scope", None) is None:
+        # ClientSession.kill only reaches a session whose relay is running; saying "killed"
+        # for one that goes on would be a lie to the administrator.
+        raise HttpError(409, f"session {session_id!r} has not logged in yet and cannot be "
+                             "killed before login; ban its address instead "
+                             "(imap-gateway bans add IP)")
     session.kill("admin_kill", KILL_MESSAGE)
     log.info("admin.session_killed", session_id=session_id, user=session.user,
              client_ip=session.client_ip)
@@ -529,8 +536,26 @@ async def _serve_one(ctx: Any, token: str, clock: Callable[[], float],
         with trio.move_on_after(1):
             try:
                 await stream.send_all(response.to_bytes())
+                if reader.state != "done":
+                    await _drain(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+async def _drain(stream: trio.SocketStream, limit: int = 4 * MAX_REQUEST) -> None:
+    """Read and drop what the client is still sending before we close.
+
+    Closing a socket with unread input makes the kernel send RST, and a client still
+    uploading a too-large body would then lose our 413 before reading it. Bounded by
+    ``limit`` bytes and by the caller's deadline.
+    """
+    await stream.send_eof()
+    seen = 0
+    while seen < limit:
+        data = await stream.receive_some(16384)
+        if not data:
+            return
+        seen += len(data)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str | None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
+from gateway.auth.factors import normalize_app_password
 from gateway.backend import BackendConnection, BackendUnavailable
 from gateway.observability import metrics
 from gateway.policy import LoginContext
@@ -78,11 +79,15 @@ class Authenticator:
             return LoginOutcome(reason=requirement.reason)
 
         now = time.time()
+        args = (user, req.password, session.client_ip, session.client_id.get("name"),
+                requirement, self.ctx.store, now, self.master_configured)
         try:
-            plan = await trio.to_thread.run_sync(
-                decide, user, req.password, session.client_ip, session.client_id.get("name"),
-                requirement, self.ctx.store, now, self.master_configured,
-            )
+            if normalize_app_password(req.password) is None:
+                # Not shaped like an app password: no scrypt, only a few small SQLite
+                # queries, cheaper inline than a thread hop.
+                plan = decide(*args)
+            else:
+                plan = await trio.to_thread.run_sync(decide, *args)
         except StoreError as exc:
             session.log.error("store.error", error=str(exc))
             return LoginOutcome(reason="store_error")
@@ -115,8 +120,11 @@ class Authenticator:
                     authzid="", authcid=plan.user, password=plan.password,
                     timeout=backend_cfg.login_timeout,
                 )
-        except BackendUnavailable as exc:
+        except BaseException as exc:
+            # Includes cancellation (admin kill, shutdown): never leave the backend open.
             await backend.aclose()
+            if not isinstance(exc, BackendUnavailable):
+                raise
             metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
             session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
             return LoginOutcome(reason="backend_unavailable", unavailable=True)

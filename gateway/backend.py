@@ -66,6 +66,8 @@ class BackendConnection:
         self.buffer = bytearray()
         self.capabilities: list[str] = []
         self._tag_counter = 0
+        #: Commands to send together with the login (the pipelined ID).
+        self._pending = b""
 
     # -- opening ---------------------------------------------------------------------
 
@@ -80,7 +82,6 @@ class BackendConnection:
         client_ip_mode: str,
         endpoint: ClientEndpoint,
         connect_timeout: float,
-        login_timeout: float,
     ) -> BackendConnection:
         name = f"{host}:{port}"
         try:
@@ -119,16 +120,9 @@ class BackendConnection:
             kind = "tls" if isinstance(exc.__cause__, ssl.SSLError) else "closed"
             raise BackendUnavailable(kind, f"{name}: {exc.__cause__ or exc}") from None
 
-        try:
-            with trio.fail_after(login_timeout):
-                if client_ip_mode == "id":
-                    await conn._send_id(endpoint)
-        except trio.TooSlowError:
-            await conn.aclose()
-            raise BackendUnavailable("login_timeout", f"{name}: no answer to ID within {login_timeout}s") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await conn.aclose()
-            raise BackendUnavailable("closed", f"{name}: {exc}") from None
+        if client_ip_mode == "id":
+            # Sent with the login in one write (pipelined): one round trip less per login.
+            conn._pending = conn._id_command(endpoint)
         return conn
 
     async def _starttls(self, ssl_context: ssl.SSLContext | None, host: str) -> None:
@@ -142,7 +136,9 @@ class BackendConnection:
         await self.stream.do_handshake()
         self.capabilities = await self.fetch_capabilities()
 
-    async def _send_id(self, endpoint: ClientEndpoint) -> None:
+    def _id_command(self, endpoint: ClientEndpoint) -> bytes:
+        """``ID`` with the client's address and our session id (Dovecot honours it from
+        ``login_trusted_networks`` and logs ``rip=`` / ``session=`` accordingly)."""
         fields = [
             ("name", "imap-gateway"),
             ("x-originating-ip", endpoint.ip),
@@ -152,9 +148,7 @@ class BackendConnection:
             ("x-session-id", endpoint.session_id),
         ]
         args = b" ".join(quote(k) + b" " + quote(v) for k, v in fields)
-        outcome = await self._command(b"ID (" + args + b")")
-        if not outcome.ok:
-            raise BackendUnavailable("protocol", f"backend refused ID: {outcome.line[:120]!r}")
+        return self._next_tag() + b" ID (" + args + b")\r\n"
 
     # -- login ---------------------------------------------------------------------------
 
@@ -165,12 +159,18 @@ class BackendConnection:
         payload = base64.b64encode(
             "\0".join((authzid, authcid, password)).encode("utf-8", "surrogateescape")
         )
+        pending, self._pending = self._pending, b""
+        id_tag = pending.split(b" ", 1)[0] if pending else None
         try:
             with trio.fail_after(timeout):
-                if "SASL-IR" in self.capabilities:
-                    return await self._command(b"AUTHENTICATE PLAIN " + payload)
                 tag = self._next_tag()
-                await self.stream.send_all(tag + b" AUTHENTICATE PLAIN\r\n")
+                if "SASL-IR" in self.capabilities:
+                    await self.stream.send_all(
+                        pending + tag + b" AUTHENTICATE PLAIN " + payload + b"\r\n")
+                    await self._expect_id_ok(id_tag)
+                    return await self._until_tagged(tag)
+                await self.stream.send_all(pending + tag + b" AUTHENTICATE PLAIN\r\n")
+                await self._expect_id_ok(id_tag)
                 line = await self._read_line()
                 if not line.startswith(b"+"):
                     return _outcome(tag, line, [])
@@ -180,6 +180,13 @@ class BackendConnection:
             raise BackendUnavailable("login_timeout", f"{self.name}: no login answer within {timeout}s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BackendUnavailable("closed", f"{self.name}: {exc}") from None
+
+    async def _expect_id_ok(self, id_tag: bytes | None) -> None:
+        if id_tag is None:
+            return
+        outcome = await self._until_tagged(id_tag)
+        if not outcome.ok:
+            raise BackendUnavailable("protocol", f"backend refused ID: {outcome.line[:120]!r}")
 
     async def fetch_capabilities(self) -> list[str]:
         """Ask the backend for its capabilities (used when its login OK carried none)."""

@@ -158,37 +158,41 @@ def cmd_devices(args: argparse.Namespace) -> int:
                                           as_json=args.json), args.json)
 
 
-def _admin_client(config):
-    """An admin API client for the running gateway, or exit 1 with the reason."""
+def _admin(args: argparse.Namespace, action) -> int:
+    """Run ``action(client)`` against the running gateway's admin API and print the result.
+
+    A turned-off API or an unreadable token file is an error like any other: exit 1, and
+    with --json a parseable {"error": ...} on stderr.
+    """
     from gateway.admin_api import AdminTokenError
     from gateway.admin_client import AdminDisabled, client_from_config
 
+    config = _load(args.config)
     try:
-        return client_from_config(config)
+        client = client_from_config(config)
     except (AdminDisabled, AdminTokenError) as exc:
-        print(f"imap-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return _emit((1, {"error": str(exc)} if args.json else f"imap-gateway: {exc}"),
+                     args.json)
+    return _emit(action(client), args.json)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     from gateway import admin_client as ac
 
-    client = _admin_client(_load(args.config))
     if args.sessions_command == "list":
-        return _emit(ac.sessions_list_command(client, args.json), args.json)
-    return _emit(ac.sessions_kill_command(client, args.id, args.json), args.json)
+        return _admin(args, lambda c: ac.sessions_list_command(c, args.json))
+    return _admin(args, lambda c: ac.sessions_kill_command(c, args.id, args.json))
 
 
 def cmd_bans(args: argparse.Namespace) -> int:
     from gateway import admin_client as ac
 
-    client = _admin_client(_load(args.config))
     if args.bans_command == "list":
-        return _emit(ac.bans_list_command(client, args.json), args.json)
+        return _admin(args, lambda c: ac.bans_list_command(c, args.json))
     if args.bans_command == "add":
-        return _emit(ac.bans_add_command(client, args.network, args.ttl, args.reason, args.json),
-                     args.json)
-    return _emit(ac.bans_remove_command(client, args.network, args.json), args.json)
+        return _admin(args, lambda c: ac.bans_add_command(c, args.network, args.ttl,
+                                                           args.reason, args.json))
+    return _admin(args, lambda c: ac.bans_remove_command(c, args.network, args.json))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,7 +104,7 @@ class GatewayContext:
             conn = await BackendConnection.connect(
                 host=b.host, port=b.port, tls=b.tls, ssl_context=self.backend_ssl,
                 client_ip_mode=b.client_ip, endpoint=endpoint,
-                connect_timeout=b.connect_timeout, login_timeout=b.login_timeout,
+                connect_timeout=b.connect_timeout,
             )
         except BackendUnavailable as exc:
             metrics.backend_errors_total.labels(self.backend_name, exc.kind).inc()
@@ -206,7 +206,7 @@ class GatewayContext:
                 info = current[user].get(session.app_password_id)
                 if info is None or info.is_expired(now):
                     session.log.warning("session.revoked", reason="app_password_revoked",
-                                        app_password=session.app_password_label)
+                                        app_password_label=session.app_password_label)
                     session.kill("app_password_revoked", "App password revoked.")
 
 

@@ -187,7 +187,13 @@ class ClientSession:
         try:
             if implicit:
                 await self._start_tls()
-            backend, leftover = await self._preauth(implicit)
+            with trio.CancelScope() as killable:
+                self.cancel_scope = killable  # kill() before login ends the dialogue too
+                backend, leftover = await self._preauth(implicit)
+            if killable.cancelled_caught:
+                with trio.move_on_after(1):
+                    await self._send(b"* BYE " + self.kill_message.encode() + b"\r\n")
+                raise SessionClosed(self.kill_reason or "killed")
             if backend is not None:
                 from gateway.relay import relay  # local import keeps module graph one-way
 
@@ -331,7 +337,7 @@ class ClientSession:
             self.response_filter = ListResponseFilter(mailbox_matcher(patterns))
         metrics.auth_attempts_total.labels("success", "ok", req.mechanism.lower()).inc()
         self.log.info("login.ok", user=outcome.user, mechanism=req.mechanism,
-                      factor=outcome.factor, app_password=outcome.app_password_label,
+                      factor=outcome.factor, app_password_label=outcome.app_password_label,
                       scopes=list(outcome.scopes), tls_version=self.tls_version)
         try:
             success = await self.ctx.limiter.record_success(

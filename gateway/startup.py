@@ -7,11 +7,15 @@ one line that names the file and what to do, and nothing is listening yet.
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.admin_api import (
+    AdminAddressRefused,
+    AdminTokenError,
+    check_admin_address,
+    load_admin_token,
+)
 from gateway.config import Config
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
 from gateway.store import open_store
@@ -49,32 +53,6 @@ def _read_master_password(config: Config) -> str | None:
     return password
 
 
-def admin_token_path(config: Config) -> Path:
-    """Where the admin API token lives: ``[admin] token_file`` or next to the store."""
-    if config.admin.token_file is not None:
-        return Path(config.admin.token_file)
-    return Path(config.store.path).parent / "admin.token"
-
-
-def load_admin_token(config: Config, *, create: bool) -> str:
-    """Read (or, for the gateway itself, create 0600) the admin API bearer token."""
-    path = admin_token_path(config)
-    if create and not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except OSError as exc:
-        raise StartupError(
-            f"{config.source_path}: admin.token_file: cannot read {path}: {exc.strerror}"
-        ) from None
-    if not token:
-        raise StartupError(f"{config.source_path}: admin.token_file: {path} is empty")
-    return token
-
-
 def prepare(config: Config) -> Runtime:
     """Load policy, credential store, master password and admin token; StartupError if any fails."""
     try:
@@ -96,5 +74,9 @@ def prepare(config: Config) -> Runtime:
             "no [backend] master_user configured: app passwords will be refused "
             "(log reason master_user_missing)")
     if config.admin.address:
-        runtime.admin_token = load_admin_token(config, create=True)
+        try:
+            check_admin_address(config)
+            runtime.admin_token = load_admin_token(config, create=True)
+        except (AdminAddressRefused, AdminTokenError) as exc:
+            raise StartupError(str(exc)) from None
     return runtime
