@@ -77,7 +77,7 @@ class GatewayContext:
         # Keys the limiter's attempt fingerprints: per process, never stored, so a
         # fingerprint cannot be brute-forced back into a password offline.
         self._fingerprint_key = secrets.token_bytes(32)
-        metrics.backend_up.labels(self.backend_name)  # export the series from the start
+        metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
 
     @property
     def policy(self):

@@ -125,3 +125,32 @@ def command_label(name: str) -> str:
 def render_latest() -> bytes:
     """The text exposition of every gateway metric."""
     return generate_latest(REGISTRY)
+
+
+ANOMALY_KINDS = (
+    "password_spray", "credential_stuffing", "distributed_brute_force", "new_network_for_user",
+    "plaintext_login_attempt", "high_volume_fetch", "mass_delete",
+)
+
+
+def init_series(listeners: list[str], backend: str) -> None:
+    """Export every fixed-label series at zero from the start.
+
+    Prometheus cannot see the first increment of a counter series that appears only
+    when it is first used (``increase()`` needs two samples), so alerts such as
+    "password spray detected" would miss the first event.
+    """
+    for kind in ANOMALY_KINDS:
+        anomalies_total.labels(kind)
+    for reason in ("per_ip_limit", "rate_limit", "global_limit", "banned"):
+        connections_rejected_total.labels(reason)
+    for reason in ("timeout", "too_many_bad_commands", "line_too_long", "literal_too_large"):
+        preauth_disconnects_total.labels(reason)
+    for scope in ("ip", "subnet", "user_ip"):
+        bans_active.labels(scope)
+    for listener in listeners:
+        plaintext_logins_blocked_total.labels(listener)
+        connections_active.labels(listener)
+    for direction in ("client_to_backend", "backend_to_client"):
+        bytes_relayed_total.labels(direction)
+    backend_up.labels(backend)
