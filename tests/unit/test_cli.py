@@ -1,0 +1,96 @@
+"""The `imap-gateway` command line as administrators and their scripts use it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+GOOD = """\
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[[listener]]
+address = "127.0.0.1:10993"
+mode = "implicit-tls"
+
+[backend]
+address = "127.0.0.1:143"
+
+[policy]
+dir = "policies"
+"""
+
+POLICY = """\
+[[rule]]
+name = "everyone with a strong factor"
+users = ["*"]
+action = "allow"
+mfa = "strong"
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    (tmp_path / "gateway.toml").write_text(GOOD)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "00-default.toml").write_text(POLICY)
+    return tmp_path
+
+
+def test_check_config_accepts_a_good_file_and_reports_json(confdir: Path):
+    done = run("check-config", "--config", str(confdir / "gateway.toml"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    assert report["config"]["backend"]["address"] == "127.0.0.1:143"
+
+
+def test_check_config_names_file_and_key_and_exits_non_zero(confdir: Path):
+    bad = confdir / "gateway.toml"
+    bad.write_text(GOOD.replace('address = "127.0.0.1:143"',
+                                'address = "127.0.0.1:143"\ntls = "yes"'))
+    done = run("check-config", "--config", str(bad))
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "backend.tls" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_a_broken_policy_before_listening(confdir: Path):
+    (confdir / "policies" / "10-bad.toml").write_text(
+        '[[rule]]\nname = "typo"\nnetworks = ["ofice"]\naction = "allow"\nmfa = "none"\n')
+    done = run("serve", "--config", str(confdir / "gateway.toml"))
+    assert done.returncode == 2
+    assert "10-bad.toml" in done.stderr and "ofice" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_policy_check_and_explain(confdir: Path):
+    cfg = str(confdir / "gateway.toml")
+    done = run("policy", "check", "--config", cfg)
+    assert done.returncode == 0, done.stderr
+    done = run("policy", "explain", "--user", "alice", "--ip", "203.0.113.9", "--json",
+               "--config", cfg)
+    assert done.returncode == 0, done.stderr
+    explained = json.loads(done.stdout)
+    assert "everyone with a strong factor" in json.dumps(explained)
+
+
+def test_unknown_option_is_a_usage_error(confdir: Path):
+    done = run("app-password", "create", "alice", "--config", str(confdir / "gateway.toml"))
+    assert done.returncode == 2
+    assert "--label" in done.stderr
