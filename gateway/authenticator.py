@@ -21,6 +21,7 @@ the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,8 @@ class Authenticator:
             return LoginOutcome(reason="master_separator_in_user")
 
         policy = self.ctx.policy.current
-        requirement = policy.requirement_for(user, session.client_ip)
+        client_ip = ipaddress.ip_address(session.client_ip)
+        requirement = policy.requirement_for(user, client_ip)
         if not requirement.allowed:
             metrics.policy_denials_total.labels(requirement.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=requirement.reason)
@@ -94,7 +96,7 @@ class Authenticator:
         if isinstance(plan, Deny):
             return LoginOutcome(reason=plan.reason)
 
-        final = policy.decide(LoginContext(user=user, ip=session.client_ip, factor=plan.factor))
+        final = policy.decide(LoginContext(user=user, ip=client_ip, factor=plan.factor))
         if not final.allowed:
             metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=final.reason)

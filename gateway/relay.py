@@ -53,6 +53,11 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
     )
     scanner = ResponseScanner()
     response_filter = session.response_filter
+    # Report volume at least every MiB, and often enough that a low threshold is seen
+    # within one session; the remainder is reported when the session ends.
+    report_every = min(BYTES_REPORT_INTERVAL,
+                       max(4096, session.ctx.config.anomaly.high_volume_fetch_bytes // 4))
+    volume = {"unreported": 0}
     client = session.stream
     write_lock = trio.Lock()
     state = {"boundary": True, "reason": "client_closed"}
@@ -95,7 +100,6 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                 return
 
     async def backend_to_client(cancel: trio.CancelScope) -> None:
-        unreported = 0
         while True:
             data = await backend.stream.receive_some(BACKEND_RECEIVE_SIZE)
             if not data:
@@ -123,10 +127,10 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
             _TO_CLIENT.inc(len(data))
             if result.expunged:
                 await session.on_expunged(result.expunged)
-            unreported += len(data)
-            if unreported >= BYTES_REPORT_INTERVAL:
-                await session.on_bytes(unreported)
-                unreported = 0
+            volume["unreported"] += len(data)
+            if volume["unreported"] >= report_every:
+                sent, volume["unreported"] = volume["unreported"], 0
+                await session.on_bytes(sent)
 
     with trio.CancelScope() as idle:
         idle.deadline = trio.current_time() + idle_timeout
@@ -137,6 +141,9 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                 nursery.start_soon(backend_to_client, nursery.cancel_scope)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             state["reason"] = "connection_lost"
+    if volume["unreported"]:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await session.on_bytes(volume["unreported"])
     if idle.cancelled_caught:
         if session.kill_reason:
             state["reason"] = session.kill_reason

@@ -247,7 +247,7 @@ class ClientSession:
                                     return backend, ev.leftover
                         pending.extend(more)
                     elif isinstance(event, pa.PlaintextLoginRefused):
-                        await self._plaintext_refused(event.mechanism)
+                        await self._plaintext_refused(event.mechanism, event.username)
                     elif isinstance(event, pa.ClientIdentified):
                         self.client_id = dict(event.fields)
                         self.log.info("client.id", client_id=self.client_id)
@@ -268,13 +268,14 @@ class ClientSession:
                     await self._send(event.data)
         raise SessionClosed("preauth_timeout")
 
-    async def _plaintext_refused(self, mechanism: str) -> None:
+    async def _plaintext_refused(self, mechanism: str, username: str | None) -> None:
         metrics.plaintext_logins_blocked_total.labels(self.listener.address).inc()
         metrics.auth_attempts_total.labels("failure", "plaintext", mechanism.lower()).inc()
-        self.log.warning("login.plaintext_blocked", mechanism=mechanism)
+        self.log.warning("login.plaintext_blocked", mechanism=mechanism, user=username)
         try:
             found = await self.ctx.limiter.anomalies.observe_plaintext_attempt(
-                self.client_ip, time.time(), subnet=self.ctx.limiter.subnet(self.client_ip))
+                self.client_ip, time.time(), user=username,
+                subnet=self.ctx.limiter.subnet(self.client_ip))
         except StateUnavailable as exc:
             self.log.error("limiter.unavailable", error=str(exc))
             return

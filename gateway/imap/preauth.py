@@ -135,9 +135,14 @@ class LoginRequest:
 
 @dataclass(frozen=True, slots=True)
 class PlaintextLoginRefused:
-    """LOGIN/AUTHENTICATE before TLS was refused with NO [PRIVACYREQUIRED]."""
+    """LOGIN/AUTHENTICATE before TLS was refused with NO [PRIVACYREQUIRED].
+
+    ``username``: the user a plaintext LOGIN named (not a secret; the operator wants to
+    know whose client is misconfigured), when it could be read without the literal.
+    """
 
     mechanism: str
+    username: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,10 +536,10 @@ class PreauthConnection:
         return [SendData(line), CommandRejected(text)]
 
     @staticmethod
-    def _privacy_events(tag: bytes, mechanism: str) -> list[Event]:
+    def _privacy_events(tag: bytes, mechanism: str, username: str | None = None) -> list[Event]:
         return [
             SendData(tagged(tag, "NO", PRIVACY_TEXT, "PRIVACYREQUIRED")),
-            PlaintextLoginRefused(mechanism),
+            PlaintextLoginRefused(mechanism, username),
         ]
 
     # -- commands ---------------------------------------------------------------------------------
@@ -552,7 +557,12 @@ class PreauthConnection:
             return
         tag, name, pos = head
         if name == "LOGIN" and not self.tls_active:
-            out += self._privacy_events(tag, "LOGIN")
+            first = tokenize(parts, start=pos, max_tokens=1)
+            user = None
+            if not isinstance(first, ParseError) and first:
+                raw = as_astring(first[0])
+                user = raw.decode("utf-8", "surrogateescape") if raw is not None else None
+            out += self._privacy_events(tag, "LOGIN", user)
             return
         args = tokenize(parts, start=pos)
         if isinstance(args, ParseError):

@@ -60,6 +60,8 @@ class Policy:
         The client must not learn any of this (uniform failures): run the normal
         credential check anyway and answer with the generic failure.
         """
+        if isinstance(ip, str):
+            ip = parse_ip(ip)
         rule = self._first_match(user, ip)
         if rule is None:
             return Decision(False, None, "no_rule_matched")
