@@ -10,6 +10,7 @@ process accepts before its auth process is up, and the greeting proves the TLS p
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import resource
@@ -24,13 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat
-from bench.imapclient import Conn
+from bench.imapclient import Conn, Credentials
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Dovecot's longest unix socket path is DIR/run/token-login/imap-urlauth (+29 chars); sun_path is 107.
 MAX_DIR_LEN = 78
 USERS = "bob:{PLAIN}bobpass::::::\n"
+# Dovecot master user for the gateway-app-password target. {PLAIN} like bob's password: Dovecot's
+# hashing is not what is measured (the gateway's scrypt of the app password is).
+MASTER_USER = "gatewaymaster"
+MASTER_PASSWORD = "masterpass"
 
 
 class RigError(RuntimeError):
@@ -78,6 +83,8 @@ class Server:
     addr: tuple[str, int]
     log: Path
     measure: Callable[[], list[int]] | None = field(default=None, repr=False)
+    #: what clients log in with when the server chose it (the gateway's app password), else None
+    creds: Credentials | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -254,8 +261,11 @@ def start_dovecot(
     )
     users = rd.path / "etc" / "users"
     users.write_text(USERS)
-    users.chmod(0o640)
-    shutil.chown(users, group=users_group)
+    masters = rd.path / "etc" / "master-users"
+    masters.write_text(f"{MASTER_USER}:{{PLAIN}}{MASTER_PASSWORD}\n")
+    for p in (users, masters):
+        p.chmod(0o640)
+        shutil.chown(p, group=users_group)
     shutil.chown(rd.path / "mail", mail_user, mail_group)
     check = subprocess.run(["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True)
     if check.returncode != 0:
@@ -344,8 +354,58 @@ mfa = "none"
 """
 
 
-def start_gateway(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Server:
-    """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in)."""
+def create_app_password(config: Path, user: str, label: str = "bench") -> Credentials:
+    """Create an app password with the gateway's own CLI (as an admin would) and return it.
+
+    Runs before the gateway starts, so the store (``state/`` next to the config) is created by the
+    CLI. On failure only the CLI's stderr is quoted: its stdout would hold the secret.
+    """
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "app-password",
+            "create",
+            user,
+            "--label",
+            label,
+            "--json",
+            "--config",
+            str(config),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    try:
+        password = json.loads(proc.stdout)["password"] if proc.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        password = None
+    if not isinstance(password, str) or not password:
+        raise RigError(
+            f"gateway app-password create {user} --config {config} exited {proc.returncode} "
+            f"without a JSON 'password' on stdout; stderr:\n{proc.stderr.strip()[-2000:]}"
+        )
+    return Credentials(user, password)
+
+
+def start_gateway(
+    rd: RunDir,
+    imap_port: int,
+    cpus: set[int] | None,
+    ctx,
+    app_password_user: str | None = None,
+) -> Server:
+    """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
+
+    Forward mode by default (the client's password goes to Dovecot). With ``app_password_user``
+    the gateway also gets the Dovecot master user, an app password is created for that user, and
+    the returned server's ``creds`` hold it: logins then cost one scrypt in the gateway plus a
+    master-user login to Dovecot.
+    """
     port = free_port()
     gdir = rd.path / f"gateway-{port}"
     gdir.mkdir()
@@ -354,9 +414,19 @@ def start_gateway(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Ser
     cfg = gdir / "gateway.toml"
     (gdir / "policies").mkdir()
     (gdir / "policies" / "00-bench.toml").write_text(BENCH_POLICY)
+    master = ""
+    if app_password_user:
+        secret = gdir / "master.pass"
+        secret.touch(mode=0o600)
+        secret.write_text(MASTER_PASSWORD + "\n")
+        master = f'master_user = "{MASTER_USER}"\nmaster_password_file = "master.pass"'
     cfg.write_text(
-        render(HERE / "gateway.toml.in", {"PORT": str(port), "IMAP_PORT": str(imap_port)})
+        render(
+            HERE / "gateway.toml.in",
+            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master},
+        )
     )
+    creds = create_app_password(cfg, app_password_user) if app_password_user else None
     stderr_path = gdir / "stderr.log"
     with open(stderr_path, "ab") as out:
         proc = subprocess.Popen(
@@ -366,7 +436,8 @@ def start_gateway(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Ser
             stderr=out,
             cwd=REPO,
         )
-    server = Server("gateway", proc, ("127.0.0.1", port), stderr_path)
+    name = "gateway-app-password" if app_password_user else "gateway"
+    server = Server(name, proc, ("127.0.0.1", port), stderr_path, creds=creds)
     try:
         wait_greeting(server, ctx, timeout=20)
     except RigError as e:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-TARGETS = ("dovecot-direct", "haproxy", "gateway")
+TARGETS = ("dovecot-direct", "haproxy", "gateway", "gateway-app-password")
+#: the second gateway target only differs in how a login is authenticated, so only logins run on it
+LOGIN_ONLY = frozenset({"gateway-app-password"})
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -50,8 +52,27 @@ def ratio(gateway: float | None, haproxy: float | None) -> float | None:
     return gateway / haproxy
 
 
+def ratio_note(
+    rows: list[tuple[str, dict[str, float | None]]],
+    numerator: str = "gateway-app-password",
+    denominator: str = "gateway",
+    label: str = "app-password / forward",
+) -> str | None:
+    """One line of ratios between two targets, for the rows where both have a value, or None.
+
+    The table's ratio column stays gateway/haproxy; this line answers "what does gateway-verified
+    app-password authentication cost next to forwarding the password" without a second column.
+    """
+    parts = []
+    for metric, values in rows:
+        r = ratio(values.get(numerator), values.get(denominator))
+        if r is not None:
+            parts.append(f"{metric.split(' (')[0]} {r:.2f}")
+    return f"{label} ({numerator}/{denominator}): " + "; ".join(parts) if parts else None
+
+
 def table(rows: list[tuple[str, dict[str, float | None]]], errors: dict[str, str]) -> str:
-    """Markdown table: metric | dovecot-direct | haproxy | gateway | gateway/haproxy.
+    """Markdown table: metric | dovecot-direct | haproxy | gateway | gateway-app-password | gateway/haproxy.
 
     A target that failed shows 'error' in its column (the reason is listed under the table).
     """

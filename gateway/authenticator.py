@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from gateway.auth.cache import VerifiedAppPasswords
 from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
 from gateway.auth.factors import normalize_app_password
 from gateway.backend import BackendConnection, BackendUnavailable
@@ -60,6 +61,24 @@ class LoginOutcome:
 class Authenticator:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
+        self.verified = VerifiedAppPasswords()
+
+    def _recently_verified(
+        self, user: str, canonical: str, ip: str, now: float
+    ) -> UseAppPassword | None:
+        """A plan for an app password verified within the cache TTL that is still valid."""
+        if not self.master_configured:
+            return None
+        app_password_id = self.verified.get(user, canonical, now)
+        if app_password_id is None:
+            return None
+        store = self.ctx.store
+        info = next((i for i in store.list_app_passwords(user) if i.id == app_password_id), None)
+        if info is None or info.is_expired(now):
+            return None  # revoked or expired since: decide() gives the reason
+        store.record_app_password_use(info.id, ip, now)
+        return UseAppPassword(user=user, app_password_id=info.id, scopes=info.scopes,
+                              label=info.label)
 
     @property
     def master_configured(self) -> bool:
@@ -83,13 +102,18 @@ class Authenticator:
         now = time.time()
         args = (user, req.password, session.client_ip, session.client_id.get("name"),
                 requirement, self.ctx.store, now, self.master_configured)
+        canonical = normalize_app_password(req.password)
         try:
-            if normalize_app_password(req.password) is None:
+            if canonical is None:
                 # Not shaped like an app password: no scrypt, only a few small SQLite
                 # queries, cheaper inline than a thread hop.
                 plan = decide(*args)
             else:
-                plan = await trio.to_thread.run_sync(decide, *args)
+                plan = self._recently_verified(user, canonical, session.client_ip, now)
+                if plan is None:
+                    plan = await trio.to_thread.run_sync(decide, *args)
+                    if isinstance(plan, UseAppPassword):
+                        self.verified.put(user, canonical, plan.app_password_id, now)
         except StoreError as exc:
             session.log.error("store.error", error=str(exc))
             return LoginOutcome(reason="store_error")

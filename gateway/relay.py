@@ -47,9 +47,9 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
     """
     idle_timeout = session.ctx.config.limits.idle_timeout
     stream = cm.CommandStream(
-        capability_line=session.capability_line.encode("ascii"),
+        capability_line=session.capabilities.line,
         command_filter=session.command_filter,
-        known_commands=cm.commands_for_capabilities(session.backend_capabilities),
+        known_commands=session.capabilities.known_commands,
     )
     scanner = ResponseScanner()
     response_filter = session.response_filter

@@ -26,3 +26,11 @@ def test_split_cpus_gives_the_client_its_own_core():
     assert split_cpus({0, 1}) == ({0}, {1})
     assert split_cpus({2, 3, 5}) == ({2}, {3, 5})
     assert split_cpus({0}) == (None, None)  # one core: no pinning at all
+
+
+def test_targets_include_the_app_password_gateway_and_accept_it_alone():
+    assert "gateway-app-password" in parse_args([]).targets
+    assert parse_args(["--targets", "gateway-app-password,gateway"]).targets == (
+        "gateway",
+        "gateway-app-password",
+    )

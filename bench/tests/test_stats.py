@@ -1,6 +1,6 @@
 import pytest
 
-from bench.stats import fmt, median, percentile, ratio, short_error, table
+from bench.stats import fmt, median, percentile, ratio, ratio_note, short_error, table
 
 
 def test_percentile_is_nearest_rank_sample():
@@ -51,11 +51,13 @@ def test_table_marks_failed_target_and_ratio():
         " dovecot-direct ",
         " haproxy ",
         " gateway ",
+        " gateway-app-password ",
         " gateway/haproxy ",
     ]
-    assert lines[2].split("|")[5].strip() == "0.50"
+    assert lines[2].split("|")[6].strip() == "0.50"
     assert lines[3].split("|")[4].strip() == "error"
-    assert lines[3].split("|")[5].strip() == "-"
+    assert lines[3].split("|")[5].strip() == "-"  # app-password target: not run, not failed
+    assert lines[3].split("|")[6].strip() == "-"
     assert "gateway: noop: ImapError: LOGIN answered NO" in text
 
 
@@ -65,3 +67,19 @@ def test_short_error_keeps_first_and_last_line():
         short_error(msg) == "gateway exited (rc 1); last lines of x.log: ... ImportError: no module"
     )
     assert short_error("one line") == "one line"
+
+
+def test_ratio_note_compares_app_password_with_forward_where_both_ran():
+    rows = [
+        (
+            "TLS logins/s (32 clients, higher is better)",
+            {"gateway": 300.0, "gateway-app-password": 30.0},
+        ),
+        ("login: proxy CPU ms per login", {"gateway": 2.0, "gateway-app-password": 33.0}),
+        ("NOOP round trip p50 µs", {"gateway": 150.0}),
+    ]
+    assert ratio_note(rows) == (
+        "app-password / forward (gateway-app-password/gateway): "
+        "TLS logins/s 0.10; login: proxy CPU ms per login 16.50"
+    )
+    assert ratio_note(rows[2:]) is None
