@@ -1,0 +1,128 @@
+"""App-password scopes enforced in the relay, checked on Dovecot's files: a read-only
+credential cannot change a mailbox (not a flag, not a message, not a folder), and a
+``mailboxes=INBOX`` credential neither opens nor sees other mailboxes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from tests.support.imap import make_message
+from tests.support.mfa import (
+    MFA_LIMITS,
+    admin_json,
+    assert_ok,
+    direct,
+    login,
+    maildir_snapshot,
+    master_backend,
+)
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """\
+[[rule]]
+name = "alice strong"
+users = ["alice"]
+action = "allow"
+mfa = "strong"
+"""
+
+NOPERM = re.compile(rb"^\w+ NO \[NOPERM\]")
+
+
+@pytest.fixture
+def scoped(gateway, tmp_path):
+    gw = gateway(policies={"10-ap.toml": POLICY}, limits=MFA_LIMITS,
+                 backend=master_backend(tmp_path))
+
+    def session(*scope_args: str):
+        made = admin_json(gw, "app-password", "create", "alice", "--label",
+                          f"dev-{uuid.uuid4().hex[:6]}", *scope_args)
+        a = login(gw, "alice", made["password"], keep=True)
+        assert_ok(a, "app-password")
+        return a.client
+
+    return session
+
+
+def _flags(dovecot, box: str) -> list[bytes]:
+    """FLAGS of every message, read with a full-rights session straight to Dovecot."""
+    c = direct(dovecot)
+    try:
+        assert c.command("e", f'EXAMINE "{box}"')[-1].startswith(b"e OK")
+        return [r for r in c.command("f", "FETCH 1:* (FLAGS)") if b"FETCH" in r]
+    finally:
+        c.close()
+
+
+def test_read_only_refuses_every_change_and_leaves_dovecot_untouched(scoped, dovecot):
+    box = f"ro-{uuid.uuid4().hex[:8]}"
+    assert dovecot.populate("alice", box, 3, 1500, tag=box) == 3
+    before_flags = _flags(dovecot, box)  # also lets Dovecot move new/ to cur/ first
+    before = maildir_snapshot(dovecot)
+
+    c = scoped("--scope", "read-only")
+    try:
+        sel = c.command("s", f'SELECT "{box}"')
+        assert sel[-1].startswith(b"s OK [READ-ONLY]"), sel  # sent as EXAMINE
+        body = c.command("f", "FETCH 1 BODY[]")
+        assert make_message(0, 1500, box) in b"".join(body), body[:1]
+        assert body[-1].startswith(b"f OK"), body[-1]
+
+        msg = make_message(99, 500, box)
+        refused = {
+            "STORE": "STORE 1 +FLAGS (\\Deleted)",
+            "UID STORE": "UID STORE 1:* +FLAGS (\\Seen)",
+            "COPY": "COPY 1 INBOX",
+            "MOVE": "MOVE 1 INBOX",
+            "UID MOVE": "UID MOVE 1:* INBOX",
+            "EXPUNGE": "EXPUNGE",
+            "UID EXPUNGE": "UID EXPUNGE 1:*",
+            "CREATE": f'CREATE "{box}-new"',
+            "DELETE": f'DELETE "{box}"',
+            "RENAME": f'RENAME "{box}" "{box}-renamed"',
+        }
+        for n, (name, cmd) in enumerate(refused.items()):
+            r = c.command(f"r{n}", cmd)[-1]
+            assert NOPERM.match(r), (name, r)
+        # APPEND with a non-synchronizing literal: the gateway must swallow the message
+        # bytes and stay in step with the client
+        c.send(f'p APPEND "{box}" {{{len(msg)}+}}\r\n'.encode() + msg + b"\r\n")
+        assert NOPERM.match(c.read_until_tagged("p")[-1])
+        assert c.command("n", "NOOP")[-1].startswith(b"n OK")
+        assert c.command("c", "CLOSE")[-1].startswith(b"c OK")  # CLOSE of EXAMINE expunges nothing
+    finally:
+        c.close()
+
+    assert maildir_snapshot(dovecot) == before
+    after_flags = _flags(dovecot, box)
+    assert after_flags == before_flags and not any(b"\\Seen" in f for f in after_flags), after_flags
+
+
+def test_mailbox_scope_hides_and_refuses_other_mailboxes(scoped, dovecot):
+    d = direct(dovecot)
+    try:
+        d.command("c", "CREATE Archive")  # NO [ALREADYEXISTS] is fine
+        assert d.command("l", 'LIST "" "Archive"')[0].startswith(b"* LIST")
+    finally:
+        d.close()
+
+    c = scoped("--mailboxes", "INBOX")
+    try:
+        r = c.command("s", "SELECT Archive")[-1]
+        assert NOPERM.match(r), r
+        r = c.command("t", "STATUS Archive (MESSAGES)")[-1]
+        assert NOPERM.match(r), r
+        listed = c.command("l", 'LIST "" "*"')
+        assert listed[-1].startswith(b"l OK"), listed
+        names = [x for x in listed[:-1] if x.startswith(b"* LIST")]
+        assert len(names) == 1 and names[0].rstrip().upper().endswith(b"INBOX"), listed
+        assert c.command("i", "SELECT INBOX")[-1].startswith(b"i OK")
+        # full access inside INBOX, but nothing may leave for another mailbox
+        r = c.command("m", "COPY 1:* Archive")[-1]
+        assert NOPERM.match(r), r
+    finally:
+        c.close()
