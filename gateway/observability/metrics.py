@@ -151,6 +151,8 @@ def init_series(listeners: list[str], backend: str) -> None:
     for listener in listeners:
         plaintext_logins_blocked_total.labels(listener)
         connections_active.labels(listener)
+        for reason in ("timeout", "protocol", "eof"):
+            tls_handshake_failures_total.labels(listener, reason)
     for direction in ("client_to_backend", "backend_to_client"):
         bytes_relayed_total.labels(direction)
     backend_up.labels(backend)
