@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -55,7 +55,8 @@ class LoginOutcome:
     scopes: tuple[str, ...] = ("full",)
     app_password_id: int | None = None
     app_password_label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: False when the failure must not feed the limiter (e.g. the source is banned already).
+    counted: bool = True
 
 
 class Authenticator:

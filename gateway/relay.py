@@ -29,6 +29,8 @@ BYTES_REPORT_INTERVAL = 1 << 20
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
 _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
 _command_counters: dict[str, object] = {}
+#: Replies the gateway writes itself that are not refusals of a client command.
+_NOT_REFUSALS = frozenset({"continuation", "answered"})
 
 
 def _count_command(name: str) -> None:
@@ -85,7 +87,8 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                         if action.info.name == "LOGOUT":
                             state["reason"] = "logout"
                     elif isinstance(action, cm.Reply):
-                        metrics.commands_refused_total.labels("gateway").inc()
+                        if action.kind not in _NOT_REFUSALS:
+                            metrics.commands_refused_total.labels(action.kind).inc()
                         await reply(action.data)
                     elif isinstance(action, cm.Close):
                         await reply(action.data)

@@ -137,6 +137,7 @@ class GatewayContext:
                 return
             active = metrics.connections_active.labels(listener.address)
             active.inc()
+            session.on_login = lambda: self.tracker.authenticated(admitted.ticket)
             self.sessions[session.session_id] = session
             try:
                 await session.run()

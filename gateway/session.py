@@ -119,6 +119,8 @@ class ClientSession:
         self.command_filter = None
         #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
         self.response_filter = None
+        #: Called once after a successful login (the connection caps stop counting it).
+        self.on_login: Any = None
 
     def kill(self, reason: str, message: str) -> None:
         """End a relayed session from outside (admin, policy reload): the client gets BYE."""
@@ -316,6 +318,10 @@ class ClientSession:
             gate = None
         if gate is not None and not gate.allowed:
             outcome = LoginOutcome(reason=gate.reason)
+            if gate.reason.startswith("banned:"):
+                # Already banned: counting this again would only escalate to the
+                # neighbours' subnet and inflate ban metrics.
+                outcome.counted = False
         else:
             outcome = await self.ctx.authenticator.login(self, req)
         metrics.auth_decision_seconds.observe(trio.current_time() - started)
@@ -329,7 +335,7 @@ class ClientSession:
         if outcome.unavailable:
             return None, conn.login_unavailable()
         tarpit = 0.0
-        if reason_label not in _NOT_THE_CLIENTS_FAULT:
+        if outcome.counted and reason_label not in _NOT_THE_CLIENTS_FAULT:
             try:
                 failure = await limiter.record_failure(
                     req.username, self.client_ip,
@@ -350,6 +356,8 @@ class ClientSession:
         """Bookkeeping and the client's tagged OK for a successful login."""
         backend = outcome.backend
         self.user = outcome.user
+        if self.on_login is not None:
+            self.on_login()
         self.factor = outcome.factor
         self.app_password_id = outcome.app_password_id
         self.app_password_label = outcome.app_password_label

@@ -73,10 +73,11 @@ def build_filter(scopes: Sequence[str]) -> CommandFilter | None:
 
     def check(info: CommandInfo) -> Verdict:
         if read_only and info.name not in READ_ONLY_COMMANDS and info.name != "SELECT":
-            return Verdict.REFUSE(refusal(info.tag))
+            return Verdict.REFUSE(refusal(info.tag), "scope")
         if allowed is not None and info.name not in ("LIST", "LSUB", "XLIST"):
             if info.mailbox_unknown or (info.mailbox is not None and not allowed(info.mailbox)):
-                return Verdict.REFUSE(refusal(info.tag, "Mailbox not permitted by this credential."))
+                return Verdict.REFUSE(
+                    refusal(info.tag, "Mailbox not permitted by this credential."), "scope")
         if read_only and info.name == "SELECT":
             return Verdict.REWRITE(_SELECT.sub(rb"\1EXAMINE", info.line, count=1))
         return Verdict.FORWARD

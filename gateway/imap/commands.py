@@ -184,12 +184,14 @@ class Verdict:
 
     action: Literal["forward", "refuse", "rewrite"]
     data: bytes = field(default=b"", repr=False)
+    #: Why a refusal happened (a metric label from a small fixed set).
+    reason: str = "refused"
 
     FORWARD: ClassVar[Verdict]
 
     @staticmethod
-    def REFUSE(response: bytes) -> Verdict:  # noqa: N802 - reads like a constant
-        return Verdict("refuse", response)
+    def REFUSE(response: bytes, reason: str = "refused") -> Verdict:  # noqa: N802
+        return Verdict("refuse", response, reason)
 
     @staticmethod
     def REWRITE(line: bytes) -> Verdict:  # noqa: N802
@@ -214,9 +216,16 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The gateway answers the client itself (write at a backend response boundary)."""
+    """The gateway answers the client itself (write at a backend response boundary).
+
+    ``kind`` says why, for metrics: ``"continuation"`` (the gateway's own ``+`` for a
+    literal), ``"answered"`` (a command the gateway serves itself, e.g. CAPABILITY), or
+    the refusal's reason (``"bad_command"``, ``"too_long"``, ``"compress"``, or what a
+    command filter said, e.g. ``"scope"``).
+    """
 
     data: bytes
+    kind: str = "bad_command"
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,10 +391,10 @@ class CommandStream:
                 )
         if verdict is not None and verdict.action == "refuse":
             if held is not None:  # all of it was read already: nothing more to drop
-                self._act(Reply(verdict.data))
+                self._act(Reply(verdict.data, verdict.reason))
                 self._mode = "forward"
             else:
-                self._refuse(seg, verdict.data)
+                self._refuse(seg, verdict.data, verdict.reason)
             return
         line = seg.data
         if verdict is not None and verdict.action == "rewrite":
@@ -418,7 +427,7 @@ class CommandStream:
         if self._held_size > MAX_COLLECTED:
             tag = self._first_seg.data.split(b" ", 1)[0] if self._first_seg else b"*"
             self._mode = "drop"
-            self._act(Reply(tagged(tag, "BAD", "Command too long.", "TOOBIG")))
+            self._act(Reply(tagged(tag, "BAD", "Command too long.", "TOOBIG"), "too_long"))
             if lit is not None and lit.sync:
                 self._framer.cancel_literal()
             return
@@ -441,7 +450,7 @@ class CommandStream:
         if not first:
             self._held.append(_to_non_sync(seg.data) if lit.sync else seg.data)
         if lit.sync:
-            self._act(Reply(READY_FOR_LITERAL))
+            self._act(Reply(READY_FOR_LITERAL, "continuation"))
         self._literal_buf = bytearray()
         if lit.size == 0:
             self._parts[-1] = (before, b"")
@@ -468,13 +477,13 @@ class CommandStream:
     def _forward_segment(self, line: bytes, lit, changed: bool = False) -> None:  # type: ignore[no-untyped-def]
         if lit is not None and lit.sync:
             # Answer "+" ourselves and send the backend a LITERAL+ marker (rule 3).
-            self._act(Reply(READY_FOR_LITERAL))
+            self._act(Reply(READY_FOR_LITERAL, "continuation"))
             self._forward_line(_to_non_sync(line), changed=True)
         else:
             self._forward_line(line, changed)
 
-    def _refuse(self, seg: LineSegment, response: bytes) -> None:
-        self._act(Reply(response))
+    def _refuse(self, seg: LineSegment, response: bytes, kind: str = "bad_command") -> None:
+        self._act(Reply(response, kind))
         lit = seg.literal
         if lit is not None:
             if lit.sync:
@@ -592,15 +601,17 @@ class CommandStream:
         tag, name = info.tag, info.name
         if name == "COMPRESS":
             return Verdict.REFUSE(
-                tagged(tag, "NO", "COMPRESS is not available through this gateway.", "CANNOT")
+                tagged(tag, "NO", "COMPRESS is not available through this gateway.", "CANNOT"),
+                "compress",
             )
         if name == "STARTTLS":
-            return Verdict.REFUSE(tagged(tag, "BAD", "Already in TLS."))
+            return Verdict.REFUSE(tagged(tag, "BAD", "Already in TLS."), "bad_command")
         if name == "CAPABILITY":
             return Verdict.REFUSE(
                 b"* CAPABILITY " + self.capability_line + b"\r\n"
-                + tagged(tag, "OK", "Capability completed.")
+                + tagged(tag, "OK", "Capability completed."),
+                "answered",
             )
         if name in ("LOGIN", "AUTHENTICATE"):
-            return Verdict.REFUSE(tagged(tag, "BAD", "Already authenticated."))
+            return Verdict.REFUSE(tagged(tag, "BAD", "Already authenticated."), "bad_command")
         return None

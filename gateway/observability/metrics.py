@@ -156,3 +156,11 @@ def init_series(listeners: list[str], backend: str) -> None:
     for direction in ("client_to_backend", "backend_to_client"):
         bytes_relayed_total.labels(direction)
     backend_up.labels(backend)
+    for kind in ("connect_timeout", "refused", "tls", "login_timeout", "protocol", "closed"):
+        backend_errors_total.labels(backend, kind)
+    for scope, reason in (("ip", "ip_failures"), ("subnet", "subnet_failures"),
+                          ("ip", "password_spray"), ("subnet", "password_spray")):
+        bans_created_total.labels(scope, reason)
+    for mechanism in ("login", "plain", "auth-login"):
+        auth_attempts_total.labels("success", "ok", mechanism)
+        auth_attempts_total.labels("failure", "backend_rejected", mechanism)

@@ -82,3 +82,27 @@ def test_random_open_close_keeps_counts_exact_and_memory_bounded(seq):
         assert t.total == len(held) >= 0
         assert all(t.active(tk.ip) >= 1 for tk in held)
         assert len(t) <= 50 + 30
+
+
+def test_logged_in_connections_stop_counting_against_their_address():
+    """An office behind one NAT address: logged-in sessions must not lock out the next user."""
+    from gateway.limits import ConnectionTracker
+
+    tracker = ConnectionTracker(max_connections_per_ip=2, max_connections=100,
+                                max_connection_rate_per_ip=3)
+    tickets = []
+    for i in range(10):
+        decision = tracker.try_open("198.51.100.7", float(i))
+        assert decision.allowed, (i, decision.reason)
+        tracker.authenticated(decision.ticket)
+        tracker.authenticated(decision.ticket)  # idempotent
+        tickets.append(decision.ticket)
+    assert tracker.total == 10  # the global cap still counts them
+    # Unauthenticated connections from the same address are still capped.
+    a = tracker.try_open("198.51.100.7", 20.0)
+    b = tracker.try_open("198.51.100.7", 20.0)
+    c = tracker.try_open("198.51.100.7", 20.0)
+    assert a.allowed and b.allowed and not c.allowed
+    for t in tickets + [a.ticket, b.ticket]:
+        tracker.close(t)
+    assert tracker.total == 0 and tracker.active("198.51.100.7") == 0
