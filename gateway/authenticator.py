@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gateway.auth.cache import VerifiedAppPasswords
+from gateway.auth.cache import RecentSecrets
 from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
 from gateway.auth.factors import normalize_app_password
 from gateway.backend import BackendConnection, BackendUnavailable
@@ -62,7 +62,9 @@ class LoginOutcome:
 class Authenticator:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.verified = VerifiedAppPasswords()
+        self.verified = RecentSecrets(ttl=600.0)
+        #: Passwords the backend rejected recently (5 min): answered here, not re-asked.
+        self.rejected = RecentSecrets(ttl=300.0)
 
     def _recently_verified(
         self, user: str, canonical: str, ip: str, now: float
@@ -126,6 +128,9 @@ class Authenticator:
             metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=final.reason)
 
+        if isinstance(plan, ForwardPassword) and self.rejected.get(user, plan.password, now):
+            return LoginOutcome(reason="password_known_bad")
+
         backend_cfg = self.ctx.config.backend
         try:
             backend = await self.ctx.connect_backend(session.endpoint())
@@ -170,6 +175,7 @@ class Authenticator:
             if isinstance(plan, UseAppPassword):
                 session.log.error("backend.master_login_failed", code=result.code)
                 return LoginOutcome(reason="master_login_failed")
+            self.rejected.put(user, plan.password, 1, now)
             return LoginOutcome(reason="backend_rejected")
 
         outcome = LoginOutcome(backend=backend, user=user, ok_line=result.line, factor=plan.factor)

@@ -1,11 +1,19 @@
-"""Recently verified app passwords, so a reconnecting device does not pay scrypt again.
+"""Short-lived memories of secrets, keyed so that they cannot be recovered.
+
+``RecentSecrets`` remembers (user, secret) -> value for a TTL. Two uses in the
+authenticator:
+
+- recently *verified* app passwords, so a reconnecting device does not pay scrypt again;
+- recently *rejected* passwords (Dovecot said no), so a phone retrying a stale saved
+  password all day is answered by the gateway instead of costing Dovecot a password
+  check each time (measured: 7 of 7 retries reached Dovecot before this).
 
 Mail clients reconnect all day with the same app password. Verifying it costs one
 scrypt (about 30 ms of CPU here, by design); caching a *success* for a few minutes
 makes the common case an HMAC and a SQLite read, while a wrong guess still pays the
 full scrypt every time (only successes are cached, so an attacker gains nothing).
 
-Rules: the cache key is HMAC-SHA256 under a random per-process key of (user, canonical
+Rules: the key is HMAC-SHA256 under a random per-process key of (user, canonical
 app password), so the cache never holds anything that could be turned back into the
 secret offline. A hit is only a hint: the caller re-reads the app password's row and
 honours revocation and expiry, so the admin CLI's ``revoke`` takes effect at once.
@@ -20,7 +28,7 @@ import secrets
 from collections import OrderedDict
 
 
-class VerifiedAppPasswords:
+class RecentSecrets:
     def __init__(self, *, ttl: float = 600.0, max_entries: int = 10_000,
                  key: bytes | None = None) -> None:
         self.ttl = ttl
@@ -33,7 +41,7 @@ class VerifiedAppPasswords:
         return hmac.new(self._key, msg, hashlib.sha256).digest()
 
     def get(self, user: str, canonical_secret: str, now: float) -> int | None:
-        """The app password id verified for this secret within ``ttl``, else None."""
+        """The value remembered for this (user, secret) within ``ttl``, else None."""
         digest = self._digest(user, canonical_secret)
         entry = self._entries.get(digest)
         if entry is None:
@@ -45,9 +53,9 @@ class VerifiedAppPasswords:
         self._entries.move_to_end(digest)
         return app_password_id
 
-    def put(self, user: str, canonical_secret: str, app_password_id: int, now: float) -> None:
+    def put(self, user: str, canonical_secret: str, value: int, now: float) -> None:
         digest = self._digest(user, canonical_secret)
-        self._entries[digest] = (app_password_id, now + self.ttl)
+        self._entries[digest] = (value, now + self.ttl)
         self._entries.move_to_end(digest)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -84,7 +84,9 @@ def test_stale_saved_password_retried_does_not_ban(gateway):
         assert all(t.failed for t in control.result())
     assert all(t.failed for t in tries), [(t.greeting, t.answer) for t in tries]
     denied = gw.events("login.denied", client_ip=phone)
-    assert len(denied) == 4 and {e["reason"] for e in denied} == {"backend_rejected"}
+    # Dovecot is asked once; the retries are answered by the gateway from its memory of
+    # recently rejected passwords (the client cannot tell the difference).
+    assert [e["reason"] for e in denied] == ["backend_rejected"] + ["password_known_bad"] * 3
     assert [b["network"] for b in gw.events("ban.created")] == [f"{guesser}/32"]
     assert greeting_from(gw, guesser).startswith(b"* BYE [UNAVAILABLE]")
     assert greeting_from(gw, phone).startswith(b"* OK")

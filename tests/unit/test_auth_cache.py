@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from gateway.auth.cache import VerifiedAppPasswords
+from gateway.auth.cache import RecentSecrets
 
 SECRET = "abcde-fghjk-mnpqr-stuvw"
 
 
 def test_hit_within_ttl_then_miss_after_expiry():
-    cache = VerifiedAppPasswords(ttl=600)
+    cache = RecentSecrets(ttl=600)
     cache.put("alice", SECRET, 7, now=1000.0)
     assert cache.get("alice", SECRET, now=1599.0) == 7
     assert cache.get("alice", SECRET, now=1600.0) is None
@@ -16,14 +16,14 @@ def test_hit_within_ttl_then_miss_after_expiry():
 
 
 def test_a_different_secret_or_user_never_hits():
-    cache = VerifiedAppPasswords()
+    cache = RecentSecrets()
     cache.put("alice", SECRET, 7, now=0.0)
     assert cache.get("alice", SECRET[:-1] + "x", now=1.0) is None
     assert cache.get("bob", SECRET, now=1.0) is None
 
 
 def test_bounded_least_recently_used_goes_first():
-    cache = VerifiedAppPasswords(max_entries=2)
+    cache = RecentSecrets(max_entries=2)
     cache.put("a", SECRET, 1, now=0.0)
     cache.put("b", SECRET, 2, now=0.0)
     assert cache.get("a", SECRET, now=1.0) == 1  # a is now the most recent
@@ -34,7 +34,7 @@ def test_bounded_least_recently_used_goes_first():
 
 
 def test_the_secret_is_not_kept_in_the_cache():
-    cache = VerifiedAppPasswords()
+    cache = RecentSecrets()
     cache.put("alice", SECRET, 7, now=0.0)
     dump = repr(cache._entries) + repr(vars(cache))
     assert SECRET not in dump and SECRET.encode() not in dump.encode()
