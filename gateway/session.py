@@ -58,6 +58,7 @@ def capability_view(raw: tuple[str, ...]) -> CapabilityView:
         known_commands=commands_for_capabilities(raw),
     )
 
+
 #: Failures that say nothing about the client's credentials: not counted by the limiter.
 _NOT_THE_CLIENTS_FAULT = frozenset(
     {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed"})
@@ -131,20 +132,18 @@ class ClientSession:
 
     async def on_expunged(self, count: int) -> None:
         """The backend reported ``count`` messages expunged in this session (mass delete)."""
-        limiter = self.ctx.limiter
-        try:
-            found = await limiter.anomalies.observe_expunge(
-                self.user, count, time.time(), ip=self.client_ip)
-        except StateUnavailable as exc:
-            self.log.error("limiter.unavailable", error=str(exc))
-            return
-        self._report(found)
+        await self._observe(self.ctx.limiter.anomalies.observe_expunge(
+            self.user, count, time.time(), ip=self.client_ip))
 
     async def on_bytes(self, count: int) -> None:
         """``count`` more bytes went from the backend to this client (high-volume fetch)."""
+        await self._observe(self.ctx.limiter.anomalies.observe_bytes(
+            self.session_id, self.user, count, time.time(), ip=self.client_ip))
+
+    async def _observe(self, detection) -> None:
+        """Await one detector call; a shared-state outage is logged, never fatal here."""
         try:
-            found = await self.ctx.limiter.anomalies.observe_bytes(
-                self.session_id, self.user, count, time.time(), ip=self.client_ip)
+            found = await detection
         except StateUnavailable as exc:
             self.log.error("limiter.unavailable", error=str(exc))
             return
@@ -295,14 +294,9 @@ class ClientSession:
         metrics.plaintext_logins_blocked_total.labels(self.listener.address).inc()
         metrics.auth_attempts_total.labels("failure", "plaintext", mechanism.lower()).inc()
         self.log.warning("login.plaintext_blocked", mechanism=mechanism, user=username)
-        try:
-            found = await self.ctx.limiter.anomalies.observe_plaintext_attempt(
-                self.client_ip, time.time(), user=username,
-                subnet=self.ctx.limiter.subnet(self.client_ip))
-        except StateUnavailable as exc:
-            self.log.error("limiter.unavailable", error=str(exc))
-            return
-        self._report(found)
+        await self._observe(self.ctx.limiter.anomalies.observe_plaintext_attempt(
+            self.client_ip, time.time(), user=username,
+            subnet=self.ctx.limiter.subnet(self.client_ip)))
 
     async def _login(
         self, conn: pa.PreauthConnection, req: pa.LoginRequest
