@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
@@ -28,63 +24,23 @@ from gateway.limits import (
     StateUnavailable,
     open_state,
 )
+from tests.support.net import free_port
+from tests.support.redis import RedisStartError, start_redis
 
 T0 = 1_700_000_000.0
 _prefixes = itertools.count()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(port: int, proc: subprocess.Popen, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def redis_url():
-    server = shutil.which("redis-server")
-    if server is None:  # a missing server must fail loudly, not skip
-        pytest.fail("redis-server not found: install the Debian package redis-server")
-    tmp = tempfile.mkdtemp(prefix="igw-redis-")
-    proc = None
     try:
-        for _attempt in range(5):  # the port may be taken between probing and binding
-            port = _free_port()
-            proc = subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
-                 "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            if _wait_ready(port, proc, time.monotonic() + 5):
-                break
-            proc.terminate()
-            proc.wait(5)
-            proc = None
-        if proc is None:
-            pytest.fail("could not start redis-server on a free loopback port")
-        yield f"redis://127.0.0.1:{port}/0"
+        server = start_redis()
+    except RedisStartError as exc:  # a missing server must fail loudly, not skip
+        pytest.fail(str(exc))
+    try:
+        yield server.url
     finally:
-        if proc is not None:
-            proc.terminate()  # by PID: only the server this fixture started
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.stop()  # by PID: only the server this fixture started
 
 
 def fp(user: str, pw: str) -> bytes:
@@ -211,7 +167,7 @@ def test_redis_and_in_process_backends_agree(redis_url):
 
 
 def test_unreachable_redis_fails_at_startup_without_leaking_the_password():
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
 
     async def main():
         async with open_state(f"redis://:hunter2secret@127.0.0.1:{port}/0", timeout=0.5):
