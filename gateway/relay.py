@@ -52,6 +52,7 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
         capability_line=session.capabilities.line,
         command_filter=session.command_filter,
         known_commands=session.capabilities.known_commands,
+        allow_catenate=not session.mailbox_scoped,
     )
     scanner = ResponseScanner()
     response_filter = session.response_filter

@@ -49,12 +49,20 @@ class CapabilityView:
     known_commands: frozenset[str]
 
 
+#: Extensions that reach into other mailboxes through URLs (RFC 4469, 5092, 4467):
+#: hidden from, and refused for, credentials limited to some mailboxes.
+_URL_CAPABILITIES = ("CATENATE", "URL-PARTIAL", "URLAUTH")
+
+
 @functools.lru_cache(maxsize=32)
-def capability_view(raw: tuple[str, ...]) -> CapabilityView:
+def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> CapabilityView:
     """Cached: every session of one backend shares one view instead of its own copies
     (about 6 KiB per idle session otherwise)."""
+    caps = rewrite_capabilities(raw)
+    if mailbox_scoped:
+        caps = [c for c in caps if not c.upper().startswith(_URL_CAPABILITIES)]
     return CapabilityView(
-        line=" ".join(rewrite_capabilities(raw)).encode("ascii"),
+        line=" ".join(caps).encode("ascii"),
         known_commands=commands_for_capabilities(raw),
     )
 
@@ -120,6 +128,8 @@ class ClientSession:
         self.command_filter = None
         #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
         self.response_filter = None
+        #: The credential may open only some mailboxes (``mailboxes=`` scope).
+        self.mailbox_scoped = False
         #: Called once after a successful login (the connection caps stop counting it).
         self.on_login: Any = None
 
@@ -357,6 +367,7 @@ class ClientSession:
         self.app_password_label = outcome.app_password_label
         self.command_filter = build_filter(outcome.scopes)
         patterns = parse_mailbox_patterns(outcome.scopes)
+        self.mailbox_scoped = patterns is not None
         if patterns is not None:
             self.response_filter = ListResponseFilter(mailbox_matcher(patterns))
         metrics.auth_attempts_total.labels("success", "ok", req.mechanism.lower()).inc()
@@ -373,7 +384,7 @@ class ClientSession:
         raw_caps = capability_from_ok(outcome.ok_line)
         if raw_caps is None:
             raw_caps = await backend.fetch_capabilities()
-        self.capabilities = capability_view(tuple(raw_caps))
+        self.capabilities = capability_view(tuple(raw_caps), self.mailbox_scoped)
         backend.capabilities = []  # pre-login list: not needed any more
         await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
         if backend.buffer:

@@ -67,6 +67,13 @@ __all__ = [
 
 READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
 
+#: The only commands whose arguments may be binary literals (``~{n}``, RFC 3516: APPEND's
+#: message data; RFC 8508 REPLACE uses the same syntax). Dovecot answers a ``~{`` anywhere
+#: else with BAD *without reading the literal*, then runs its body as commands: a client
+#: could hide any command in it (found by review: a read-only credential smuggled
+#: SELECT/STORE/EXPUNGE/CREATE inside ``LIST "" ~{n+}``).
+BINARY_LITERAL_COMMANDS: Final = frozenset({"APPEND", "REPLACE", "UID REPLACE"})
+
 #: Answered by the gateway itself whatever the backend offers.
 _GATEWAY_COMMANDS: Final = frozenset({"CAPABILITY", "COMPRESS", "STARTTLS", "LOGIN", "AUTHENTICATE"})
 #: RFC 3501 commands every IMAP4rev1 backend implements.
@@ -267,10 +274,16 @@ class CommandStream:
         command_filter: CommandFilter | None = None,
         max_line: int = 65536,
         known_commands: frozenset[str] = KNOWN_COMMANDS,
+        allow_catenate: bool = True,
     ) -> None:
+        """``allow_catenate=False`` (mailbox-scoped credentials): APPEND with CATENATE is
+        refused, since its URL parts name source mailboxes no filter sees (RFC 4469)."""
         self.capability_line = capability_line
         self.command_filter = command_filter
         self.known_commands = known_commands
+        self.allow_catenate = allow_catenate
+        self._command_name = ""  # the command whose segments are flowing now
+        self._binary_seen = False  # a collected command carried a binary literal
         self.closed = False
         self._framer = Framer(max_line, None, role="client")
         self._mode: Literal["forward", "drop", "collect"] = "forward"  # current command's rest
@@ -305,6 +318,8 @@ class CommandStream:
                         self._collect_literal(ev)
             elif isinstance(ev, LineSegment):
                 self._on_segment(ev)
+                if self.closed:  # nothing after a Close may reach the backend
+                    break
             elif isinstance(ev, FramingError):
                 self._on_error(ev)
                 break
@@ -357,7 +372,16 @@ class CommandStream:
                 self._unchanged = False
                 return
             if self._mode == "collect":
+                if lit is not None and lit.binary:
+                    self._binary_seen = True
                 self._collect_segment(seg)
+                return
+            if self._continuation_not_allowed(seg):
+                # Earlier segments already went to the backend: no clean refusal is
+                # possible any more, and forwarding would desynchronise us from it.
+                self.closed = True
+                self._act(Close("literal_not_allowed",
+                                untagged("BYE", "Literal or CATENATE not allowed here.")))
                 return
             self._forward_segment(seg.data, lit)
             return
@@ -376,12 +400,33 @@ class CommandStream:
             return
         self._decide(seg, info_or_reply)
 
+    def _continuation_not_allowed(self, seg: LineSegment) -> bool:
+        """A later segment of a forwarded command that must not reach the backend."""
+        lit = seg.literal
+        if lit is not None and lit.binary and self._command_name not in BINARY_LITERAL_COMMANDS:
+            return True
+        return (not self.allow_catenate and self._command_name == "APPEND"
+                and b"CATENATE" in seg.data.upper())
+
     def _decide(self, seg: LineSegment, info: CommandInfo, held: list[bytes] | None = None) -> None:
         """Apply the built-in rules and the filter to a command whose first segment is
         ``seg``; ``held`` is the rest of a collected command (already converted)."""
         lit = seg.literal
         self._act(Command(info))
-        verdict = self._builtin(info)
+        self._command_name = info.name
+        binary = (lit is not None and lit.binary) or (held is not None and self._binary_seen)
+        self._binary_seen = False
+        verdict = None
+        if binary and info.name not in BINARY_LITERAL_COMMANDS:
+            verdict = Verdict.REFUSE(
+                tagged(info.tag, "BAD", "Binary literal not allowed here."), "bad_command")
+        elif (not self.allow_catenate and info.name == "APPEND"
+              and b"CATENATE" in seg.data.upper()):
+            verdict = Verdict.REFUSE(
+                tagged(info.tag, "NO", "CATENATE not permitted by this credential.", "NOPERM"),
+                "scope")
+        if verdict is None:
+            verdict = self._builtin(info)
         if verdict is None and self.command_filter is not None:
             verdict = self.command_filter(replace(info, line=seg.data))
             if not isinstance(verdict, Verdict):
@@ -614,4 +659,10 @@ class CommandStream:
             )
         if name in ("LOGIN", "AUTHENTICATE"):
             return Verdict.REFUSE(tagged(tag, "BAD", "Already authenticated."), "bad_command")
+        if name == "UNAUTHENTICATE":
+            # Back to not-authenticated on the backend, where a LOGIN would go straight to
+            # Dovecot, past every policy and factor the gateway checks.
+            return Verdict.REFUSE(
+                tagged(tag, "NO", "UNAUTHENTICATE is not available through this gateway.",
+                       "CANNOT"), "unauthenticate")
         return None

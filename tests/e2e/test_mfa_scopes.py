@@ -126,3 +126,42 @@ def test_mailbox_scope_hides_and_refuses_other_mailboxes(scoped, dovecot):
         assert NOPERM.match(r), r
     finally:
         c.close()
+
+
+def test_binary_literal_cannot_smuggle_commands_past_a_read_only_scope(scoped, dovecot):
+    """Found by review: Dovecot answers a ``~{n}`` literal outside APPEND with BAD without
+    reading it and runs its body as commands. The gateway must refuse it and drop the body."""
+    box = f"smug-{uuid.uuid4().hex[:8]}"
+    assert dovecot.populate("alice", box, 2, 800, tag=box) == 2
+    _flags(dovecot, box)
+    before = maildir_snapshot(dovecot)
+    hidden = (f'z1 SELECT "{box}"\r\nz2 STORE 1:* +FLAGS (\\Deleted \\Seen)\r\n'
+              f"z3 EXPUNGE\r\nz4 CREATE {box}-made\r\n").encode()
+    c = scoped("--scope", "read-only")
+    try:
+        c.send(b'a LIST "" ~{%d+}\r\n' % len(hidden) + hidden + b"\r\n")
+        answer = c.read_until_tagged("a")
+        assert answer[-1].startswith(b"a BAD"), answer
+        c.send(b"b ID ~{21}\r\n")  # the synchronizing form: no "+", a BAD instead
+        assert c.read_until_tagged("b")[-1].startswith(b"b BAD")
+        assert c.command("n", "NOOP")[-1].startswith(b"n OK")
+    finally:
+        c.close()
+    assert maildir_snapshot(dovecot) == before
+
+
+def test_catenate_cannot_read_another_mailbox(scoped, dovecot):
+    """Found by review: APPEND ... CATENATE (URL "/Other/;UID=1") copies another mailbox's
+    message into INBOX under a mailboxes=INBOX credential."""
+    secret = f"sec-{uuid.uuid4().hex[:8]}"
+    assert dovecot.populate("alice", secret, 1, 600, tag=secret) == 1
+    before = maildir_snapshot(dovecot)
+    c = scoped("--mailboxes", "INBOX")
+    try:
+        caps = c.command("c", "CAPABILITY")[0].upper()
+        assert b"CATENATE" not in caps and b"URL-PARTIAL" not in caps, caps
+        r = c.command("a", f'APPEND INBOX CATENATE (URL "/{secret}/;UID=1")')[-1]
+        assert NOPERM.match(r), r
+    finally:
+        c.close()
+    assert maildir_snapshot(dovecot) == before

@@ -291,3 +291,54 @@ def test_arbitrary_input_never_raises_and_forwards_only_client_bytes(pieces):
     # Only "{n}" -> "{n+}" adds a byte per (at most one per line) literal.
     assert backend <= fed + fed // 4 + 1
     assert client <= 200 * (fed + 1)
+
+
+# -- found by review: Dovecot runs the body of a literal it refuses to read -------------------
+
+SMUGGLED = b"z1 SELECT x\r\nz2 STORE 1:* +FLAGS (\\Deleted)\r\nz3 EXPUNGE\r\n"
+
+
+def test_binary_literal_outside_append_is_refused_and_its_body_never_forwarded():
+    # after the literal the client ends command a's line (CRLF); b is a new command
+    data = b'a LIST "" ~{%d+}\r\n' % len(SMUGGLED) + SMUGGLED + b"\r\nb NOOP\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert backend == b"b NOOP\r\n"
+    assert client == b"a BAD Binary literal not allowed here.\r\n"
+
+
+def test_sync_binary_literal_gets_bad_instead_of_a_continuation():
+    backend, client, _ = same_in_every_split(b"b ID ~{21}\r\n")
+    assert backend == b""
+    assert client == b"b BAD Binary literal not allowed here.\r\n"
+
+
+def test_binary_literal_in_append_is_forwarded():
+    data = b"a APPEND INBOX ~{5+}\r\nhello\r\n"
+    backend, client, _ = same_in_every_split(data)
+    assert backend == data and client == b""
+
+
+def test_binary_literal_after_a_forwarded_segment_closes_the_session():
+    data = b'a LIST "" {1+}\r\nx ~{%d+}\r\n' % len(SMUGGLED) + SMUGGLED
+    backend, _client, other = run(stream(), [data])
+    assert SMUGGLED not in backend and b"z1" not in backend
+    assert any(isinstance(a, Close) and a.reason == "literal_not_allowed" for a in other)
+
+
+def test_catenate_refused_for_mailbox_scoped_streams_only():
+    data = b'a APPEND INBOX CATENATE (URL "/Secret/;UID=1")\r\n'
+    backend, client, _ = same_in_every_split(data, allow_catenate=False)
+    assert backend == b"" and b"a NO [NOPERM]" in client
+    backend, client, _ = same_in_every_split(data)
+    assert backend == data and client == b""
+    # the second message of a MULTIAPPEND
+    multi = b'a APPEND INBOX {2+}\r\nhi CATENATE (URL "/Secret/;UID=1")\r\n'
+    backend, _client, other = run(stream(allow_catenate=False), [multi])
+    assert b"Secret" not in backend
+    assert any(isinstance(a, Close) for a in other)
+
+
+def test_unauthenticate_never_reaches_the_backend():
+    caps = commands_for_capabilities(["IMAP4rev1", "UNAUTHENTICATE"])
+    backend, client, _ = same_in_every_split(b"u UNAUTHENTICATE\r\n", known_commands=caps)
+    assert backend == b"" and client.startswith(b"u NO [CANNOT]")
