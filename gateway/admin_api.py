@@ -340,7 +340,7 @@ def session_view(session: Any) -> dict[str, Any]:
 def _json_object(req: Request) -> dict[str, Any]:
     try:
         data = json.loads(req.body or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise HttpError(400, 'body must be a JSON object, e.g. {"network": "192.0.2.7"}')

@@ -155,7 +155,13 @@ class BackendConnection:
     async def login_plain(
         self, *, authzid: str, authcid: str, password: str, timeout: float
     ) -> LoginOutcome:
-        """AUTHENTICATE PLAIN (SASL-IR when the backend offers it). Never raises on a NO."""
+        """AUTHENTICATE PLAIN (SASL-IR when the backend offers it). Never raises on a NO.
+
+        A NUL in any part would move the field boundaries the backend sees: refused here
+        too (defence in depth; the pre-auth machine already refuses it).
+        """
+        if "\0" in authzid or "\0" in authcid or "\0" in password:
+            return LoginOutcome(ok=False, line=b"", code="NUL_IN_CREDENTIALS")
         payload = base64.b64encode(
             "\0".join((authzid, authcid, password)).encode("utf-8", "surrogateescape")
         )

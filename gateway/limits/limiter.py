@@ -65,6 +65,10 @@ _K = "lim:"
 _FAMILIAR_CAP = 64  # networks remembered per user; the most recently used win
 
 
+#: The widest network an administrator may ban in one go (a typo must not lock out everyone).
+MIN_ADMIN_BAN_PREFIX = {4: 8, 6: 16}
+
+
 class BanRefused(ValueError):
     """An admin ban would cover an allow-listed network (``[limits] allow_networks``)."""
 
@@ -253,6 +257,11 @@ class Limiter:
         that is not an address or network.
         """
         net = normalize_network(network)
+        widest = MIN_ADMIN_BAN_PREFIX[net.version]
+        if net.prefixlen < widest:
+            raise BanRefused(
+                f"{net} is wider than /{widest}: that would lock out a large part of the "
+                "internet (or everyone); ban narrower networks")
         clash = overlaps_allow_list(net, self.settings.allow)
         if clash is not None:
             raise BanRefused(

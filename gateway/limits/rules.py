@@ -97,7 +97,12 @@ def normalize_network(text: str) -> IPNetwork:
         if "/" not in text:
             addr = parse_ip(text)
             return ipaddress.ip_network((addr, addr.max_prefixlen))
-        return ipaddress.ip_network(text, strict=False)
+        net = ipaddress.ip_network(text, strict=False)
+        mapped = getattr(net.network_address, "ipv4_mapped", None)
+        if mapped is not None and net.prefixlen >= 96:
+            # Clients are matched as plain IPv4: ::ffff:192.0.2.0/120 means 192.0.2.0/24.
+            return ipaddress.ip_network((mapped, net.prefixlen - 96))
+        return net
     except (ValueError, InvalidAddress):
         raise InvalidAddress(
             f"not an IP address or CIDR network: {text!r} (examples: 192.0.2.7, 192.0.2.0/24)"

@@ -374,3 +374,17 @@ def test_admin_bans_list_add_remove():
             await lim.add_ban("mail.example.org", T0)
 
     run(main)
+
+
+def test_admin_cannot_ban_the_whole_internet_and_mapped_networks_are_ipv4():
+    lim = limiter()
+
+    async def main():
+        for too_wide in ("0.0.0.0/0", "::/0", "10.0.0.0/7", "2001::/15"):
+            with pytest.raises(BanRefused, match="wider than"):
+                await lim.add_ban(too_wide, T0)
+        ban = await lim.add_ban("::ffff:192.0.2.0/120", T0)
+        assert ban.network == "192.0.2.0/24"
+        assert not (await lim.check_connect("192.0.2.7", T0 + 1)).allowed
+
+    run(main)
