@@ -46,6 +46,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.durations import HINT as DURATION_HINT
+from gateway.durations import DurationError, parse_duration  # noqa: F401 (config API)
+
 __all__ = [
     "AdminConfig",
     "AnomalyConfig",
@@ -106,59 +109,20 @@ def _format_problem(key: str | None, message: str) -> str:
     return f"{key}: {message}" if key is not None else message
 
 
-class DurationError(ValueError):
-    """A duration string that ``parse_duration`` cannot read."""
-
-
 def _fail(message: str) -> PydanticCustomError:
     # One error type for all our own checks, so translation keeps the message as is.
     return PydanticCustomError("gateway_config", message)
 
 
 # ---------------------------------------------------------------------------
-# Durations
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_HINT = "write a number and a unit (ms, s, m, h, d), e.g. '5s', '250ms', '15m', '1h30m'"
-
-
-def parse_duration(text: str) -> float:
-    """Turn ``"5s"``, ``"250ms"``, ``"2m"``, ``"1h"``, ``"14d"`` (or ``"1h30m"``) into seconds.
-
-    A bare number is refused on purpose: ``timeout = "5"`` is ambiguous (seconds? ms?)
-    and guessing wrong by a factor of 1000 is the kind of mistake that shows up only
-    under attack. Raises ``DurationError`` whose message says what to write instead.
-    """
-    if not isinstance(text, str):
-        raise DurationError(f"a duration must be a string, got {text!r}; {_DURATION_HINT}")
-    s = text.strip()
-    if not s:
-        raise DurationError(f"empty duration; {_DURATION_HINT}")
-    if s.startswith("-"):
-        raise DurationError(f"invalid duration {text!r}: must not be negative")
-    try:
-        float(s)
-    except ValueError:
-        pass
-    else:
-        raise DurationError(f"invalid duration {text!r}: missing unit; {_DURATION_HINT}")
-    pos = 0
-    total = 0.0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            raise DurationError(f"invalid duration {text!r}; {_DURATION_HINT}")
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    return total
+# Durations (parsed by gateway.durations; re-exported here for the config API)
 
 
 def _duration_validator(*, allow_zero: bool):
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, str):
             raise _fail(
-                f"must be a duration string with a unit, got {_show(value)}; {_DURATION_HINT}"
+                f"must be a duration string with a unit, got {_show(value)}; {DURATION_HINT}"
             )
         try:
             seconds = parse_duration(value)

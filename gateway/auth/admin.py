@@ -14,13 +14,13 @@ QR code) and ``app-password create`` (the password). Listings never show them.
 from __future__ import annotations
 
 import io
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import qrcode
 
+from gateway import durations
 from gateway.auth.factors import InvalidScopeError, TotpResult
 from gateway.store.base import CredentialStore
 from gateway.store.errors import (
@@ -38,28 +38,18 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_duration(text: str) -> float:
     """``"90d"``, ``"12h"``, ``"2w"``, ``"1d12h"``, ``"45m"``, ``"30s"`` -> seconds.
 
     Raises ValueError with the accepted forms; a bare number is refused because
     "90" could mean days or seconds.
     """
-    s = text.strip().lower()
-    pos, total = 0, 0
-    for m in _DURATION_PART.finditer(s):
-        if m.start() != pos:
-            break
-        total += int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
+    try:
+        return durations.parse_duration(text.lower())
+    except durations.DurationError:
         raise ValueError(
             f"bad duration {text!r}: use a number with a unit s/m/h/d/w, e.g. 90d, 12h, 1d12h"
-        )
-    return float(total)
+        ) from None
 
 
 def _now(now: float | None) -> float:

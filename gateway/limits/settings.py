@@ -10,15 +10,14 @@ Rules of this module:
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gateway import durations
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class LimitsConfigError(ValueError):
@@ -32,11 +31,19 @@ def parse_duration(value: Any, *, key: str) -> float:
     """
     if isinstance(value, bool):
         raise LimitsConfigError(f"{key}: expected a duration such as \"15m\", got {value!r}")
+    seconds = None
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
+    elif isinstance(value, str):
+        text = value.replace(" ", "")
+        try:
+            seconds = float(text)  # a plain number means seconds here
+        except ValueError:
+            try:
+                seconds = durations.parse_duration(text)
+            except durations.DurationError:
+                seconds = None
+    if seconds is None:
         raise LimitsConfigError(
             f"{key}: expected a duration such as \"15m\", \"1s\", \"24h\" or \"30d\", got {value!r}"
         )

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway import durations
+
 from .engine import Policy
 from .errors import PolicyError
 from .model import (
@@ -44,8 +46,6 @@ RULE_KEYS = ("name", "users", "groups", "networks", "action", "mfa", "remember_d
 # Group and network names start with a letter and never contain ':' or '/', so a
 # rule's networks entry is unambiguously a name or an address/CIDR.
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-_DURATION_RE = re.compile(r"([0-9]{1,6})([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # A remembered device is a bearer token that skips the second factor; past a year it
 # is no longer "remembering", it is turning MFA off.
 MAX_REMEMBER_DEVICE = 366 * 86400
@@ -82,10 +82,10 @@ def parse_duration(text: Any) -> float:
         raise ValueError(f"must be a string like \"14d\" or \"12h\" (or \"0\" for off), got {text!r}")
     if text == "0":
         return 0.0
-    m = _DURATION_RE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"bad duration {text!r}: write a number and a unit s/m/h/d/w, e.g. \"14d\", or \"0\" for off")
-    seconds = float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    try:
+        seconds = durations.parse_duration(text)
+    except durations.DurationError:
+        raise ValueError(f"bad duration {text!r}: write a number and a unit s/m/h/d/w, e.g. \"14d\", or \"0\" for off") from None
     if seconds > MAX_REMEMBER_DEVICE:
         raise ValueError(f"{text!r} is longer than the 366d maximum")
     return seconds
