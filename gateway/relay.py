@@ -1,11 +1,11 @@
-"""Post-login relay: client→backend parsed per command, backend→client passed through.
+"""Post-login relay: the trio pump around the sans-IO :class:`gateway.imap.relay.Relay`.
 
-Two tasks in one nursery; when either side ends, the other is cancelled and both
-sockets are closed by the session. The backend→client direction is the hot path: each
-chunk is handed to ``ResponseScanner`` (O(lines) work, literal bodies skipped by
-length) and written to the client unchanged. The scanner tells us when the stream is
-between responses, the only place where the gateway may inject its own answers
-(e.g. the refusal of a COMPRESS command) without corrupting a backend response.
+Two tasks in one nursery, one per direction; each reads its socket, hands the bytes to the
+relay object and carries out the actions it returns. Every rule (what reaches the backend,
+where the gateway may write its own replies, when to stop reading the client, why the
+session ends) lives in the relay object; this module only moves bytes, counts them and
+keeps the deadlines. When either side ends, the other is cancelled and the session closes
+both sockets.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.imap import commands as cm
-from gateway.imap.responses import ResponseScanner
+from gateway.imap import relay as rl
 from gateway.observability import metrics
 
 if TYPE_CHECKING:
@@ -23,14 +23,13 @@ if TYPE_CHECKING:
     from gateway.session import ClientSession
 
 BACKEND_RECEIVE_SIZE = 262144
+CLIENT_RECEIVE_SIZE = 65536
 #: How often the volume detector hears about backend→client bytes (a state round trip each).
 BYTES_REPORT_INTERVAL = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
 _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
 _command_counters: dict[str, object] = {}
-#: Replies the gateway writes itself that are not refusals of a client command.
-_NOT_REFUSALS = frozenset({"continuation", "answered"})
 
 
 def _count_command(name: str) -> None:
@@ -39,102 +38,93 @@ def _count_command(name: str) -> None:
         counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
         if len(_command_counters) < 1024:
             _command_counters[name] = counter
-    counter.inc()
+    counter.inc()  # type: ignore[attr-defined]
 
 
 async def relay(session: ClientSession, backend: BackendConnection, leftover: bytes) -> str:
     """Relay until either side closes, the idle deadline passes or the session is cancelled.
 
-    Returns the end reason for the session log.
+    ``leftover``: client bytes that arrived with the login. Returns the end reason for the
+    session log.
     """
-    idle_timeout = session.ctx.config.limits.idle_timeout
+    config = session.ctx.config
+    idle_timeout = config.limits.idle_timeout
+    assert session.capabilities is not None
     stream = cm.CommandStream(
         capability_line=session.capabilities.line,
         command_filter=session.command_filter,
         known_commands=session.capabilities.known_commands,
         allow_catenate=not session.mailbox_scoped,
     )
-    scanner = ResponseScanner()
-    response_filter = session.response_filter
     # Report volume at least every MiB, and often enough that a low threshold is seen
     # within one session; the remainder is reported when the session ends.
     report_every = min(BYTES_REPORT_INTERVAL,
-                       max(4096, session.ctx.config.anomaly.high_volume_fetch_bytes // 4))
-    volume = {"unreported": 0}
+                       max(4096, config.anomaly.high_volume_fetch_bytes // 4))
+    engine = rl.Relay(stream, response_filter=session.response_filter, report_every=report_every)
     client = session.stream
-    write_lock = trio.Lock()
-    state = {"boundary": True, "reason": "client_closed"}
-    pending: list[bytes] = []
+    # Both tasks may write to either socket (a backend answer can release client bytes).
+    to_backend_lock, to_client_lock = trio.Lock(), trio.Lock()
+    resume = trio.Event()  # set when the client may be read again
+    reason = "client_closed"
 
-    async def reply(data: bytes) -> None:
-        async with write_lock:
-            if state["boundary"]:
-                await client.send_all(data)
-                session.bytes_out += len(data)
-            else:
-                pending.append(data)
+    async def carry_out(actions: list[rl.RelayAction], cancel: trio.CancelScope) -> None:
+        nonlocal reason, resume
+        for action in actions:
+            if isinstance(action, rl.ToBackend):
+                async with to_backend_lock:
+                    await backend.stream.send_all(action.data)
+                _TO_BACKEND.inc(len(action.data))
+            elif isinstance(action, rl.ToClient):
+                async with to_client_lock:
+                    await client.send_all(action.data)
+                session.bytes_out += len(action.data)
+            elif isinstance(action, rl.CommandSeen):
+                _count_command(action.info.name)
+            elif isinstance(action, rl.Refused):
+                metrics.commands_refused_total.labels(action.kind).inc()
+            elif isinstance(action, rl.Expunged):
+                await session.on_expunged(action.count)
+            elif isinstance(action, rl.BytesSeen):
+                await session.on_bytes(action.count)
+            elif isinstance(action, rl.End):
+                reason = action.reason
+                if action.data:
+                    async with to_client_lock:
+                        await client.send_all(action.data)
+                cancel.cancel()
+                return
+        if engine.reading_client:
+            resume.set()
 
     async def client_to_backend(cancel: trio.CancelScope) -> None:
+        nonlocal resume
         data = leftover
         while True:
             if data:
                 session.bytes_in += len(data)
-                for action in stream.receive_data(data):
-                    if isinstance(action, cm.Forward):
-                        await backend.stream.send_all(action.data)
-                        _TO_BACKEND.inc(len(action.data))
-                    elif isinstance(action, cm.Command):
-                        _count_command(action.info.name)
-                        if action.info.name == "LOGOUT":
-                            state["reason"] = "logout"
-                    elif isinstance(action, cm.Reply):
-                        if action.kind not in _NOT_REFUSALS:
-                            metrics.commands_refused_total.labels(action.kind).inc()
-                        await reply(action.data)
-                    elif isinstance(action, cm.Close):
-                        await reply(action.data)
-                        state["reason"] = action.reason
-                        cancel.cancel()
-                        return
-            data = await client.receive_some(65536)
+                await carry_out(engine.client_data(data), cancel)
+            while not engine.reading_client:
+                resume = trio.Event()
+                await resume.wait()
+            data = await client.receive_some(CLIENT_RECEIVE_SIZE)
             idle.deadline = trio.current_time() + idle_timeout
             if not data:
-                state["reason"] = "client_closed"
-                cancel.cancel()
+                await carry_out(engine.client_closed(), cancel)
                 return
 
     async def backend_to_client(cancel: trio.CancelScope) -> None:
+        if backend.buffer:  # responses that arrived with the login's tagged OK
+            pending = bytes(backend.buffer)
+            backend.buffer.clear()
+            await carry_out(engine.backend_data(pending), cancel)
         while True:
             data = await backend.stream.receive_some(BACKEND_RECEIVE_SIZE)
             if not data:
-                if state["reason"] != "logout":
-                    state["reason"] = "backend_closed"
-                cancel.cancel()
+                await carry_out(engine.backend_closed(), cancel)
                 return
             idle.deadline = trio.current_time() + idle_timeout
-            result = scanner.receive_data(data)
-            boundary = result.at_line_boundary
-            out = data
-            if response_filter is not None:
-                out = response_filter.receive_data(data)
-                boundary = response_filter.at_line_boundary
-            async with write_lock:
-                if out:
-                    await client.send_all(out)
-                    session.bytes_out += len(out)
-                state["boundary"] = boundary
-                if boundary and pending:
-                    joined = b"".join(pending)
-                    pending.clear()
-                    await client.send_all(joined)
-                    session.bytes_out += len(joined)
             _TO_CLIENT.inc(len(data))
-            if result.expunged:
-                await session.on_expunged(result.expunged)
-            volume["unreported"] += len(data)
-            if volume["unreported"] >= report_every:
-                sent, volume["unreported"] = volume["unreported"], 0
-                await session.on_bytes(sent)
+            await carry_out(engine.backend_data(data), cancel)
 
     with trio.CancelScope() as idle:
         idle.deadline = trio.current_time() + idle_timeout
@@ -144,20 +134,21 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                 nursery.start_soon(client_to_backend, nursery.cancel_scope)
                 nursery.start_soon(backend_to_client, nursery.cancel_scope)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            state["reason"] = "connection_lost"
-    if volume["unreported"]:
+            reason = "connection_lost"
+    unreported = engine.take_unreported()
+    if unreported:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await session.on_bytes(volume["unreported"])
+            await session.on_bytes(unreported)
     if idle.cancelled_caught:
         if session.kill_reason:
-            state["reason"] = session.kill_reason
-            bye = b"* BYE " + session.kill_message.encode() + b"\r\n"
+            reason = session.kill_reason
+            bye = rl.bye(session.kill_message)
         else:
-            state["reason"] = "idle_timeout"
-            bye = b"* BYE Autologout; idle for too long.\r\n"
+            reason = "idle_timeout"
+            bye = rl.bye("Autologout; idle for too long.")
         with trio.move_on_after(1):
             try:
                 await client.send_all(bye)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-    return state["reason"]
+    return reason

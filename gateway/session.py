@@ -29,9 +29,9 @@ from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_pat
 from gateway.authenticator import LoginOutcome
 from gateway.backend import BackendConnection, ClientEndpoint
 from gateway.imap import preauth as pa
-from gateway.imap.commands import commands_for_capabilities
+from gateway.imap.capabilities import client_capabilities, commands_for_capabilities
 from gateway.imap.listfilter import ListResponseFilter
-from gateway.imap.responses import capability_from_ok, rewrite_capabilities, rewrite_login_ok
+from gateway.imap.responses import capability_from_ok, rewrite_login_ok
 from gateway.limits import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
@@ -58,7 +58,7 @@ _URL_CAPABILITIES = ("CATENATE", "URL-PARTIAL", "URLAUTH")
 def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> CapabilityView:
     """Cached: every session of one backend shares one view instead of its own copies
     (about 6 KiB per idle session otherwise)."""
-    caps = rewrite_capabilities(raw)
+    caps = client_capabilities(raw)
     if mailbox_scoped:
         caps = [c for c in caps if not c.upper().startswith(_URL_CAPABILITIES)]
     return CapabilityView(
@@ -387,12 +387,6 @@ class ClientSession:
         self.capabilities = capability_view(tuple(raw_caps), self.mailbox_scoped)
         backend.capabilities = []  # pre-login list: not needed any more
         await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
-        if backend.buffer:
-            pending = bytes(backend.buffer)
-            backend.buffer.clear()
-            if self.response_filter is not None:
-                pending = self.response_filter.receive_data(pending)
-            await self._send(pending)
         return backend
 
     def endpoint(self) -> ClientEndpoint:

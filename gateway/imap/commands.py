@@ -8,34 +8,41 @@ Rules of this module:
 2. It never raises on client bytes (only on a bad :data:`CommandFilter` result, which is a
    gateway bug). No I/O, no clock, no logging.
 3. It keeps the gateway and the backend in agreement on where every command ends, so no
-   client can hide a command where the gateway does not look:
+   client can hide a command where the gateway does not look. The backend decides whether
+   it reads a literal, and the stream waits for that decision:
 
-   * Synchronizing literals are answered by the gateway (``+ Ready for literal data``) and
-     forwarded as LITERAL+ (``{n+}``). The gateway therefore never depends on whether the
-     backend accepted a literal: the client's bytes after ``{n}`` are the literal, always.
-     (Needs a backend with LITERAL+; Dovecot has it.) Cost: a command the backend would
-     refuse before its literal still has its literal sent.
-   * Commands the backend does not know are answered ``BAD`` here and never reach it:
-     Dovecot stops parsing an unknown command at its name and then reads a literal's body
-     as the next command (see :func:`commands_for_capabilities`).
-   * Commands with a fixed number of arguments are read whole and refused here when they
-     have more: Dovecot leaves extra arguments unread, literals included (see MAX_ARGS).
-   * Lines that do not tokenize are answered ``BAD`` here too.
+   * Every literal goes to the backend as a *synchronizing* literal (``{n}``), and the
+     stream then stops (:class:`ForwardLiteral`) until the shell reports the backend's
+     answer (:meth:`CommandStream.literal_answered`): a ``+`` continuation means the
+     backend reads the literal, so its body follows; a tagged response means the backend
+     refused the command *without* reading it (Dovecot then skips the rest of the line and
+     would run the body as commands), so the body never reaches the backend. Whatever made
+     the backend refuse -- a syntax error before the literal, an argument it does not
+     read, a bad APPEND flag -- the gateway never has to guess it.
+   * A ``{...}`` the framer cannot place is a framing error (see framing.py), never data.
+   * Commands the backend does not know are answered ``BAD`` here and never reach it,
+     and commands with a fixed number of arguments that carry literals are read whole
+     (at most MAX_COLLECTED bytes) so the filter sees their mailbox and extra arguments
+     are refused here.
+   * Lines that do not tokenize are answered ``BAD`` here when the stream reads them.
 4. Literal bodies are never copied or inspected: they leave as ``memoryview`` slices of the
    fed chunks. A chunk that is forwarded unchanged leaves as one ``Forward`` of the chunk.
 
 Costs and bounds: O(lines) Python work plus one ``find`` per byte of line text (in C);
 literal bytes cost O(1) per fed chunk. The framer holds at most ``max_line`` bytes of an
 unfinished line; a fixed-arity command that carries literals is held whole, at most
-MAX_COLLECTED bytes; nothing else is buffered.
+MAX_COLLECTED bytes; while the stream waits for the backend's answer to a literal, what
+the client already sent stays in the framer and the shell stops reading the client
+(:attr:`CommandStream.paused`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Final, Literal
 
+from .capabilities import DEFAULT_COMMANDS
 from .framing import (
     NEED_DATA,
     Framer,
@@ -45,11 +52,22 @@ from .framing import (
     find_literal_marker,
     strip_eol,
 )
-from .responses import tagged, untagged
-from .tokens import Atom, ListTok, ParseError, String, Token, as_astring, parse_head, tokenize
+from .responses import READY_FOR_LITERAL, tagged, untagged
+from .tokens import (
+    UNCLOSED_LIST,
+    Atom,
+    ListTok,
+    ParseError,
+    String,
+    Token,
+    as_astring,
+    parse_head,
+    tokenize,
+)
 
 __all__ = [
     "Action",
+    "ForwardLiteral",
     "Close",
     "Command",
     "CommandFilter",
@@ -57,74 +75,16 @@ __all__ = [
     "CommandInfo",
     "CommandStream",
     "Forward",
-    "BASE_COMMANDS",
-    "KNOWN_COMMANDS",
     "MAX_ARGS",
-    "commands_for_capabilities",
     "Reply",
     "Verdict",
 ]
 
-READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
-
 #: The only commands whose arguments may be binary literals (``~{n}``, RFC 3516: APPEND's
 #: message data; RFC 8508 REPLACE uses the same syntax). Dovecot answers a ``~{`` anywhere
-#: else with BAD *without reading the literal*, then runs its body as commands: a client
-#: could hide any command in it (found by review: a read-only credential smuggled
-#: SELECT/STORE/EXPUNGE/CREATE inside ``LIST "" ~{n+}``).
+#: else with BAD *without reading the literal*; the stream refuses it before the backend
+#: has to.
 BINARY_LITERAL_COMMANDS: Final = frozenset({"APPEND", "REPLACE", "UID REPLACE"})
-
-#: Answered by the gateway itself whatever the backend offers.
-_GATEWAY_COMMANDS: Final = frozenset({"CAPABILITY", "COMPRESS", "STARTTLS", "LOGIN", "AUTHENTICATE"})
-#: RFC 3501 commands every IMAP4rev1 backend implements.
-BASE_COMMANDS: Final = _GATEWAY_COMMANDS | frozenset(
-    """APPEND CHECK CLOSE COPY CREATE DELETE EXAMINE EXPUNGE FETCH LIST LOGOUT LSUB NOOP
-    RENAME SEARCH SELECT STATUS STORE SUBSCRIBE UNSUBSCRIBE""".split()
-    + ["UID COPY", "UID FETCH", "UID SEARCH", "UID STORE"]
-)
-#: Extension commands, enabled by the backend capability that announces them.
-_EXTENSION_COMMANDS: Final = {
-    "IDLE": ["IDLE"],
-    "NAMESPACE": ["NAMESPACE"],
-    "UNSELECT": ["UNSELECT"],
-    "ID": ["ID"],
-    "ENABLE": ["ENABLE"],
-    "MOVE": ["MOVE", "UID MOVE"],
-    "UIDPLUS": ["UID EXPUNGE"],
-    "SORT": ["SORT", "UID SORT"],
-    "THREAD=": ["THREAD", "UID THREAD"],
-    "QUOTA": ["GETQUOTA", "GETQUOTAROOT", "SETQUOTA"],
-    "ACL": ["GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS"],
-    "METADATA": ["GETMETADATA", "SETMETADATA"],
-    "METADATA-SERVER": ["GETMETADATA", "SETMETADATA"],
-    "NOTIFY": ["NOTIFY"],
-    "REPLACE": ["REPLACE", "UID REPLACE"],
-    "XLIST": ["XLIST"],
-    "UNAUTHENTICATE": ["UNAUTHENTICATE"],
-    "IMAP4REV2": ["IDLE", "NAMESPACE", "UNSELECT", "ENABLE", "MOVE", "UID MOVE", "UID EXPUNGE"],
-}
-
-
-def commands_for_capabilities(caps: Iterable[str]) -> frozenset[str]:
-    """The commands to relay for a backend with capabilities ``caps`` (its post-login list).
-
-    Why not a fixed list: a command the backend does not know is answered ``BAD`` by Dovecot
-    *without reading its literal*, so the literal's body would run as a command the gateway
-    never inspected (verified against Dovecot 2.3.19: ``a GETQUOTAROOT INBOX {14+}`` without
-    the quota plugin).
-    """
-    out = set(BASE_COMMANDS)
-    for cap in caps:
-        up = cap.upper()
-        key = "THREAD=" if up.startswith("THREAD=") else up
-        out.update(_EXTENSION_COMMANDS.get(key, ()))
-    return frozenset(out)
-
-
-#: What Dovecot 2.3 offers by default (no quota/acl/metadata plugins).
-KNOWN_COMMANDS: Final = commands_for_capabilities(
-    "IDLE NAMESPACE UNSELECT ID ENABLE MOVE UIDPLUS SORT THREAD=REFS NOTIFY".split()
-)
 
 #: Commands whose handler reads a fixed number of arguments. Dovecot leaves any further
 #: argument unread -- and an unread literal's body then runs as commands (verified for each
@@ -222,6 +182,29 @@ class Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardLiteral:
+    """Send ``data`` -- a line segment that announces a literal, always as a synchronizing
+    ``{n}`` -- to the backend, then wait for its answer before sending anything else.
+
+    The stream is :attr:`~CommandStream.paused` until the shell calls
+    :meth:`CommandStream.literal_answered`: with True when the backend sent a ``+``
+    continuation (it reads the literal), with False when it sent the tagged response for
+    ``tag`` instead (it refused the command without reading the literal).
+
+    ``first``: the segment starts its command, so the backend must have answered every
+    earlier command before this one is sent (otherwise an earlier command's tagged response
+    with the same tag could be taken for this one's). ``pass_continuation``: the client sent
+    ``{n}`` and waits for a ``+`` itself, so the backend's ``+`` goes on to the client;
+    otherwise (``{n+}``, or a command the gateway read whole) the client must not see it.
+    """
+
+    data: bytes = field(repr=False)
+    tag: bytes
+    first: bool
+    pass_continuation: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The gateway answers the client itself (write at a backend response boundary).
 
@@ -250,13 +233,24 @@ class Close:
     data: bytes
 
 
-Action = Forward | Reply | Command | Close
+Action = Forward | ForwardLiteral | Reply | Command | Close
 
 
-def _to_non_sync(line: bytes) -> bytes:
-    """Rewrite the ``{n}`` marker at the end of ``line`` as ``{n+}`` (LITERAL+)."""
+def as_sync_marker(line: bytes, text_end: int, literal: Literal) -> bytes:
+    """``line`` with its literal marker written as a synchronizing ``{n}`` (``~{n}``):
+    canonical digits, no ``+``, the client's own line end."""
     body = strip_eol(line)
-    return body[:-1] + b"+}" + line[len(body) :]
+    marker = b"~{%d}" % literal.size if literal.binary else b"{%d}" % literal.size
+    return line[:text_end] + marker + line[len(body) :]
+
+
+@dataclass(slots=True)
+class _HeldPiece:
+    """Part of a command read whole, waiting to be released to the backend in order."""
+
+    data: bytes
+    text_end: int = -1  # a line announcing a literal: where its marker starts
+    literal: Literal | None = None
 
 
 class CommandStream:
@@ -273,7 +267,7 @@ class CommandStream:
         capability_line: bytes,
         command_filter: CommandFilter | None = None,
         max_line: int = 65536,
-        known_commands: frozenset[str] = KNOWN_COMMANDS,
+        known_commands: frozenset[str] = DEFAULT_COMMANDS,
         allow_catenate: bool = True,
     ) -> None:
         """``allow_catenate=False`` (mailbox-scoped credentials): APPEND with CATENATE is
@@ -282,30 +276,88 @@ class CommandStream:
         self.command_filter = command_filter
         self.known_commands = known_commands
         self.allow_catenate = allow_catenate
-        self._command_name = ""  # the command whose segments are flowing now
-        self._binary_seen = False  # a collected command carried a binary literal
         self.closed = False
+        #: Commands sent to the backend so far (each gets exactly one tagged response).
+        self.forwarded_commands = 0
         self._framer = Framer(max_line, None, role="client")
         self._mode: Literal["forward", "drop", "collect"] = "forward"  # current command's rest
+        self._tag = b""  # the current command's tag
+        self._command_name = ""  # the command whose segments are flowing now
+        self._binary_seen = False  # a collected command carried a binary literal
         # "collect" (a fixed-arity command with literals, read whole before deciding):
-        self._held: list[bytes] = []  # its bytes as they will go to the backend
         self._parts: list[tuple[bytes, bytes | None]] = []  # tokenizer input
+        self._collected: list[_HeldPiece] = []  # its bytes as received, after the first line
         self._literal_buf = bytearray()
         self._held_size = 0
         self._first_seg: LineSegment | None = None
+        # a command read whole and accepted, released piece by piece as the backend answers:
+        self._release: list[_HeldPiece] = []
+        self._waiting: Literal | None = None  # the literal whose answer we wait for
         self._idle = False  # an IDLE was forwarded: the next line should be DONE
+        self._out: list[Action] = []
+        self._pending: list[bytes] = []
+        self._unchanged = True
+
+    @property
+    def paused(self) -> bool:
+        """True while the backend's answer to a :class:`ForwardLiteral` is outstanding: the
+        shell must stop reading the client (the stream holds what it was already given)."""
+        return self._waiting is not None
 
     def receive_data(self, data: bytes) -> list[Action]:
         """Feed client bytes; returns actions in order. ``b""`` (EOF) returns ``[]``."""
         if self.closed or not data:
             return []
         framer = self._framer
-        whole = framer.partial_len == 0
+        whole = framer.partial_len == 0 and self._waiting is None
         framer.receive_data(data)
-        self._out: list[Action] = []
-        self._pending: list[bytes] = []  # consecutive small forwards, joined once
+        self._begin()
+        self._pump()
+        if whole and self._unchanged and framer.buffered_len == 0:
+            out = [a for a in self._out if isinstance(a, Command)]
+            out.append(Forward(data))
+            return out
+        return self._finish()
+
+    def literal_answered(self, accepted: bool) -> list[Action]:
+        """The backend's answer to the last :class:`ForwardLiteral`: True for a ``+``
+        continuation, False for a tagged response. Outside a wait it does nothing."""
+        lit = self._waiting
+        if lit is None or self.closed:
+            return []
+        self._waiting = None
+        self._begin()
+        if self._release:
+            if accepted:
+                self._release_held()
+            else:
+                self._release = []  # read from the client already: nothing left to drop
+        elif not accepted:
+            if lit.sync:
+                self._framer.cancel_literal()  # the client gets the tagged reply, not "+"
+            else:
+                self._mode = "drop"  # the body comes anyway: consume it, forward nothing
+        if self._waiting is None:
+            self._pump()
+        return self._finish()
+
+    # -- output helpers ---------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._out = []
+        self._pending = []  # consecutive small forwards, joined once
         self._unchanged = True
-        while True:
+
+    def _finish(self) -> list[Action]:
+        self._flush()
+        out, self._out = self._out, []
+        return out
+
+    def _pump(self) -> None:
+        """Turn framer events into actions until input runs out, a literal's answer is
+        awaited or the stream closes."""
+        framer = self._framer
+        while self._waiting is None and not self.closed:
             ev = framer.next_event()
             if ev is NEED_DATA:
                 break
@@ -318,19 +370,8 @@ class CommandStream:
                         self._collect_literal(ev)
             elif isinstance(ev, LineSegment):
                 self._on_segment(ev)
-                if self.closed:  # nothing after a Close may reach the backend
-                    break
             elif isinstance(ev, FramingError):
                 self._on_error(ev)
-                break
-        if whole and self._unchanged and framer.buffered_len == 0:
-            out = [a for a in self._out if isinstance(a, Command)]
-            out.append(Forward(data))
-            return out
-        self._flush()
-        return self._out
-
-    # -- output helpers ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
         if self._pending:
@@ -353,6 +394,13 @@ class CommandStream:
         self._flush()
         self._out.append(action)
 
+    def _forward_literal_line(self, line: bytes, text_end: int, lit: Literal, *,
+                              first: bool, pass_continuation: bool) -> None:
+        """Send a line announcing ``lit`` as ``{n}`` and wait for the backend's answer."""
+        self._act(ForwardLiteral(as_sync_marker(line, text_end, lit), self._tag, first,
+                                 pass_continuation))
+        self._waiting = lit
+
     # -- events -----------------------------------------------------------------------------------
 
     def _on_error(self, ev: FramingError) -> None:
@@ -360,7 +408,7 @@ class CommandStream:
         if ev.kind == "line_too_long":
             self._act(Close("line_too_long", untagged("BYE", "Line too long.")))
         else:
-            self._act(Close(ev.kind, untagged("BYE", "Invalid literal size.")))
+            self._act(Close(ev.kind, untagged("BYE", "Invalid literal marker.")))
 
     def _on_segment(self, seg: LineSegment) -> None:
         lit = seg.literal
@@ -383,7 +431,7 @@ class CommandStream:
                 self._act(Close("literal_not_allowed",
                                 untagged("BYE", "Literal or CATENATE not allowed here.")))
                 return
-            self._forward_segment(seg.data, lit)
+            self._forward_segment(seg, seg.data, first=False)
             return
         if self._idle:
             self._idle = False
@@ -408,13 +456,14 @@ class CommandStream:
         return (not self.allow_catenate and self._command_name == "APPEND"
                 and b"CATENATE" in seg.data.upper())
 
-    def _decide(self, seg: LineSegment, info: CommandInfo, held: list[bytes] | None = None) -> None:
+    def _decide(self, seg: LineSegment, info: CommandInfo, held: bool = False) -> None:
         """Apply the built-in rules and the filter to a command whose first segment is
-        ``seg``; ``held`` is the rest of a collected command (already converted)."""
+        ``seg``; ``held``: the command was read whole (its rest is in ``_collected``)."""
         lit = seg.literal
         self._act(Command(info))
         self._command_name = info.name
-        binary = (lit is not None and lit.binary) or (held is not None and self._binary_seen)
+        self._tag = info.tag
+        binary = (lit is not None and lit.binary) or (held and self._binary_seen)
         self._binary_seen = False
         verdict = None
         if binary and info.name not in BINARY_LITERAL_COMMANDS:
@@ -430,81 +479,108 @@ class CommandStream:
         if verdict is None and self.command_filter is not None:
             verdict = self.command_filter(replace(info, line=seg.data))
             if not isinstance(verdict, Verdict):
-                raise CommandFilterError(
-                    f"command filter returned {type(verdict).__name__} for {info.name}; "
-                    "expected a Verdict"
-                )
+                verdict = self._filter_failed(info, f"returned {type(verdict).__name__}")
+        line = seg.data
+        if verdict is not None and verdict.action == "rewrite":
+            rewritten = self._checked_rewrite(seg, verdict.data)
+            if isinstance(rewritten, CommandFilterError):
+                verdict = self._filter_failed(info, str(rewritten))
+            else:
+                line = rewritten
         if verdict is not None and verdict.action == "refuse":
-            if held is not None:  # all of it was read already: nothing more to drop
+            if held:  # all of it was read already: nothing more to drop
                 self._act(Reply(verdict.data, verdict.reason))
+                self._collected = []
                 self._mode = "forward"
             else:
                 self._refuse(seg, verdict.data, verdict.reason)
             return
-        line = seg.data
-        if verdict is not None and verdict.action == "rewrite":
-            line = self._checked_rewrite(seg, verdict.data)
-        if held is not None:
-            self._mode = "forward"
-            line = _to_non_sync(line) if lit is not None and lit.sync else line
-            self._forward_line(line, changed=True)
-            for piece in held:
-                self._forward_line(piece)
-        else:
-            self._forward_segment(line, lit, changed=line is not seg.data)
+        self.forwarded_commands += 1
         if lit is None and info.name == "IDLE":
             self._idle = True
+        if held:
+            self._mode = "forward"
+            self._release = [_HeldPiece(line, seg.text_end, lit), *self._collected]
+            self._collected = []
+            self._release_held(first=True)
+            return
+        self._forward_segment(seg, line, first=True, changed=line is not seg.data)
+
+    def _filter_failed(self, info: CommandInfo, why: str) -> Verdict:
+        """A command filter bug must not cost the session: refuse the command instead."""
+        return Verdict.REFUSE(
+            tagged(info.tag, "NO", "Command not permitted.", "SERVERBUG"), "filter_error")
+
+    def _forward_segment(self, seg: LineSegment, line: bytes, *, first: bool,
+                         changed: bool = False) -> None:
+        lit = seg.literal
+        if lit is None:
+            self._forward_line(line, changed)
+            return
+        text_end = seg.text_end + len(line) - len(seg.data)  # a rewrite may move the marker
+        self._forward_literal_line(line, text_end, lit, first=first,
+                                   pass_continuation=lit.sync)
+
+    def _release_held(self, first: bool = False) -> None:
+        """Send a command read whole, up to and including its next literal line."""
+        while self._release:
+            piece = self._release.pop(0)
+            if piece.literal is None:
+                self._forward_line(piece.data, changed=True)
+                continue
+            self._forward_literal_line(piece.data, piece.text_end, piece.literal,
+                                       first=first, pass_continuation=False)
+            return
 
     # -- fixed-arity commands with literals: read whole, then decide ------------------------------
 
     def _start_collect(self, seg: LineSegment) -> None:
         self._mode = "collect"
         self._first_seg = seg
-        self._held = []
+        self._collected = []
         self._parts = []
         self._held_size = 0
         self._collect_segment(seg, first=True)
 
     def _collect_segment(self, seg: LineSegment, first: bool = False) -> None:
         lit = seg.literal
-        text = strip_eol(seg.data)
+        text = seg.text
         self._held_size += len(seg.data) + (lit.size if lit else 0)
         if self._held_size > MAX_COLLECTED:
             tag = self._first_seg.data.split(b" ", 1)[0] if self._first_seg else b"*"
             self._mode = "drop"
+            self._collected = []
             self._act(Reply(tagged(tag, "BAD", "Command too long.", "TOOBIG"), "too_long"))
             if lit is not None and lit.sync:
                 self._framer.cancel_literal()
             return
         if lit is None:
             self._parts.append((text, None))
-            self._held.append(seg.data)
+            self._collected.append(_HeldPiece(seg.data))
             self._finish_collect()
             return
-        found = find_literal_marker(text)
-        before = text[: found[0]] if isinstance(found, tuple) else text
         if not first:
-            early = self._info_from_parts([*self._parts, (before, b"")], partial=True)
+            early = self._info_from_parts([*self._parts, (text, b"")], partial=True)
             if isinstance(early, bytes):
                 self._mode = "drop"
+                self._collected = []
                 self._act(Reply(early))
                 if lit.sync:
                     self._framer.cancel_literal()
                 return
-        self._parts.append((before, None))
-        if not first:
-            self._held.append(_to_non_sync(seg.data) if lit.sync else seg.data)
+            self._collected.append(_HeldPiece(seg.data, seg.text_end, lit))
+        self._parts.append((text, None))
         if lit.sync:
             self._act(Reply(READY_FOR_LITERAL, "continuation"))
         self._literal_buf = bytearray()
         if lit.size == 0:
-            self._parts[-1] = (before, b"")
+            self._parts[-1] = (text, b"")
 
     def _collect_literal(self, ev: LiteralData) -> None:
         self._literal_buf += ev.data
         if ev.remaining == 0:
             body = bytes(self._literal_buf)
-            self._held.append(body)
+            self._collected.append(_HeldPiece(body))
             self._parts[-1] = (self._parts[-1][0], body)
             self._literal_buf = bytearray()
 
@@ -515,17 +591,10 @@ class CommandStream:
         info = self._info_from_parts(self._parts)
         if isinstance(info, bytes):
             self._act(Reply(info))
+            self._collected = []
             self._mode = "forward"
             return
-        self._decide(seg, info, self._held)
-
-    def _forward_segment(self, line: bytes, lit, changed: bool = False) -> None:  # type: ignore[no-untyped-def]
-        if lit is not None and lit.sync:
-            # Answer "+" ourselves and send the backend a LITERAL+ marker (rule 3).
-            self._act(Reply(READY_FOR_LITERAL, "continuation"))
-            self._forward_line(_to_non_sync(line), changed=True)
-        else:
-            self._forward_line(line, changed)
+        self._decide(seg, info, held=True)
 
     def _refuse(self, seg: LineSegment, response: bytes, kind: str = "bad_command") -> None:
         self._act(Reply(response, kind))
@@ -536,17 +605,17 @@ class CommandStream:
             else:
                 self._mode = "drop"  # the body comes anyway: consume it, forward nothing
 
-    def _checked_rewrite(self, seg: LineSegment, line: bytes) -> bytes:
-        if not line.endswith(b"\r\n") or b"\n" in line[:-1]:
-            raise CommandFilterError("REWRITE line must be exactly one line ending in CRLF")
+    def _checked_rewrite(self, seg: LineSegment, line: bytes) -> bytes | CommandFilterError:
+        """The filter's new first line, or why it cannot be applied safely."""
+        eol = seg.data[len(strip_eol(seg.data)):]
+        if not line.endswith(eol) or b"\n" in line[: -len(eol)]:
+            return CommandFilterError("REWRITE line must be one line with the original line end")
         new = find_literal_marker(strip_eol(line))
         old = seg.literal
-        new_marker = (new[1], new[3]) if isinstance(new, tuple) else None
-        old_marker = (old.size, old.binary) if old is not None else None
-        if new_marker != old_marker or (
-            old is not None and isinstance(new, tuple) and new[2] != old.sync
-        ):
-            raise CommandFilterError(
+        new_marker = (new[1], new[2], new[3]) if isinstance(new, tuple) else None
+        old_marker = (old.size, old.sync, old.binary) if old is not None else None
+        if new_marker != old_marker:
+            return CommandFilterError(
                 "REWRITE line must keep the original literal marker (or lack of one); "
                 "changing it would desynchronise the gateway and the backend"
             )
@@ -557,11 +626,7 @@ class CommandStream:
     def _inspect(self, seg: LineSegment) -> CommandInfo | bytes | tuple[str]:
         """The command's CommandInfo, the complete reply refusing it, or ``("collect",)``
         for a fixed-arity command with a literal, which must be read whole first."""
-        text = strip_eol(seg.data)
-        if seg.literal is not None:
-            found = find_literal_marker(text)
-            if isinstance(found, tuple):
-                text = text[: found[0]]
+        text = seg.text
         head = parse_head(text)
         if isinstance(head, ParseError):
             if not text and seg.literal is None:
@@ -570,6 +635,12 @@ class CommandStream:
         tag, name, pos = head
         if name not in self.known_commands:
             return tagged(tag, "BAD", "Unknown command.")
+        if seg.literal is not None:
+            # Everything before the literal must tokenize, or the command goes no further
+            # (the backend would refuse it too, and a refusal costs it nothing).
+            checked = tokenize([(text, b"")], start=pos)
+            if isinstance(checked, ParseError) and checked.message != UNCLOSED_LIST:
+                return self._bad(tag, checked.message)
         if name in MAX_ARGS:
             if seg.literal is not None:
                 # Refuse before answering "+" when the literal is already one too many.
@@ -606,7 +677,7 @@ class CommandStream:
         limit = MAX_ARGS[name]
         args = tokenize(parts, start=pos, max_tokens=limit + 1)
         if isinstance(args, ParseError):
-            if partial and args.message == "Missing ')'.":
+            if partial and args.message == UNCLOSED_LIST:
                 return CommandInfo(tag, name)
             return self._bad(tag, args.message)
         if len(args) > limit:

@@ -20,20 +20,33 @@ Theory of operation -- costs and bounds (the h11 ``_receivebuffer`` promise):
   search for LF only ever looks at bytes it has not looked at before, and never more than
   ``max_line`` bytes ahead, so framing costs O(bytes processed) whatever the split of the
   input (feeding one byte at a time does not rescan the buffer), and ``_partial`` never
-  holds more than ``max_line`` bytes.
+  holds more than ``max_line`` bytes (the ``long_lines`` limit for a line that matches its
+  pattern; raising the limit rescans that line's bytes once).
 * Literal bytes cost O(1) Python work per fed chunk (one slice), not per byte.
 
-What counts as a literal marker (kept in step with what Dovecot parses, so the gateway and
-the backend never disagree about where a command ends -- a disagreement would let a client
-smuggle a command past the gateway inside "literal" bytes):
+What counts as a literal marker (the same rule as Dovecot's parser, lib-imap/imap-parser.c,
+so the gateway and the backend never disagree about where a command ends -- a disagreement
+would let a client smuggle a command past the gateway inside "literal" bytes):
 
-* the marker must be the last thing before the line end;
-* ``{`` (or the ``~`` of a binary literal) must start a token: it follows a space or ``(``;
+* the marker must be the last thing before the line end (Dovecot refuses anything between
+  ``}`` and CRLF and then has no literal either);
+* ``{`` (or the ``~`` of a binary literal) must start an argument: it follows a space, ``(``,
+  ``)`` or the closing quote of a string, or it starts a segment that continues a command
+  after a literal body. Dovecot reads a literal in each of these places;
 * it must not be inside a quoted string (``"x {5}`` is an unterminated quoted string that
   the backend rejects as a whole line, not a literal);
-* on the server side (``role="server"``) tagged responses, ``+`` continuation requests and
-  untagged status responses (``* OK/NO/BAD/BYE/PREAUTH``) carry human text, never literals:
-  ``a NO Mailbox doesn't exist: x {5}`` is one complete line.
+* the size is digits with an optional ``+``; leading zeros are allowed, as Dovecot allows them.
+
+On the client side (``role="client"``) a ``{...}`` at the end of a line that breaks one of
+these rules (``{1a}``, ``x{5}``, a size of more than 19 significant digits) is a
+:class:`FramingError`, never a line without a literal: the framer cannot know whether the
+backend would take it for one, so it refuses to guess.
+
+On the server side (``role="server"``) tagged responses, ``+`` continuation requests and
+untagged status responses (``* OK/NO/BAD/BYE/PREAUTH``) carry human text, never literals:
+``a NO Mailbox doesn't exist: x {5}`` is one complete line. Other server lines follow the
+rules above, but an odd ``{...}`` is just text there (the backend writes well-formed
+responses; only a too-large size is an error).
 """
 
 from __future__ import annotations
@@ -62,9 +75,11 @@ __all__ = [
 #: RFC 9051 ``number64``: the largest literal size anybody may announce.
 MAX_LITERAL_NUMBER: Final = 2**63 - 1
 
-_MARKER_RE: Final = re.compile(rb"(~?)\{([0-9]{1,25})(\+?)\}\Z")
-#: A marker is at most ``~{`` + 25 digits + ``+}``; look no further back than this.
-_MARKER_TAIL: Final = 30
+#: How much of a line's start ``long_lines`` patterns see.
+_HEAD_BYTES: Final = 64
+_SIZE_RE: Final = re.compile(rb"0*([0-9]+)(\+?)")
+#: Bytes after which a literal marker's ``{`` starts an argument (besides a segment start).
+_ARG_START_AFTER: Final = frozenset(b' ()"')
 _STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
 
 
@@ -82,12 +97,20 @@ class LineSegment:
     """One line segment, ``data`` exactly as received including its CRLF (or bare LF).
 
     ``first`` is True when this segment starts a new command/response, False when it
-    continues one after a literal body.
+    continues one after a literal body. ``text_end`` is where the segment's text ends:
+    the start of its literal marker, or of its line end when it announces no literal, so
+    ``data[:text_end]`` is what a tokenizer reads.
     """
 
     data: bytes
     literal: Literal | None
     first: bool = True
+    text_end: int = field(default=-1, compare=False)
+
+    @property
+    def text(self) -> bytes:
+        """The segment without its line end and without its literal marker."""
+        return self.data[: self.text_end] if self.text_end >= 0 else strip_eol(self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +140,8 @@ class FramingError:
     recoverable: bool = False
     line: bytes = field(default=b"", repr=False)
     first: bool = True
+    #: For a refused literal: where its marker starts in ``line`` (see LineSegment.text_end).
+    text_end: int = -1
 
 
 class NeedData:
@@ -173,27 +198,37 @@ def _inside_quotes(text: bytes, end: int) -> bool:
             break
 
 
-def find_literal_marker(text: bytes) -> tuple[int, int, bool, bool] | None | FramingError:
-    """Find the literal marker at the end of ``text`` (a line without its EOL).
+def find_literal_marker(
+    text: bytes, *, continuation: bool = False, strict: bool = True
+) -> tuple[int, int, bool, bool] | None | FramingError:
+    """Find the literal marker at the end of ``text`` (a line segment without its EOL).
 
-    Returns ``(marker_start, size, sync, binary)``, ``None`` when the line announces no
-    literal, or a ``bad_literal`` :class:`FramingError` for an absurd size.
+    Returns ``(marker_start, size, sync, binary)``, ``None`` when the segment announces no
+    literal, or a ``bad_literal`` :class:`FramingError`. ``continuation``: the segment
+    follows a literal body, so a marker may start it. ``strict`` (client side): a ``{...}``
+    that breaks the rules of this module is an error; otherwise it is just text.
+
+    Cost: a few ``rfind``/``find`` calls over ``text`` (in C) when it ends with ``}``.
     """
     if not text.endswith(b"}"):
         return None
-    m = _MARKER_RE.search(text, max(0, len(text) - _MARKER_TAIL))
-    if m is None:
+    brace = text.rfind(b"{")
+    if brace < 0 or _inside_quotes(text, brace):
         return None
-    start = m.start()
-    if start == 0 or text[start - 1] not in b" (":
-        return None
-    if _inside_quotes(text, start):
-        return None
-    digits = m.group(2)
-    size = int(digits)
-    if len(digits) > 19 or size > MAX_LITERAL_NUMBER:
-        return FramingError("bad_literal", f"literal size {digits[:25].decode()} is not a number64")
-    return start, size, m.group(3) != b"+", m.group(1) == b"~"
+    binary = brace > 0 and text[brace - 1] == 0x7E  # "~"
+    start = brace - 1 if binary else brace
+    at_arg_start = text[start - 1] in _ARG_START_AFTER if start > 0 else continuation
+    m = _SIZE_RE.fullmatch(text, brace + 1, len(text) - 1)
+    if m is None or not at_arg_start:
+        if not strict:
+            return None
+        if m is None:
+            return FramingError("bad_literal", "invalid literal size")
+        return FramingError("bad_literal", "literal marker does not start an argument")
+    digits = m.group(1)
+    if len(digits) > 19 or int(digits) > MAX_LITERAL_NUMBER:
+        return FramingError("bad_literal", "literal size is not a number64")
+    return start, int(digits), m.group(2) != b"+", binary
 
 
 def _is_text_response(body: bytes) -> bool:
@@ -209,7 +244,8 @@ def _is_text_response(body: bytes) -> bool:
 class Framer:
     """Incremental IMAP framer with hard size caps. Used in both directions.
 
-    ``max_line``: the longest line segment accepted, terminator included.
+    ``max_line``: the longest line segment accepted, terminator included (``long_lines``
+    raises it for the first segment of the commands it matches).
     ``max_literal``: the largest literal accepted; ``None`` for no limit (post-auth relay).
     ``role``: ``"client"`` frames what a client sends; ``"server"`` frames backend
     responses (status responses and continuation requests never carry literals).
@@ -226,10 +262,15 @@ class Framer:
         max_literal: int | None = None,
         *,
         role: TypingLiteral["client", "server"] = "client",
+        long_lines: tuple[re.Pattern[bytes], int] | None = None,
     ) -> None:
         if max_line < 3:
             raise ValueError(f"max_line must be at least 3 bytes, got {max_line}")
         self.max_line = max_line
+        #: ``(pattern, limit)``: a command line whose start matches ``pattern`` may be up to
+        #: ``limit`` bytes long instead of ``max_line`` (a compliant ID line is ~32-64 KB).
+        self.long_lines = long_lines
+        self._line_limit = max_line
         self.max_literal = max_literal
         self._server = role == "server"
         self._chunks: list[bytes] = []  # unconsumed input; _chunks[0] read from _offset
@@ -260,9 +301,10 @@ class Framer:
         )
 
     @property
-    def in_literal(self) -> bool:
-        """True while literal body bytes are expected."""
-        return self._literal_remaining > 0
+    def at_line_start(self) -> bool:
+        """True when the next line segment starts a new command/response (no literal of
+        the current one is outstanding)."""
+        return self._first and self._literal_remaining == 0
 
     @property
     def partial_len(self) -> int:
@@ -293,20 +335,23 @@ class Framer:
         self._literal_remaining = 0
         self._literal_pending = False
         self._first = True
+        self._line_limit = self.max_line
         return b"".join(parts)
 
-    def cancel_literal(self) -> None:
+    def cancel_literal(self) -> bool:
         """Forget the synchronizing literal just announced: we refused it, so the peer will
         not send it and its next bytes start a new command.
 
-        Only valid right after a :class:`LineSegment` announcing a literal, before any of
-        its body was taken.
+        Meaningful only right after a :class:`LineSegment` announcing a literal, before any
+        of its body (or, for ``{0}``, the line after it) was taken. Returns False and
+        changes nothing otherwise: what the client sends next is then framed as usual.
         """
         if not self._literal_pending:
-            raise RuntimeError("cancel_literal() called but no literal is pending")
+            return False
         self._literal_remaining = 0
         self._literal_pending = False
         self._first = True
+        return True
 
     # -- output ------------------------------------------------------------------------------
 
@@ -343,8 +388,8 @@ class Framer:
         while self._chunks:
             chunk = self._chunks[0]
             start = self._offset
-            # Never look further than a line of max_line bytes could reach.
-            limit = min(len(chunk), start + self.max_line - len(self._partial))
+            # Never look further than a line of the current limit could reach.
+            limit = min(len(chunk), start + self._line_limit - len(self._partial))
             lf = chunk.find(b"\n", start, limit)
             if lf >= 0:
                 if self._partial:
@@ -354,14 +399,33 @@ class Framer:
                 else:
                     line = chunk[start : lf + 1]
                 self._consume(lf + 1 - start)
+                self._line_limit = self.max_line
                 return self._line_event(line)
             if limit < len(chunk):
-                return self._fail("line_too_long", f"no line end within {self.max_line} bytes")
+                if self._extend_line_limit(chunk[start : start + _HEAD_BYTES]):
+                    continue
+                return self._too_long()
             self._partial += chunk[start:]
             self._consume(len(chunk) - start)
-            if len(self._partial) >= self.max_line:
-                return self._fail("line_too_long", f"no line end within {self.max_line} bytes")
+            if len(self._partial) >= self._line_limit:
+                if self._extend_line_limit(b""):
+                    continue
+                return self._too_long()
         return NEED_DATA
+
+    def _extend_line_limit(self, more: bytes) -> bool:
+        """Whether the line being read may grow to ``long_lines``' limit (once per line)."""
+        if self.long_lines is None or self._line_limit != self.max_line or not self._first:
+            return False
+        pattern, limit = self.long_lines
+        head = bytes(self._partial[:_HEAD_BYTES]) + more
+        if limit > self.max_line and pattern.match(head):
+            self._line_limit = limit
+            return True
+        return False
+
+    def _too_long(self) -> FramingError:
+        return self._fail("line_too_long", f"no line end within {self._line_limit} bytes")
 
     def _fail(self, kind, detail: str) -> FramingError:  # type: ignore[no-untyped-def]
         self._error = FramingError(kind, detail)
@@ -369,32 +433,31 @@ class Framer:
 
     def _line_event(self, line: bytes) -> FramerEvent:
         first = self._first
+        self._literal_pending = False
         body = strip_eol(line)
         if self._server and first and _is_text_response(body):
             found = None
         else:
-            found = find_literal_marker(body)
+            found = find_literal_marker(body, continuation=not first, strict=not self._server)
         if found is None:
             self._first = True
-            return LineSegment(line, None, first)
+            return LineSegment(line, None, first, len(body))
         if isinstance(found, FramingError):
-            if self.max_literal is not None:
-                found = FramingError("literal_too_large", found.detail)
             self._error = FramingError(found.kind, found.detail, False, line, first)
             return self._error
-        _, size, sync, binary = found
+        start, size, sync, binary = found
         lit = Literal(size, sync, binary)
         if self.max_literal is not None and size > self.max_literal:
             detail = f"literal of {size} bytes is above the limit of {self.max_literal}"
             if sync:
                 self._first = True  # refused: the peer will not send the body
-                return FramingError("literal_too_large", detail, True, line, first)
+                return FramingError("literal_too_large", detail, True, line, first, start)
             self._error = FramingError("literal_too_large", detail, False, line, first)
             return self._error
         self._first = False
         self._literal_remaining = size
-        self._literal_pending = size > 0
-        return LineSegment(line, lit, first)
+        self._literal_pending = True
+        return LineSegment(line, lit, first, start)
 
 
 # -- backend responses --------------------------------------------------------------------------

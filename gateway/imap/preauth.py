@@ -23,7 +23,8 @@ only for commands that may carry one (LOGIN after TLS, ID); otherwise the comman
 refused at once and the framer is told the body will not come.
 
 Bounds: a command (all its segments and literal bodies) is at most ``limits.max_command``
-bytes; the framer holds at most ``max_line`` bytes of an unfinished line; bytes arriving
+bytes; the framer holds at most ``max_line`` bytes of an unfinished line, except an ``ID``
+line, which may be as long as RFC 2971 allows (:data:`ID_MAX_LINE`); bytes arriving
 while a login is being decided are held up to ``4 * max_line``. Every event list is
 O(input) in size: each command yields a bounded number of short replies.
 """
@@ -31,6 +32,7 @@ O(input) in size: each command yields a bounded number of short replies.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -44,7 +46,7 @@ from .framing import (
     find_literal_marker,
     strip_eol,
 )
-from .responses import tagged, untagged
+from .responses import READY_FOR_LITERAL, tagged, untagged
 from .tokens import (
     Atom,
     ListTok,
@@ -85,13 +87,17 @@ CAPS_TLS: Final = _BASE_CAPS + " AUTH=PLAIN AUTH=LOGIN"
 PRIVACY_TEXT: Final = "Plaintext authentication is disabled; use STARTTLS or port 993."
 AUTH_FAILED: Final = b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 UNAVAILABLE: Final = b" NO [UNAVAILABLE] Mail service temporarily unavailable, try again later.\r\n"
-READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
 ID_RESPONSE: Final = b'* ID ("name" "imap-gateway")\r\n'
 
 #: RFC 2971 §3.3 bounds.
 ID_MAX_PAIRS: Final = 30
 ID_MAX_FIELD: Final = 30
 ID_MAX_VALUE: Final = 1024
+#: The longest ID line RFC 2971 allows: 30 pairs of quoted strings with every character
+#: escaped (2 x (30 + 1024) + 4 quotes + 2 spaces each), "ID (", ")" and a tag.
+ID_MAX_LINE: Final = 65536
+#: ``tag ID `` at the start of a line: a line the framer lets grow to ID_MAX_LINE.
+_ID_LINE_RE: Final = re.compile(rb"[^ \r\n]{1,48} [Ii][Dd] ")
 
 #: Commands of later IMAP states: refused with a specific BAD text rather than "unknown".
 _LATER_COMMANDS: Final = frozenset(
@@ -163,7 +169,8 @@ class CommandRejected:
 class CloseConnection:
     """Close after writing the preceding SendData.
 
-    reasons: logout, eof, timeout, too_many_bad_commands, line_too_long, literal_too_large.
+    reasons: logout, eof, timeout, too_many_bad_commands, line_too_long, literal_too_large,
+    bad_literal.
     """
 
     reason: str
@@ -195,7 +202,7 @@ class PreauthLimits:
     max_literal: int = 8192
     max_bad_commands: int = 5
     #: One command with all its line segments and literal bodies (ID may carry 60 strings).
-    max_command: int = 32768
+    max_command: int = ID_MAX_LINE + 4096
 
 
 # -- state machine ----------------------------------------------------------------------------
@@ -282,7 +289,8 @@ class PreauthConnection:
         self._sasl_user: str | None = None
 
     def _new_framer(self) -> Framer:
-        return Framer(self.limits.max_line, self.limits.max_literal, role="client")
+        return Framer(self.limits.max_line, self.limits.max_literal, role="client",
+                      long_lines=(_ID_LINE_RE, max(ID_MAX_LINE, self.limits.max_line)))
 
     def _reset_command(self) -> None:
         self._parts: list[tuple[bytes, bytes | None]] = []
@@ -430,7 +438,11 @@ class PreauthConnection:
             self._reset_command()
             self._bad(out, tag, "Literal too large.", code="TOOBIG")
             return
-        out += self._close("literal_too_large", untagged("BYE", "Literal too large.", "TOOBIG"))
+        if ev.kind == "bad_literal":
+            out += self._close("bad_literal", untagged("BYE", "Invalid literal marker."))
+        else:
+            out += self._close("literal_too_large",
+                               untagged("BYE", "Literal too large.", "TOOBIG"))
         raise _Stop
 
     def _tag_for(self, line: bytes, first: bool) -> bytes | None:

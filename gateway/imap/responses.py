@@ -3,8 +3,9 @@
 Rules of this module:
 
 1. The scanner only *watches* the backend stream: it never changes, holds back or copies
-   the bytes the shell relays. It reports where response boundaries are (so the shell can
-   inject its own replies without cutting a response in two), tagged completions and
+   the bytes the shell relays. It reports where response boundaries are (so the relay can
+   inject its own replies without cutting a response in two), tagged completions,
+   continuation requests (with their stream offsets, so the relay can cut one out) and
    expunges.
 2. It never raises on backend bytes; odd lines are simply not counted.
 3. Builders never emit a CR or LF from caller text (a text with CRLF would let whoever
@@ -19,10 +20,10 @@ per fed chunk. The framer holds at most ``max_line`` bytes of an unfinished line
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from .capabilities import client_capabilities
 from .framing import NEED_DATA, Framer, FramingError, LineSegment, strip_eol
 
 __all__ = [
@@ -31,18 +32,19 @@ __all__ = [
     "capability_from_ok",
     "continuation",
     "quote",
-    "rewrite_capabilities",
     "rewrite_login_ok",
     "tagged",
     "untagged",
+    "READY_FOR_LITERAL",
 ]
+
+#: The gateway's own continuation request for a client's synchronizing literal.
+READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
 
 _EXPUNGE_RE: Final = re.compile(rb"\* [0-9]+ EXPUNGE\Z", re.IGNORECASE)
 _VANISHED_RE: Final = re.compile(rb"\* VANISHED (?:\(EARLIER\) )?([0-9:,]+)\Z", re.IGNORECASE)
 _TAGGED_RE: Final = re.compile(rb"([^\x00-\x20\x7f-\xff(){\"\\%*+]+) (OK|NO|BAD)(?: |\Z)", re.I)
 _CAP_CODE_RE: Final = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
-_DROP_CAPS: Final = frozenset({"STARTTLS", "LOGINDISABLED"})
-_DROP_PREFIXES: Final = ("AUTH=", "COMPRESS=")
 _MAX_SET_RANGES: Final = 10_000
 
 
@@ -54,11 +56,13 @@ class ScanResult:
     may the shell write its own reply bytes to the client.
     ``expunged``: ``* n EXPUNGE`` responses plus the sizes of ``VANISHED`` UID sets.
     ``completed``: ``(tag, status)`` of each tagged response, status upper-case.
+    ``continuations``: ``(start, end)`` stream offsets of each ``+`` continuation request.
     """
 
     at_line_boundary: bool
     expunged: int = 0
     completed: list[tuple[bytes, str]] = field(default_factory=list)
+    continuations: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _uid_set_size(spec: bytes) -> int:
@@ -86,19 +90,34 @@ class ResponseScanner:
     def __init__(self, *, max_line: int = 16 * 1024 * 1024) -> None:
         self._framer = Framer(max_line, None, role="server")
         self.broken: FramingError | None = None
+        #: Stream offset just past the last line segment or literal piece scanned.
+        self.position = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received after :attr:`position` (an unfinished line)."""
+        return self._framer.buffered_len
+
+    @property
+    def partial_is_first(self) -> bool:
+        """The unfinished line, if any, starts a new response (it could be a ``+``)."""
+        return self._framer.partial_len > 0 and self._framer.at_line_start
 
     def receive_data(self, data: bytes) -> ScanResult:
         framer = self._framer
         framer.receive_data(data)
         expunged = 0
         completed: list[tuple[bytes, str]] = []
+        continuations: list[tuple[int, int]] = []
         while True:
             ev = framer.next_event()
             if ev is NEED_DATA:
                 break
             if isinstance(ev, FramingError):
                 self.broken = ev
-                return ScanResult(False, expunged, completed)
+                return ScanResult(False, expunged, completed, continuations)
+            start = self.position
+            self.position += len(ev.data)
             if isinstance(ev, LineSegment) and ev.first and ev.literal is None:
                 body = strip_eol(ev.data)
                 if body.startswith(b"* "):
@@ -106,29 +125,15 @@ class ResponseScanner:
                         expunged += 1
                     elif (v := _VANISHED_RE.match(body)) is not None:
                         expunged += _uid_set_size(v.group(1))
+                elif body.startswith(b"+"):
+                    continuations.append((start, self.position))
                 elif (t := _TAGGED_RE.match(body)) is not None:
                     completed.append((t.group(1), t.group(2).decode("ascii").upper()))
             # LiteralData and continuation segments need no work.
-        return ScanResult(framer.at_boundary, expunged, completed)
+        return ScanResult(framer.at_boundary, expunged, completed, continuations)
 
 
 # -- capabilities -----------------------------------------------------------------------------
-
-
-def rewrite_capabilities(caps: Iterable[str]) -> list[str]:
-    """The backend's capabilities as the gateway may show them to a logged-in client.
-
-    Dropped: ``STARTTLS``/``LOGINDISABLED`` (TLS is the gateway's business), ``AUTH=*``
-    (authentication is over), ``COMPRESS=*`` (the relay parses the client stream, so it
-    cannot be compressed). Everything else is kept, in order.
-    """
-    out = []
-    for cap in caps:
-        up = cap.upper()
-        if up in _DROP_CAPS or up.startswith(_DROP_PREFIXES):
-            continue
-        out.append(cap)
-    return out
 
 
 def capability_from_ok(line: bytes) -> list[str] | None:
@@ -145,7 +150,8 @@ def capability_from_ok(line: bytes) -> list[str] | None:
 
 def rewrite_login_ok(line: bytes) -> bytes:
     """Rewrite the ``[CAPABILITY ...]`` code of a *tagged* OK line with
-    :func:`rewrite_capabilities`; any other line is returned unchanged."""
+    :func:`~gateway.imap.capabilities.client_capabilities`; any other line is returned
+    unchanged."""
     body = strip_eol(line)
     eol = line[len(body) :]
     if body.startswith((b"*", b"+")):
@@ -155,7 +161,7 @@ def rewrite_login_ok(line: bytes) -> bytes:
         return line
     tag, status, rest = body.split(b" ", 2)
     end = rest.index(b"]")
-    new_code = " ".join(["CAPABILITY", *rewrite_capabilities(caps)]).encode()
+    new_code = " ".join(["CAPABILITY", *client_capabilities(caps)]).encode()
     return b"%s %s [%s]%s%s" % (tag, status, new_code, rest[end + 1 :], eol)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ParsedCommand",
     "String",
     "Token",
+    "UNCLOSED_LIST",
     "as_astring",
     "as_nstring",
     "parse_command",
@@ -105,6 +106,8 @@ _HEAD_RE: Final = re.compile(rb'([^\x00-\x20\x7f-\xff(){"\\%*+]+) ([A-Za-z0-9\-]
 _UID_SUB_RE: Final = re.compile(rb" ([A-Za-z]+)(?= |\Z)")
 
 _MAX_DEPTH: Final = 32
+#: The message of the one error a command that goes on after a literal may show so far.
+UNCLOSED_LIST: Final = "Missing ')'."
 
 
 def _quoted_error(text: bytes, i: int) -> str:
@@ -209,7 +212,7 @@ def tokenize(
     if after_space:
         return ParseError("Trailing space at end of command.")
     if len(stack) > 1:
-        return ParseError("Missing ')'.")
+        return ParseError(UNCLOSED_LIST)
     return top
 
 

@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.imap.capabilities import commands_for_capabilities
 from gateway.imap.commands import (
     Close,
     Command,
-    CommandFilterError,
     CommandInfo,
     CommandStream,
     Forward,
+    ForwardLiteral,
     Reply,
     Verdict,
-    commands_for_capabilities,
 )
 
 CAPS = b"IMAP4rev1 IDLE LITERAL+ MOVE"
@@ -27,17 +27,38 @@ def stream(**kw) -> CommandStream:
     return CommandStream(capability_line=CAPS, **kw)
 
 
-def run(s: CommandStream, pieces) -> tuple[bytes, bytes, list]:
-    """(bytes to backend, bytes to client, Command/Close actions) -- split-independent."""
+BACKEND_PLUS = b"+ OK\r\n"
+
+
+def run(s: CommandStream, pieces, accept: bool = True) -> tuple[bytes, bytes, list]:
+    """(bytes to backend, bytes to client, Command/Close actions) -- split-independent.
+
+    Plays the backend's part for literals: each ForwardLiteral is answered with a "+"
+    (``accept``) or a tagged refusal, as the real backend would before the stream goes on.
+    A "+" the client waits for itself reaches the client as BACKEND_PLUS.
+    """
     backend, client, other = bytearray(), bytearray(), []
-    for p in pieces:
-        for a in s.receive_data(p):
+
+    def take(actions) -> None:
+        for a in actions:
             if isinstance(a, Forward):
-                backend += a.data
+                backend.extend(a.data)
+            elif isinstance(a, ForwardLiteral):
+                backend.extend(a.data)
+                assert a.data.rstrip(b"\r\n").endswith(b"}") and b"+}" not in a.data[-5:]
+                if accept and a.pass_continuation:
+                    client.extend(BACKEND_PLUS)
+                elif not accept:
+                    client.extend(a.tag + b" BAD Refused by backend.\r\n")
             elif isinstance(a, Reply):
-                client += a.data
+                client.extend(a.data)
             else:
                 other.append(a)
+
+    for p in pieces:
+        take(s.receive_data(p))
+        while s.paused:
+            take(s.literal_answered(accept))
     return bytes(backend), bytes(client), other
 
 
@@ -63,7 +84,7 @@ def test_a_chunk_forwarded_unchanged_is_one_forward_of_the_same_object():
     assert actions[0].info == CommandInfo(b"a", "SELECT", "INBOX")
 
 
-def test_append_with_1mb_non_sync_literal_flows_through_unchanged():
+def test_append_with_1mb_non_sync_literal_flows_through_as_a_sync_literal():
     body = bytes(random.Random(7).getrandbits(8) for _ in range(4096)) * 256  # 1 MiB
     data = b"a APPEND INBOX (\\Seen) {1048576+}\r\n" + body + b"\r\nb NOOP\r\n"
     marker_end = data.index(b"\r\n") + 2
@@ -82,12 +103,17 @@ def test_append_with_1mb_non_sync_literal_flows_through_unchanged():
         client = b""
         fed_ids = {id(p) for p in pieces}
         for p in pieces:
-            for a in s.receive_data(p):
-                if isinstance(a, Forward):
-                    forwards.append(a.data)
-                elif isinstance(a, Reply):
-                    client += a.data
-        assert b"".join(forwards) == data
+            actions = s.receive_data(p)
+            while True:
+                for a in actions:
+                    if isinstance(a, Forward | ForwardLiteral):
+                        forwards.append(a.data)
+                    elif isinstance(a, Reply):
+                        client += a.data
+                if not s.paused:
+                    break
+                actions = s.literal_answered(True)
+        assert b"".join(forwards) == data.replace(b"{1048576+}", b"{1048576}", 1)
         assert client == b""
         # Literal bytes travel as the fed chunks themselves or views of them: the only
         # copies are of line text (a few dozen bytes).
@@ -95,19 +121,45 @@ def test_append_with_1mb_non_sync_literal_flows_through_unchanged():
         assert sum(len(f) for f in copied) <= 100
 
 
-def test_sync_literal_gets_plus_from_the_gateway_and_goes_on_as_literal_plus():
+def test_sync_literal_gets_the_backends_plus_once_the_backend_reads_it():
     data = b"a APPEND INBOX {5}\r\nhello\r\nb NOOP\r\n"
     backend, client, other = same_in_every_split(data)
-    assert client == b"+ Ready for literal data\r\n"
-    assert backend == b"a APPEND INBOX {5+}\r\nhello\r\nb NOOP\r\n"
+    assert client == BACKEND_PLUS
+    assert backend == b"a APPEND INBOX {5}\r\nhello\r\nb NOOP\r\n"
     assert [a.info.name for a in other] == ["APPEND", "NOOP"]
+
+
+def test_every_literal_waits_for_the_backend_and_nothing_follows_before_its_answer():
+    s = stream()
+    actions = s.receive_data(b"a APPEND INBOX {0005+}\r\nhello\r\nb NOOP\r\n")
+    assert [type(a) for a in actions] == [Command, ForwardLiteral]
+    assert actions[1] == ForwardLiteral(b"a APPEND INBOX {5}\r\n", b"a", True, False)
+    assert s.paused and s.receive_data(b"") == []
+    rest = s.literal_answered(True)
+    assert [a.info.name for a in rest if isinstance(a, Command)] == ["NOOP"]
+    assert b"".join(bytes(a.data) for a in rest if isinstance(a, Forward)) == (
+        b"hello\r\nb NOOP\r\n")
+    assert not s.paused
+
+
+def test_a_literal_the_backend_refuses_is_dropped_and_the_next_command_is_parsed():
+    # Dovecot answers a tagged BAD instead of "+" and would run the body as commands.
+    hidden = b"c CREATE X\r\n"
+    data = b"a SEARCH {%d+}\r\n" % len(hidden) + hidden + b"\r\nb NOOP\r\n"
+    backend, client, _ = run(stream(), [data], accept=False)
+    assert backend == b"a SEARCH {12}\r\n\r\nb NOOP\r\n".replace(b"\r\n\r\n", b"\r\n")
+    assert client == b"a BAD Refused by backend.\r\n"
+    # a synchronizing literal: the client never sends the body; its next bytes are a command
+    backend, client, other = run(stream(), [b"a SEARCH {12}\r\n", b"b NOOP\r\n"], accept=False)
+    assert backend == b"a SEARCH {12}\r\nb NOOP\r\n"
+    assert [a.info.name for a in other] == ["SEARCH", "NOOP"]
 
 
 def test_multiappend_with_binary_literals():
     data = b"a APPEND box ~{3}\r\n\x00\x01\x02 (\\Seen) {2+}\r\nhi\r\n"
     backend, client, _ = same_in_every_split(data)
-    assert client == b"+ Ready for literal data\r\n"
-    assert backend == b"a APPEND box ~{3+}\r\n\x00\x01\x02 (\\Seen) {2+}\r\nhi\r\n"
+    assert client == BACKEND_PLUS
+    assert backend == b"a APPEND box ~{3}\r\n\x00\x01\x02 (\\Seen) {2}\r\nhi\r\n"
 
 
 def test_idle_done_is_not_a_command():
@@ -186,7 +238,7 @@ def test_fixed_arity_command_with_literal_is_read_whole_then_forwarded():
     data = b"a RENAME {3}\r\nold {3+}\r\nnew\r\nb NOOP\r\n"
     backend, client, other = same_in_every_split(data)
     assert client == b"+ Ready for literal data\r\n"
-    assert backend == b"a RENAME {3+}\r\nold {3+}\r\nnew\r\nb NOOP\r\n"
+    assert backend == b"a RENAME {3}\r\nold {3}\r\nnew\r\nb NOOP\r\n"
     assert other[0].info == CommandInfo(b"a", "RENAME", "old")
 
 
@@ -251,10 +303,22 @@ def test_filter_refuse_and_rewrite():
     assert client == b"b NO [NOPERM] Not in scope.\r\nc NO [NOPERM] Not in scope.\r\n"
 
 
-def test_rewrite_that_would_change_framing_is_an_error():
-    s = stream(command_filter=lambda info: Verdict.REWRITE(b"a APPEND x\r\n"))
-    with pytest.raises(CommandFilterError, match="literal marker"):
-        s.receive_data(b"a APPEND x {3+}\r\n")
+def test_rewrite_that_would_change_framing_refuses_the_command_instead():
+    def bad_rewrite(info: CommandInfo) -> Verdict:
+        return Verdict.REWRITE(b"a APPEND x\r\n") if info.name == "APPEND" else Verdict.FORWARD
+
+    s = stream(command_filter=bad_rewrite)
+    backend, client, _ = run(s, [b"a APPEND x {3+}\r\nabc\r\nb NOOP\r\n"])
+    assert backend == b"b NOOP\r\n"
+    assert client == b"a NO [SERVERBUG] Command not permitted.\r\n"
+
+
+def test_rewrite_keeps_a_bare_lf_line_end():
+    def examine(info: CommandInfo) -> Verdict:
+        return Verdict.REWRITE(info.line.replace(b"SELECT", b"EXAMINE"))
+
+    backend, client, _ = same_in_every_split(b"a SELECT INBOX\nb NOOP\n", command_filter=examine)
+    assert backend == b"a EXAMINE INBOX\nb NOOP\n" and client == b""
 
 
 def test_line_too_long_closes_the_session():
@@ -283,17 +347,22 @@ def test_arbitrary_input_never_raises_and_forwards_only_client_bytes(pieces):
     backend, client = 0, 0
     for p in pieces:
         fed += len(p)
-        for a in s.receive_data(p):
-            if isinstance(a, Forward):
-                backend += len(a.data)
-            elif isinstance(a, Reply | Close):
-                client += len(a.data)
-    # Only "{n}" -> "{n+}" adds a byte per (at most one per line) literal.
-    assert backend <= fed + fed // 4 + 1
+        actions = s.receive_data(p)
+        while True:
+            for a in actions:
+                if isinstance(a, Forward | ForwardLiteral):
+                    backend += len(a.data)
+                elif isinstance(a, Reply | Close):
+                    client += len(a.data)
+            if not s.paused:
+                break
+            actions = s.literal_answered(len(p) % 2 == 0)
+    # Markers are rewritten canonically ({0005+} -> {5}): never longer than the client's.
+    assert backend <= fed
     assert client <= 200 * (fed + 1)
 
 
-# -- found by review: Dovecot runs the body of a literal it refuses to read -------------------
+# -- Dovecot runs the body of a literal it refuses to read ------------------------------------
 
 SMUGGLED = b"z1 SELECT x\r\nz2 STORE 1:* +FLAGS (\\Deleted)\r\nz3 EXPUNGE\r\n"
 
@@ -315,7 +384,7 @@ def test_sync_binary_literal_gets_bad_instead_of_a_continuation():
 def test_binary_literal_in_append_is_forwarded():
     data = b"a APPEND INBOX ~{5+}\r\nhello\r\n"
     backend, client, _ = same_in_every_split(data)
-    assert backend == data and client == b""
+    assert backend == data.replace(b"+}", b"}") and client == b""
 
 
 def test_binary_literal_after_a_forwarded_segment_closes_the_session():

@@ -128,25 +128,52 @@ def test_too_large_sync_literal_is_recoverable_and_non_sync_is_final():
 
 
 def test_absurd_literal_sizes_are_errors_not_exceptions():
-    ev = frame([b"a X {" + b"9" * 30 + b"}\r\n"])
-    # 30 digits do not even match as a marker (at most 25): it is plain text then.
-    assert ev == [LineSegment(b"a X {" + b"9" * 30 + b"}\r\n", None, True)]
-    ev = frame([b"a X {99999999999999999999}\r\n"])
-    assert isinstance(ev[0], FramingError) and ev[0].kind == "bad_literal"
-    ev = frame([b"a X {99999999999999999999}\r\n"], max_literal=100)
-    assert ev[0].kind == "literal_too_large"
+    for marker in (b"{" + b"9" * 30 + b"}", b"{99999999999999999999}", b"{9223372036854775808}"):
+        for max_literal in (None, 100):
+            ev = frame([b"a X " + marker + b"\r\n"], max_literal=max_literal)
+            assert isinstance(ev[0], FramingError) and ev[0].kind == "bad_literal", marker
+
+
+def test_leading_zeros_are_a_literal_as_dovecot_reads_them():
+    zeros = b"0" * 40
+    ev = frame([b"a SEARCH {" + zeros + b"17+}\r\n" + b"c CREATE X\r\nd SEL\r\n" + b"\r\n"])
+    assert ev[0].literal == Literal(17, False, False)
+    assert ev[0].text_end == len(b"a SEARCH ")
 
 
 def test_markers_that_are_not_literals():
     for line in [
         b'a SELECT "x {5}\r\n',  # inside an unterminated quoted string
         b'a SELECT "x \\" {5}\r\n',  # escaped quote: still inside
-        b"a SELECT x{5}\r\n",  # not at a token start
-        b"{5}\r\n",  # no tag at all
+        b"a SELECT {5} \r\n",  # not the last thing on the line: Dovecot refuses the line
+        b"a SELECT {5}\r\r\n",
     ]:
         assert frame([line]) == [LineSegment(line, None, True)], line
     line = b'a SELECT "x\\\\" {5}\r\n'  # escaped backslash closes the quote: literal
     assert frame([line])[0].literal == Literal(5, True, False)
+
+
+def test_markers_dovecot_reads_without_a_space_are_literals_too():
+    # Dovecot starts an argument right after ")", a closing quote or a literal's body.
+    for line in [b"a SEARCH (x){5}\r\n", b'a SEARCH "x"{5}\r\n', b"a SEARCH ({5}\r\n"]:
+        assert frame([line])[0].literal == Literal(5, True, False), line
+    ev = frame([b"a SEARCH {1}\r\nx{2+}\r\nab\r\n"])
+    assert ev[2] == LineSegment(b"{2+}\r\n", Literal(2, False, False), False)
+
+
+def test_a_brace_the_framer_cannot_place_is_an_error_never_data():
+    for line in [
+        b"a SELECT x{5}\r\n",  # inside an atom
+        b"{5}\r\n",  # where the tag should be
+        b"a SEARCH {1a}\r\n",
+        b"a SEARCH {}\r\n",  # Dovecot reads "{}" as a zero-length literal
+        b"a SEARCH {+}\r\n",
+        b"a SEARCH {5++}\r\n",
+        b"a SEARCH x~{5}\r\n",
+    ]:
+        ev = frame([line])
+        assert isinstance(ev[0], FramingError) and ev[0].kind == "bad_literal", line
+        assert not ev[0].recoverable
 
 
 def test_server_text_responses_never_carry_literals():

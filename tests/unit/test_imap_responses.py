@@ -5,12 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.imap.capabilities import client_capabilities
 from gateway.imap.responses import (
     ResponseScanner,
     capability_from_ok,
     continuation,
     quote,
-    rewrite_capabilities,
     rewrite_login_ok,
     tagged,
     untagged,
@@ -71,9 +71,9 @@ def test_scanner_never_raises(data, size):
         scanner.receive_data(data[i : i + size])
 
 
-def test_rewrite_capabilities_drops_what_the_gateway_owns():
+def test_client_capabilities_drop_what_the_gateway_owns():
     caps = "IMAP4rev1 SASL-IR STARTTLS LOGINDISABLED AUTH=PLAIN auth=login IDLE COMPRESS=DEFLATE MOVE"
-    assert rewrite_capabilities(caps.split()) == ["IMAP4rev1", "SASL-IR", "IDLE", "MOVE"]
+    assert client_capabilities(caps.split()) == ["IMAP4rev1", "SASL-IR", "IDLE", "MOVE"]
 
 
 def test_rewrite_login_ok():
