@@ -1,4 +1,4 @@
-"""The local admin API: list and kill sessions, list/add/remove bans (issue 4).
+"""The local admin API: list and kill sessions, list/add/remove bans.
 
 Rules of this module:
 
@@ -489,7 +489,7 @@ async def serve_admin(ctx: Any, host: str, port: int, token: str, *,
                       clock: Callable[[], float] = time.time) -> None:
     """Serve the admin API on ``host:port`` until cancelled.
 
-    ``ctx`` is the running ``gateway.server.GatewayContext``. Checks ``[admin]`` first
+    ``ctx`` is the running ``gateway.proxy.server.GatewayContext``. Checks ``[admin]`` first
     (``check_admin_address``: raises ``AdminAddressRefused`` before binding) and refuses
     an empty token. ``task_status.started`` receives the listeners (port 0 -> read the
     bound port from them). Each connection gets ``REQUEST_DEADLINE`` in total.

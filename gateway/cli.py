@@ -30,9 +30,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway.observability.logs import configure_logging
-    from gateway.server import serve
+    from gateway.proxy.server import serve
+    from gateway.proxy.tls import TLSSetupError
     from gateway.startup import StartupError, prepare
-    from gateway.tls import TLSSetupError
 
     config = _load(args.config)
     try:
@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.tls import TLSSetupError, server_context
+    from gateway.proxy.tls import TLSSetupError, server_context
 
     config = _load(args.config)
     try:

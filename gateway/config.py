@@ -440,7 +440,7 @@ class BackendConfig(_HasAddress, BaseModel):
 
 
 class LimitsConfig(BaseModel):
-    """Pre-auth bounds, connection caps and the failure limiter (issue 4)."""
+    """Pre-auth bounds, connection caps and the failure limiter."""
 
     model_config = _FROZEN
     max_line: int = Field(8192, ge=1024)

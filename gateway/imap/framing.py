@@ -66,9 +66,7 @@ __all__ = [
     "LiteralData",
     "NeedData",
     "FramerEvent",
-    "Response",
     "find_literal_marker",
-    "parse_response_line",
     "strip_eol",
 ]
 
@@ -458,56 +456,3 @@ class Framer:
         self._literal_remaining = size
         self._literal_pending = True
         return LineSegment(line, lit, first, start)
-
-
-# -- backend responses --------------------------------------------------------------------------
-
-_STATUS_NAMES: Final = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A parsed response line (the shell reads Dovecot's greeting, ID and login results).
-
-    ``kind`` is ``"tagged"``, ``"untagged"``, ``"continuation"``, or ``"invalid"`` for a line
-    that is none of these (empty, or a tag with nothing after it).
-    ``code`` is the text inside ``[...]`` after the status, e.g. ``"CAPABILITY IMAP4rev1 ..."``.
-    For untagged data responses (``* CAPABILITY ...``, ``* 3 EXISTS``) ``status`` is None
-    and ``text`` is everything after ``* ``.
-    """
-
-    kind: TypingLiteral["tagged", "untagged", "continuation", "invalid"]
-    tag: bytes | None
-    status: str | None
-    code: str | None
-    text: str
-
-
-def _split_code(rest: str) -> tuple[str | None, str]:
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end > 0:
-            return rest[1:end], rest[end + 1 :].lstrip(" ")
-    return None, rest
-
-
-def parse_response_line(line: bytes) -> Response:
-    """Parse one response line (with or without CRLF). Never raises."""
-    text = strip_eol(bytes(line)).decode("utf-8", errors="replace")
-    if text.startswith("+"):
-        return Response("continuation", None, None, None, text[1:].lstrip(" "))
-    head, _, rest = text.partition(" ")
-    if not head:
-        return Response("invalid", None, None, None, text)
-    word, _, after = rest.partition(" ")
-    status = word.upper() if word.upper() in _STATUS_NAMES else None
-    if head == "*":
-        if status is None:
-            return Response("untagged", None, None, None, rest)
-        code, msg = _split_code(after)
-        return Response("untagged", None, status, code, msg)
-    tag = head.encode("utf-8", errors="surrogateescape")
-    if status is None:
-        return Response("invalid", tag, None, None, rest)
-    code, msg = _split_code(after)
-    return Response("tagged", tag, status, code, msg)

@@ -668,7 +668,7 @@ class PreauthConnection:
         if any(b"\x00" in v or b"\r" in v or b"\n" in v for v in values):  # type: ignore[operator]
             # RFC 9051 literals are CHAR8 (no NUL). A NUL would also split the SASL PLAIN
             # message the gateway builds for the backend, so the user the policy checked
-            # would not be the user the backend logs in (found by review).
+            # would not be the user the backend logs in.
             self._bad(out, tag, "NUL, CR and LF are not allowed in a user name or password.")
             return
         user, password = (v.decode("utf-8", "surrogateescape") for v in values)  # type: ignore[union-attr]

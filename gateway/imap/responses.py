@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from .capabilities import client_capabilities
-from .framing import NEED_DATA, Framer, FramingError, LineSegment, strip_eol
+from .framing import NEED_DATA, Framer, FramingError, LineSegment, LiteralData, NeedData, strip_eol
 
 __all__ = [
     "ScanResult",
     "ResponseScanner",
+    "ResponseReader",
+    "ServerResponse",
+    "parse_response",
     "capability_from_ok",
     "continuation",
     "quote",
@@ -44,7 +47,6 @@ READY_FOR_LITERAL: Final = b"+ Ready for literal data\r\n"
 _EXPUNGE_RE: Final = re.compile(rb"\* [0-9]+ EXPUNGE\Z", re.IGNORECASE)
 _VANISHED_RE: Final = re.compile(rb"\* VANISHED (?:\(EARLIER\) )?([0-9:,]+)\Z", re.IGNORECASE)
 _TAGGED_RE: Final = re.compile(rb"([^\x00-\x20\x7f-\xff(){\"\\%*+]+) (OK|NO|BAD)(?: |\Z)", re.I)
-_CAP_CODE_RE: Final = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _MAX_SET_RANGES: Final = 10_000
 
 
@@ -133,19 +135,130 @@ class ResponseScanner:
         return ScanResult(framer.at_boundary, expunged, completed, continuations)
 
 
+# -- whole responses (the gateway's own backend dialogue) ---------------------------------------
+
+_STATUS_NAMES: Final = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResponse:
+    """One complete backend response, as the gateway's own backend dialogue (greeting,
+    STARTTLS, ID, AUTHENTICATE, CAPABILITY) reads it.
+
+    ``kind``: ``"tagged"``, ``"untagged"``, ``"continuation"``, or ``"invalid"`` (empty, or a
+    tag with no status). ``status`` is the upper-case status word (None for untagged data
+    such as ``* CAPABILITY ...``); ``code`` the text inside ``[...]`` after it; ``text``
+    the rest of the first line, or for untagged data everything after ``* ``. ``raw`` is
+    the whole response as received, literals included.
+    """
+
+    kind: Literal["tagged", "untagged", "continuation", "invalid"]
+    tag: bytes | None
+    status: str | None
+    code: str | None
+    text: str
+    raw: bytes = field(repr=False, default=b"")
+
+    @property
+    def code_word(self) -> str | None:
+        """The first word of ``code``, upper-case (``AUTHENTICATIONFAILED``), or None."""
+        return self.code.split(" ", 1)[0].upper() if self.code else None
+
+    @property
+    def capabilities(self) -> list[str] | None:
+        """``[CAPABILITY ...]`` of a status response, or the list of ``* CAPABILITY``."""
+        if self.code_word == "CAPABILITY" and self.code is not None:
+            return self.code.split()[1:]
+        if self.kind == "untagged" and self.status is None and self.text.upper().startswith(
+                "CAPABILITY "):
+            return self.text.split()[1:]
+        return None
+
+
+def _split_code(rest: str) -> tuple[str | None, str]:
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end > 0:
+            return rest[1:end], rest[end + 1 :].lstrip(" ")
+    return None, rest
+
+
+def parse_response(first_line: bytes, raw: bytes = b"") -> ServerResponse:
+    """Classify a response by its first line (with or without CRLF). Never raises."""
+    text = strip_eol(bytes(first_line)).decode("utf-8", errors="replace")
+    if text.startswith("+"):
+        return ServerResponse("continuation", None, None, None, text[1:].lstrip(" "), raw)
+    head, _, rest = text.partition(" ")
+    if not head:
+        return ServerResponse("invalid", None, None, None, text, raw)
+    word, _, after = rest.partition(" ")
+    status = word.upper() if word.upper() in _STATUS_NAMES else None
+    if head == "*":
+        if status is None:
+            return ServerResponse("untagged", None, None, None, rest, raw)
+        code, msg = _split_code(after)
+        return ServerResponse("untagged", None, status, code, msg, raw)
+    tag = head.encode("utf-8", errors="surrogateescape")
+    if status is None:
+        return ServerResponse("invalid", tag, None, None, rest, raw)
+    code, msg = _split_code(after)
+    return ServerResponse("tagged", tag, status, code, msg, raw)
+
+
+class ResponseReader:
+    """Whole backend responses from a byte stream, literals included (sans-IO).
+
+    Feed bytes with :meth:`receive_data`; :meth:`next_response` returns the next complete
+    :class:`ServerResponse`, ``NEED_DATA``, or a :class:`FramingError` (a line over
+    ``max_line`` or a response over ``max_response`` bytes: the backend is not one the
+    gateway can talk to). Bytes after the last response taken stay here
+    (:meth:`take_buffered`) for whoever reads the stream next.
+    """
+
+    def __init__(self, *, max_line: int = 65536, max_response: int = 1 << 20) -> None:
+        self._framer = Framer(max_line, None, role="server")
+        self.max_response = max_response
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._first_line = b""
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.receive_data(data)
+
+    def next_response(self) -> ServerResponse | NeedData | FramingError:
+        while True:
+            ev = self._framer.next_event()
+            if isinstance(ev, NeedData | FramingError):
+                return ev
+            data = bytes(ev.data)
+            self._size += len(data)
+            if self._size > self.max_response:
+                return FramingError("line_too_long", f"response over {self.max_response} bytes")
+            if isinstance(ev, LineSegment) and ev.first:
+                self._first_line = data
+            self._parts.append(data)
+            if isinstance(ev, LiteralData) or ev.literal is not None:
+                continue
+            raw = b"".join(self._parts)
+            self._parts, self._size = [], 0
+            return parse_response(self._first_line, raw)
+
+    def take_buffered(self) -> bytes:
+        """Bytes received after the last complete response (the framer starts afresh)."""
+        held = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return held + self._framer.take_buffered()
+
+
 # -- capabilities -----------------------------------------------------------------------------
 
 
 def capability_from_ok(line: bytes) -> list[str] | None:
     """The ``[CAPABILITY ...]`` list of an OK line (greeting or tagged), else None."""
-    text = strip_eol(bytes(line)).decode("utf-8", errors="replace")
-    head = text.split(" ", 2)
-    if len(head) < 3 or head[1].upper() not in ("OK", "PREAUTH"):
+    response = parse_response(line)
+    if response.status not in ("OK", "PREAUTH"):
         return None
-    m = _CAP_CODE_RE.match(head[2])
-    if m is None:
-        return None
-    return m.group(1).split()
+    return response.capabilities
 
 
 def rewrite_login_ok(line: bytes) -> bytes:

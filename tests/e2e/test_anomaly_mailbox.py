@@ -19,7 +19,7 @@ from tests.support.scrape import anomalies_counted
 pytestmark = pytest.mark.e2e
 
 # The relay reports backend->client bytes to the detector in 1 MiB steps
-# (gateway.relay.BYTES_REPORT_INTERVAL), so the fetch must exceed 1 MiB to be seen.
+# (gateway.proxy.relay.BYTES_REPORT_INTERVAL), so the fetch must exceed 1 MiB to be seen.
 MESSAGES, SIZE = 24, 64 * 1024
 
 

@@ -1,4 +1,4 @@
-"""Brute-force protection through the real gateway and Dovecot (issue 4, limiter).
+"""Brute-force protection through the real gateway and Dovecot (the limiter).
 
 What an administrator relies on: an attacker is slowed down, then shut out before its
 guesses reach Dovecot; a phone with a stale saved password, an allow-listed office and

@@ -129,7 +129,7 @@ def test_mailbox_scope_hides_and_refuses_other_mailboxes(scoped, dovecot):
 
 
 def test_binary_literal_cannot_smuggle_commands_past_a_read_only_scope(scoped, dovecot):
-    """Found by review: Dovecot answers a ``~{n}`` literal outside APPEND with BAD without
+    """Dovecot answers a ``~{n}`` literal outside APPEND with BAD without
     reading it and runs its body as commands. The gateway must refuse it and drop the body."""
     box = f"smug-{uuid.uuid4().hex[:8]}"
     assert dovecot.populate("alice", box, 2, 800, tag=box) == 2
@@ -151,7 +151,7 @@ def test_binary_literal_cannot_smuggle_commands_past_a_read_only_scope(scoped, d
 
 
 def test_catenate_cannot_read_another_mailbox(scoped, dovecot):
-    """Found by review: APPEND ... CATENATE (URL "/Other/;UID=1") copies another mailbox's
+    """APPEND ... CATENATE (URL "/Other/;UID=1") copies another mailbox's
     message into INBOX under a mailboxes=INBOX credential."""
     secret = f"sec-{uuid.uuid4().hex[:8]}"
     assert dovecot.populate("alice", secret, 1, 600, tag=secret) == 1

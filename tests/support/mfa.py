@@ -1,4 +1,4 @@
-"""Helpers for the zero-trust login e2e tests (issue 3): the admin CLI, TOTP codes,
+"""Helpers for the zero-trust login e2e tests: the admin CLI, TOTP codes,
 logins that report the gateway's verdict, and Maildir snapshots.
 
 Why the CLI as a subprocess: it is what an administrator runs against the same store
@@ -31,7 +31,7 @@ from .imap import LineClient, ServerClosed
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 
 #: Limits for the MFA tests: many deliberate failures from 127.0.0.1 must not trip the
-#: failure limiter or a tarpit (issue 4's business, tested elsewhere), and the uniform
+#: failure limiter or a tarpit (tested elsewhere), and the uniform
 #: failure delay is shortened so a failing login costs 0.1 s, not 0.5 s.
 MFA_LIMITS: dict[str, Any] = {
     "auth_failure_delay": "100ms", "ip_fail_threshold": 1000, "subnet_fail_threshold": 1000,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import trio
 
-from gateway.anomaly import ANOMALY_KINDS, Anomaly, AnomalyDetector
-from gateway.limits import AnomalySettings, MemoryState
+from gateway.anomaly.detectors import AnomalyDetector
+from gateway.anomaly.model import ANOMALY_KINDS, Anomaly
+from gateway.limits.settings import AnomalySettings
+from gateway.limits.state import MemoryState
 
 T0 = 1_700_000_000.0
 

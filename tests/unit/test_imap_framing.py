@@ -14,7 +14,6 @@ from gateway.imap.framing import (
     LineSegment,
     Literal,
     LiteralData,
-    parse_response_line,
 )
 
 
@@ -248,23 +247,3 @@ def test_arbitrary_bytes_never_raise_and_bytes_are_conserved(data, cuts, server)
     if not failed:
         assert framer.partial_len < 64
         assert bytes(out) + framer.take_buffered() == data
-
-
-def test_parse_response_line():
-    r = parse_response_line(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] Dovecot ready.\r\n")
-    assert (r.kind, r.tag, r.status, r.code, r.text) == (
-        "untagged", None, "OK", "CAPABILITY IMAP4rev1 SASL-IR", "Dovecot ready."
-    )
-    r = parse_response_line(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-    assert (r.kind, r.tag, r.status, r.code) == ("tagged", b"a1", "NO", "AUTHENTICATIONFAILED")
-    r = parse_response_line(b"+ \r\n")
-    assert (r.kind, r.text) == ("continuation", "")
-    r = parse_response_line(b'* ID ("name" "Dovecot")\r\n')
-    assert (r.kind, r.status, r.text) == ("untagged", None, 'ID ("name" "Dovecot")')
-    assert parse_response_line(b"\r\n").kind == "invalid"
-    assert parse_response_line(b"a1 WHAT\r\n").kind == "invalid"
-
-
-@given(st.binary(max_size=200))
-def test_parse_response_line_never_raises(data):
-    parse_response_line(data)

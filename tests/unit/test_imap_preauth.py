@@ -399,7 +399,7 @@ def test_arbitrary_input_never_raises_and_output_is_bounded(pieces, tls):
 
 
 def test_nul_in_a_login_literal_is_refused_before_any_login_request():
-    """Found by review: a NUL would split the SASL PLAIN message built for the backend, so
+    """A NUL would split the SASL PLAIN message built for the backend, so
     the policy would check one user name and the backend log in another."""
     data = b"a LOGIN {15+}\r\nalice\x00alicepass {8+}\r\nwhatever\r\n"
     sent, events = assert_same_in_every_split(data)

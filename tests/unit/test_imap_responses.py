@@ -7,9 +7,12 @@ from hypothesis import strategies as st
 
 from gateway.imap.capabilities import client_capabilities
 from gateway.imap.responses import (
+    ResponseReader,
     ResponseScanner,
+    ServerResponse,
     capability_from_ok,
     continuation,
+    parse_response,
     quote,
     rewrite_login_ok,
     tagged,
@@ -104,3 +107,41 @@ def test_builders_never_emit_caller_crlf():
     assert untagged("BYE", "Logging out") == b"* BYE Logging out\r\n"
     assert untagged("OK", "hi", "CAPABILITY X") == b"* OK [CAPABILITY X] hi\r\n"
     assert continuation("x\ny") == b"+ x y\r\n"
+
+
+def test_parse_response():
+    r = parse_response(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] Dovecot ready.\r\n")
+    assert (r.kind, r.tag, r.status, r.code, r.text) == (
+        "untagged", None, "OK", "CAPABILITY IMAP4rev1 SASL-IR", "Dovecot ready."
+    )
+    assert r.capabilities == ["IMAP4rev1", "SASL-IR"]
+    r = parse_response(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+    assert (r.kind, r.tag, r.status, r.code_word) == ("tagged", b"a1", "NO", "AUTHENTICATIONFAILED")
+    r = parse_response(b"+ \r\n")
+    assert (r.kind, r.text) == ("continuation", "")
+    r = parse_response(b'* ID ("name" "Dovecot")\r\n')
+    assert (r.kind, r.status, r.text) == ("untagged", None, 'ID ("name" "Dovecot")')
+    assert parse_response(b"* CAPABILITY IMAP4rev1 IDLE\r\n").capabilities == ["IMAP4rev1", "IDLE"]
+    assert parse_response(b"\r\n").kind == "invalid"
+    assert parse_response(b"a1 WHAT\r\n").kind == "invalid"
+
+
+@given(st.binary(max_size=200))
+def test_parse_response_never_raises(data):
+    parse_response(data)
+
+
+def test_response_reader_reads_whole_responses_in_every_split():
+    data = (b"* OK [CAPABILITY IMAP4rev1] hi\r\n* ID (\"name\" {12}\r\na1 OK lookalike)\r\n"
+            b"a1 NO [AUTHENTICATIONFAILED] no\r\nleft")
+    for cut in range(len(data) + 1):
+        reader = ResponseReader()
+        got = []
+        for piece in (data[:cut], data[cut:]):
+            reader.receive_data(piece)
+            while isinstance(r := reader.next_response(), ServerResponse):
+                got.append(r)
+        assert [(r.kind, r.tag, r.status) for r in got] == [
+            ("untagged", None, "OK"), ("untagged", None, None), ("tagged", b"a1", "NO")]
+        assert got[1].raw.endswith(b"a1 OK lookalike)\r\n")  # a literal, not a tagged line
+        assert reader.take_buffered() == b"left"

@@ -13,16 +13,9 @@ import hmac
 import pytest
 import trio
 
-from gateway.limits import (
-    AnomalySettings,
-    BanRefused,
-    InvalidAddress,
-    Limiter,
-    LimitsConfigError,
-    LimitsSettings,
-    MemoryState,
-)
+from gateway.limits.limiter import BanRefused, Limiter
 from gateway.limits.rules import (
+    InvalidAddress,
     ban_ttl,
     canonical_ip,
     covering_network_keys,
@@ -31,6 +24,8 @@ from gateway.limits.rules import (
     subnet_of,
     tarpit_seconds,
 )
+from gateway.limits.settings import AnomalySettings, LimitsConfigError, LimitsSettings
+from gateway.limits.state import MemoryState
 
 T0 = 1_700_000_000.0
 ATTACKER = "203.0.113.9"

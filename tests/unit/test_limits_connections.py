@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.limits import ConnectionTracker, LimitsSettings
+from gateway.limits.connections import ConnectionTracker
+from gateway.limits.settings import LimitsSettings
 
 T0 = 1_700_000_000.0
 
@@ -86,7 +87,7 @@ def test_random_open_close_keeps_counts_exact_and_memory_bounded(seq):
 
 def test_logged_in_connections_stop_counting_against_their_address():
     """An office behind one NAT address: logged-in sessions must not lock out the next user."""
-    from gateway.limits import ConnectionTracker
+    from gateway.limits.connections import ConnectionTracker
 
     tracker = ConnectionTracker(max_connections_per_ip=2, max_connections=100,
                                 max_connection_rate_per_ip=3)

@@ -8,7 +8,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.limits import AnomalySettings, Ban, Limiter, LimitsSettings, MemoryState
+from gateway.limits.decisions import Ban
+from gateway.limits.limiter import Limiter
+from gateway.limits.settings import AnomalySettings, LimitsSettings
+from gateway.limits.state import MemoryState
 
 T0 = 1_700_000_000.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from gateway.proxyproto import SIGNATURE, proxy_v2_header
+from gateway.proxy.proxyproto import SIGNATURE, proxy_v2_header
 
 
 def _parse(header: bytes) -> dict:

@@ -15,15 +15,11 @@ import time
 import pytest
 import trio
 
-from gateway.limits import (
-    Ban,
-    Limiter,
-    LimitsSettings,
-    MemoryState,
-    RedisState,
-    StateUnavailable,
-    open_state,
-)
+from gateway.limits.decisions import Ban
+from gateway.limits.limiter import Limiter
+from gateway.limits.redis_state import RedisState, open_state
+from gateway.limits.settings import LimitsSettings
+from gateway.limits.state import MemoryState, StateUnavailable
 from tests.support.net import free_port
 from tests.support.redis import RedisStartError, start_redis
 

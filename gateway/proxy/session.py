@@ -8,7 +8,7 @@ Deadlines (each a named config value):
 - ``limits.tls_handshake_timeout`` for every client TLS handshake (implicit and STARTTLS);
 - ``limits.preauth_timeout`` from accept to a completed login (a client that dawdles
   is sent ``* BYE`` and closed);
-- ``backend.connect_timeout`` / ``backend.login_timeout`` inside ``gateway.backend``;
+- ``backend.connect_timeout`` / ``backend.login_timeout`` inside ``gateway.proxy.backend``;
 - ``limits.idle_timeout`` after login, reset by traffic in either direction.
 Cancellation closes both sockets: every stream is closed in a ``finally``.
 """
@@ -20,33 +20,32 @@ import functools
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_patterns
-from gateway.authenticator import LoginOutcome
-from gateway.backend import BackendConnection, ClientEndpoint
+from gateway.config import ListenerConfig
 from gateway.imap import preauth as pa
 from gateway.imap.capabilities import client_capabilities, commands_for_capabilities
+from gateway.imap.commands import CommandFilter
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_login_ok
-from gateway.limits import StateUnavailable
+from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
+from gateway.proxy.relay import relay
+from gateway.proxy.values import (
+    BackendLink,
+    CapabilityView,
+    ClientEndpoint,
+    LoginClient,
+    LoginOutcome,
+    SessionServices,
+)
 
 RECEIVE_SIZE = 65536
-
-
-@dataclass(frozen=True)
-class CapabilityView:
-    """A backend's post-login capabilities and what follows from them for the relay."""
-
-    #: The list the client sees (rewritten: no STARTTLS, COMPRESS, AUTH=...).
-    line: bytes
-    #: Commands the relay forwards (the backend reads their arguments; see imap.commands).
-    known_commands: frozenset[str]
 
 
 #: Extensions that reach into other mailboxes through URLs (RFC 4469, 5092, 4467):
@@ -91,8 +90,8 @@ class SessionClosed(Exception):
 
 @dataclass
 class ClientSession:
-    ctx: Any  # gateway.server.GatewayContext (not imported: server imports us)
-    listener: Any  # gateway.config listener entry
+    ctx: SessionServices
+    listener: ListenerConfig
     tcp: trio.SocketStream
     session_id: str = field(default_factory=new_session_id)
 
@@ -125,13 +124,13 @@ class ClientSession:
         #: What the backend offers after login and what the client is shown (shared, cached).
         self.capabilities: CapabilityView | None = None
         #: Per-command decision hook for the relay (scopes); None = forward everything.
-        self.command_filter = None
+        self.command_filter: CommandFilter | None = None
         #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
-        self.response_filter = None
+        self.response_filter: ListResponseFilter | None = None
         #: The credential may open only some mailboxes (``mailboxes=`` scope).
         self.mailbox_scoped = False
         #: Called once after a successful login (the connection caps stop counting it).
-        self.on_login: Any = None
+        self.on_login: Callable[[], None] | None = None
 
     def kill(self, reason: str, message: str) -> None:
         """End a relayed session from outside (admin, policy reload): the client gets BYE."""
@@ -215,7 +214,7 @@ class ClientSession:
         implicit = self.listener.mode == "implicit-tls"
         self.log.info("session.start", listener=self.listener.address,
                       tls="implicit" if implicit else "starttls")
-        backend: BackendConnection | None = None
+        backend: BackendLink | None = None
         try:
             if implicit:
                 await self._start_tls()
@@ -227,8 +226,6 @@ class ClientSession:
                     await self._send(b"* BYE " + self.kill_message.encode() + b"\r\n")
                 raise SessionClosed(self.kill_reason or "killed")
             if backend is not None:
-                from gateway.relay import relay  # local import keeps module graph one-way
-
                 metrics.sessions_active.inc()
                 try:
                     self.end_reason = await relay(self, backend, leftover)
@@ -247,7 +244,7 @@ class ClientSession:
                 bytes_in=self.bytes_in, bytes_out=self.bytes_out, duration_s=round(duration, 3),
             )
 
-    async def _preauth(self, implicit: bool) -> tuple[BackendConnection | None, bytes]:
+    async def _preauth(self, implicit: bool) -> tuple[BackendLink | None, bytes]:
         """Run the pre-auth dialogue; return the logged-in backend and the client's leftover bytes."""
         limits = self.ctx.config.limits
         conn = pa.PreauthConnection(
@@ -310,7 +307,7 @@ class ClientSession:
 
     async def _login(
         self, conn: pa.PreauthConnection, req: pa.LoginRequest
-    ) -> tuple[BackendConnection | None, list]:
+    ) -> tuple[BackendLink | None, list]:
         """Decide a login; on success return the backend and the machine's events."""
         started = trio.current_time()
         mechanism = req.mechanism.lower()
@@ -327,7 +324,8 @@ class ClientSession:
                 # neighbours' subnet and inflate ban metrics.
                 outcome.counted = False
         else:
-            outcome = await self.ctx.authenticator.login(self, req)
+            outcome = await self.ctx.authenticator.login(
+                LoginClient(self.endpoint(), self.client_id.get("name"), self.log), req)
         metrics.auth_decision_seconds.observe(trio.current_time() - started)
         if outcome.backend is not None:
             return await self._logged_in(conn, req, outcome), conn.login_succeeded()
@@ -356,7 +354,7 @@ class ClientSession:
         await trio.sleep_until(started + self.ctx.config.limits.auth_failure_delay + tarpit)
         return None, conn.login_failed()
 
-    async def _logged_in(self, conn, req, outcome) -> BackendConnection:
+    async def _logged_in(self, conn, req, outcome) -> BackendLink:
         """Bookkeeping and the client's tagged OK for a successful login."""
         backend = outcome.backend
         self.user = outcome.user

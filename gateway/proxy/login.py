@@ -23,44 +23,27 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from gateway.auth.cache import RecentSecrets
 from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
 from gateway.auth.factors import normalize_app_password
-from gateway.backend import BackendConnection, BackendUnavailable
 from gateway.observability import metrics
 from gateway.policy import LoginContext
+from gateway.proxy.backend import BackendUnavailable
+from gateway.proxy.values import LoginClient, LoginOutcome, LoginServices
 from gateway.store.errors import StoreError
 
 if TYPE_CHECKING:
     from gateway.imap.preauth import LoginRequest
-    from gateway.session import ClientSession
-
-
-@dataclass
-class LoginOutcome:
-    """What the authenticator decided; a success has ``backend`` set."""
-
-    backend: BackendConnection | None = None
-    user: str | None = None
-    ok_line: bytes = b""
-    factor: str = "none"
-    reason: str = ""
-    unavailable: bool = False
-    tarpit: float = 0.0
-    scopes: tuple[str, ...] = ("full",)
-    app_password_id: int | None = None
-    app_password_label: str | None = None
-    #: False when the failure must not feed the limiter (e.g. the source is banned already).
-    counted: bool = True
 
 
 class Authenticator:
-    def __init__(self, ctx: Any) -> None:
+    """Decides logins for one gateway process (see the module docstring for the order)."""
+
+    def __init__(self, ctx: LoginServices) -> None:
         self.ctx = ctx
         self.verified = RecentSecrets(ttl=600.0)
         #: Passwords the backend rejected recently (5 min): answered here, not re-asked.
@@ -87,7 +70,7 @@ class Authenticator:
     def master_configured(self) -> bool:
         return bool(self.ctx.config.backend.master_user) and self.ctx.master_password is not None
 
-    async def login(self, session: ClientSession, req: LoginRequest) -> LoginOutcome:
+    async def login(self, client: LoginClient, req: LoginRequest) -> LoginOutcome:
         user = req.username
         if req.authzid and req.authzid != user:
             return LoginOutcome(reason="authzid_not_allowed")
@@ -96,14 +79,14 @@ class Authenticator:
             return LoginOutcome(reason="master_separator_in_user")
 
         policy = self.ctx.policy.current
-        client_ip = ipaddress.ip_address(session.client_ip)
+        client_ip = ipaddress.ip_address(client.endpoint.ip)
         requirement = policy.requirement_for(user, client_ip)
         if not requirement.allowed:
             metrics.policy_denials_total.labels(requirement.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=requirement.reason)
 
         now = time.time()
-        args = (user, req.password, session.client_ip, session.client_id.get("name"),
+        args = (user, req.password, client.endpoint.ip, client.client_name,
                 requirement, self.ctx.store, now, self.master_configured)
         canonical = normalize_app_password(req.password)
         try:
@@ -112,13 +95,13 @@ class Authenticator:
                 # queries, cheaper inline than a thread hop.
                 plan = decide(*args)
             else:
-                plan = self._recently_verified(user, canonical, session.client_ip, now)
+                plan = self._recently_verified(user, canonical, client.endpoint.ip, now)
                 if plan is None:
                     plan = await trio.to_thread.run_sync(decide, *args)
                     if isinstance(plan, UseAppPassword):
                         self.verified.put(user, canonical, plan.app_password_id, now)
         except StoreError as exc:
-            session.log.error("store.error", error=str(exc))
+            client.log.error("store.error", error=str(exc))
             return LoginOutcome(reason="store_error")
         if isinstance(plan, Deny):
             return LoginOutcome(reason=plan.reason)
@@ -133,9 +116,9 @@ class Authenticator:
 
         backend_cfg = self.ctx.config.backend
         try:
-            backend = await self.ctx.connect_backend(session.endpoint())
+            backend = await self.ctx.connect_backend(client.endpoint)
         except BackendUnavailable as exc:
-            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
             return LoginOutcome(reason="backend_unavailable", unavailable=True)
         try:
             if isinstance(plan, UseAppPassword):
@@ -158,7 +141,7 @@ class Authenticator:
             if not isinstance(exc, BackendUnavailable):
                 raise
             metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
-            session.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
             return LoginOutcome(reason="backend_unavailable", unavailable=True)
 
         if not result.ok:
@@ -166,14 +149,14 @@ class Authenticator:
             if result.code == "UNAVAILABLE":
                 return LoginOutcome(reason="backend_unavailable", unavailable=True)
             if result.code == "PRIVACYREQUIRED":
-                session.log.error(
+                client.log.error(
                     "backend.misconfigured",
                     detail="the backend refused plaintext auth from the gateway: add the "
                     "gateway to Dovecot's login_trusted_networks, or use client_ip = \"proxy-v2\"",
                 )
                 return LoginOutcome(reason="backend_unavailable", unavailable=True)
             if isinstance(plan, UseAppPassword):
-                session.log.error("backend.master_login_failed", code=result.code)
+                client.log.error("backend.master_login_failed", code=result.code)
                 return LoginOutcome(reason="master_login_failed")
             self.rejected.put(user, plan.password, 1, now)
             return LoginOutcome(reason="backend_rejected")
@@ -186,9 +169,9 @@ class Authenticator:
         elif isinstance(plan, ForwardPassword) and plan.remember:
             try:
                 await trio.to_thread.run_sync(
-                    self.ctx.store.remember, user, session.client_ip,
-                    session.client_id.get("name"), requirement.remember_device, now,
+                    self.ctx.store.remember, user, client.endpoint.ip,
+                    client.client_name, requirement.remember_device, now,
                 )
             except StoreError as exc:
-                session.log.error("store.error", error=str(exc))
+                client.log.error("store.error", error=str(exc))
         return outcome

@@ -10,17 +10,41 @@ both sockets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
+from prometheus_client import Counter
 
+from gateway.config import Config
 from gateway.imap import commands as cm
 from gateway.imap import relay as rl
+from gateway.imap.listfilter import ListResponseFilter
 from gateway.observability import metrics
+from gateway.proxy.values import BackendLink, CapabilityView
 
-if TYPE_CHECKING:
-    from gateway.backend import BackendConnection
-    from gateway.session import ClientSession
+
+class _HasConfig(Protocol):
+    config: Config
+
+
+class RelayedSession(Protocol):
+    """What the relay needs from the session it serves (``gateway.proxy.session``)."""
+
+    ctx: _HasConfig
+    stream: trio.abc.Stream
+    capabilities: CapabilityView | None
+    command_filter: cm.CommandFilter | None
+    response_filter: ListResponseFilter | None
+    mailbox_scoped: bool
+    bytes_in: int
+    bytes_out: int
+    cancel_scope: trio.CancelScope | None
+    kill_reason: str | None
+    kill_message: str
+
+    async def on_expunged(self, count: int) -> None: ...
+
+    async def on_bytes(self, count: int) -> None: ...
 
 BACKEND_RECEIVE_SIZE = 262144
 CLIENT_RECEIVE_SIZE = 65536
@@ -29,7 +53,7 @@ BYTES_REPORT_INTERVAL = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
 _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
-_command_counters: dict[str, object] = {}
+_command_counters: dict[str, Counter] = {}
 
 
 def _count_command(name: str) -> None:
@@ -38,10 +62,10 @@ def _count_command(name: str) -> None:
         counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
         if len(_command_counters) < 1024:
             _command_counters[name] = counter
-    counter.inc()  # type: ignore[attr-defined]
+    counter.inc()
 
 
-async def relay(session: ClientSession, backend: BackendConnection, leftover: bytes) -> str:
+async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) -> str:
     """Relay until either side closes, the idle deadline passes or the session is cancelled.
 
     ``leftover``: client bytes that arrived with the login. Returns the end reason for the
@@ -113,9 +137,8 @@ async def relay(session: ClientSession, backend: BackendConnection, leftover: by
                 return
 
     async def backend_to_client(cancel: trio.CancelScope) -> None:
-        if backend.buffer:  # responses that arrived with the login's tagged OK
-            pending = bytes(backend.buffer)
-            backend.buffer.clear()
+        pending = backend.take_buffered()  # responses that came with the login's tagged OK
+        if pending:
             await carry_out(engine.backend_data(pending), cancel)
         while True:
             data = await backend.stream.receive_some(BACKEND_RECEIVE_SIZE)

@@ -27,18 +27,22 @@ from typing import Any
 
 import trio
 
-from gateway.authenticator import Authenticator
-from gateway.backend import BackendConnection, BackendUnavailable, ClientEndpoint
 from gateway.config import Config
-from gateway.limits import ConnectionTracker, Limiter, StateUnavailable, open_state
+from gateway.limits.connections import ConnectionTracker
+from gateway.limits.limiter import Limiter
+from gateway.limits.redis_state import open_state
 from gateway.limits.settings import AnomalySettings, LimitsSettings
+from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, snapshot
-from gateway.session import ClientSession
+from gateway.proxy.backend import BackendConnection, BackendUnavailable
+from gateway.proxy.login import Authenticator
+from gateway.proxy.session import ClientSession
+from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
+from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
-from gateway.tls import TLSContextHolder, TLSSetupError, backend_context
 
 log = get_logger()
 

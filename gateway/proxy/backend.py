@@ -7,21 +7,26 @@ backend that accepts and then says nothing therefore costs a client at most
 ``connect_timeout`` before it gets ``NO [UNAVAILABLE]``.
 
 The password is only ever put into the AUTHENTICATE PLAIN payload on this stream;
-it is never logged and never part of an exception message.
+it is never logged and never part of an exception message. Responses are read with the
+sans-IO :class:`~gateway.imap.responses.ResponseReader` (the same framer as the relay),
+so an untagged response with a literal cannot be mistaken for a tagged one.
 """
 
 from __future__ import annotations
 
 import base64
 import ssl
-from dataclasses import dataclass, field
 
 import trio
 
-from gateway.imap.responses import quote
-from gateway.proxyproto import proxy_v2_header
+from gateway.imap.framing import FramingError, NeedData
+from gateway.imap.responses import ResponseReader, ServerResponse, quote
+from gateway.proxy.proxyproto import proxy_v2_header
+from gateway.proxy.values import BackendLoginResult, ClientEndpoint
 
 _MAX_RESPONSE_LINE = 65536
+#: Untagged responses tolerated while waiting for one tagged answer during login.
+_MAX_UNTAGGED = 100
 
 
 class BackendUnavailable(Exception):
@@ -33,37 +38,13 @@ class BackendUnavailable(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class ClientEndpoint:
-    """What the backend is told about the client (ID or PROXY v2)."""
-
-    ip: str
-    port: int
-    local_ip: str
-    local_port: int
-    session_id: str
-    tls_version: str | None
-
-
-@dataclass
-class LoginOutcome:
-    ok: bool
-    #: The backend's tagged response line (with CRLF), tag included.
-    line: bytes
-    #: ``[CODE]`` of a NO, e.g. "AUTHENTICATIONFAILED", "UNAVAILABLE", or None.
-    code: str | None = None
-    untagged: list[bytes] = field(default_factory=list)
-
-
 class BackendConnection:
     """One logged-in (or logging-in) connection to the backend IMAP server."""
 
     def __init__(self, stream: trio.abc.Stream, name: str) -> None:
         self.stream = stream
         self.name = name
-        #: Bytes read from the backend beyond the last response consumed here; the relay
-        #: must send them to the client before anything else.
-        self.buffer = bytearray()
+        self._reader = ResponseReader(max_line=_MAX_RESPONSE_LINE)
         self.capabilities: list[str] = []
         self._tag_counter = 0
         #: Commands to send together with the login (the pipelined ID).
@@ -101,10 +82,11 @@ class BackendConnection:
                         stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
                         await stream.do_handshake()
                     conn = cls(stream, name)
-                    greeting = await conn._read_line()
-                    if not greeting.startswith(b"* OK"):
-                        raise BackendUnavailable("protocol", f"unexpected greeting {greeting[:80]!r}")
-                    conn.capabilities = _capabilities_from(greeting)
+                    greeting = await conn._read_response()
+                    if greeting.kind != "untagged" or greeting.status != "OK":
+                        raise BackendUnavailable(
+                            "protocol", f"unexpected greeting {greeting.raw[:80]!r}")
+                    conn.capabilities = greeting.capabilities or []
                     if tls == "starttls":
                         await conn._starttls(ssl_context, host)
                 except BaseException:
@@ -129,7 +111,7 @@ class BackendConnection:
         outcome = await self._command(b"STARTTLS")
         if not outcome.ok:
             raise BackendUnavailable("tls", f"backend refused STARTTLS: {outcome.line[:120]!r}")
-        if self.buffer:
+        if self._reader.take_buffered():
             # Bytes after the OK and before the handshake: an injection attempt or a broken server.
             raise BackendUnavailable("protocol", "backend sent data after STARTTLS OK")
         self.stream = trio.SSLStream(self.stream, ssl_context, server_hostname=host)
@@ -154,14 +136,14 @@ class BackendConnection:
 
     async def login_plain(
         self, *, authzid: str, authcid: str, password: str, timeout: float
-    ) -> LoginOutcome:
+    ) -> BackendLoginResult:
         """AUTHENTICATE PLAIN (SASL-IR when the backend offers it). Never raises on a NO.
 
         A NUL in any part would move the field boundaries the backend sees: refused here
         too (defence in depth; the pre-auth machine already refuses it).
         """
         if "\0" in authzid or "\0" in authcid or "\0" in password:
-            return LoginOutcome(ok=False, line=b"", code="NUL_IN_CREDENTIALS")
+            return BackendLoginResult(ok=False, line=b"", code="NUL_IN_CREDENTIALS")
         payload = base64.b64encode(
             "\0".join((authzid, authcid, password)).encode("utf-8", "surrogateescape")
         )
@@ -177,9 +159,9 @@ class BackendConnection:
                     return await self._until_tagged(tag)
                 await self.stream.send_all(pending + tag + b" AUTHENTICATE PLAIN\r\n")
                 await self._expect_id_ok(id_tag)
-                line = await self._read_line()
-                if not line.startswith(b"+"):
-                    return _outcome(tag, line, [])
+                first = await self._read_response()
+                if first.kind != "continuation":
+                    return _result(first, [])
                 await self.stream.send_all(payload + b"\r\n")
                 return await self._until_tagged(tag)
         except trio.TooSlowError:
@@ -197,10 +179,15 @@ class BackendConnection:
     async def fetch_capabilities(self) -> list[str]:
         """Ask the backend for its capabilities (used when its login OK carried none)."""
         outcome = await self._command(b"CAPABILITY")
-        for line in outcome.untagged:
-            if line.upper().startswith(b"* CAPABILITY "):
-                return line[len(b"* CAPABILITY "):].decode("ascii", "replace").split()
+        for response in outcome.untagged:
+            if response.capabilities is not None:
+                return response.capabilities
         return []
+
+    def take_buffered(self) -> bytes:
+        """Backend bytes received after the last response read here (after the login's
+        tagged OK): the relay must send them to the client before anything else."""
+        return self._reader.take_buffered()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -208,55 +195,40 @@ class BackendConnection:
         self._tag_counter += 1
         return b"gw%d" % self._tag_counter
 
-    async def _command(self, command: bytes) -> LoginOutcome:
+    async def _command(self, command: bytes) -> BackendLoginResult:
         tag = self._next_tag()
         await self.stream.send_all(tag + b" " + command + b"\r\n")
         return await self._until_tagged(tag)
 
-    async def _until_tagged(self, tag: bytes) -> LoginOutcome:
-        untagged: list[bytes] = []
+    async def _until_tagged(self, tag: bytes) -> BackendLoginResult:
+        untagged: list[ServerResponse] = []
         while True:
-            line = await self._read_line()
-            if line.startswith(tag + b" "):
-                return _outcome(tag, line, untagged)
-            if line.startswith(b"* BYE"):
-                raise BackendUnavailable("closed", f"backend said {line[:120]!r}")
-            untagged.append(line)
-            if len(untagged) > 100:
+            response = await self._read_response()
+            if response.kind == "tagged" and response.tag == tag:
+                return _result(response, untagged)
+            if response.status == "BYE":
+                raise BackendUnavailable("closed", f"backend said {response.raw[:120]!r}")
+            untagged.append(response)
+            if len(untagged) > _MAX_UNTAGGED:
                 raise BackendUnavailable("protocol", "too many untagged responses during login")
 
-    async def _read_line(self) -> bytes:
+    async def _read_response(self) -> ServerResponse:
         while True:
-            end = self.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buffer[: end + 2])
-                del self.buffer[: end + 2]
-                return line
-            if len(self.buffer) > _MAX_RESPONSE_LINE:
-                raise BackendUnavailable("protocol", "backend response line too long")
+            response = self._reader.next_response()
+            if isinstance(response, ServerResponse):
+                return response
+            if isinstance(response, FramingError):
+                raise BackendUnavailable("protocol", f"backend response: {response.detail}")
+            assert isinstance(response, NeedData)
             data = await self.stream.receive_some(65536)
             if not data:
                 raise BackendUnavailable("closed", f"{self.name} closed the connection")
-            self.buffer += data
+            self._reader.receive_data(data)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
 
 
-def _capabilities_from(line: bytes) -> list[str]:
-    start = line.find(b"[CAPABILITY ")
-    if start < 0:
-        return []
-    end = line.find(b"]", start)
-    return line[start + len(b"[CAPABILITY "): end].decode("ascii", "replace").split()
-
-
-def _outcome(tag: bytes, line: bytes, untagged: list[bytes]) -> LoginOutcome:
-    status, _, after = line[len(tag) + 1:].partition(b" ")
-    ok = status.upper() == b"OK"
-    code = None
-    if after.startswith(b"["):
-        end = after.find(b"]")
-        if end > 0:
-            code = after[1:end].decode("ascii", "replace").split(" ", 1)[0].upper()
-    return LoginOutcome(ok=ok, line=line, code=code, untagged=untagged)
+def _result(response: ServerResponse, untagged: list[ServerResponse]) -> BackendLoginResult:
+    return BackendLoginResult(ok=response.status == "OK", line=response.raw,
+                              code=response.code_word, untagged=untagged)
