@@ -62,8 +62,10 @@ def say(msg: str) -> None:
     print(f"[imaptest-stress] {msg}", flush=True)
 
 
-def empty_mailboxes(rig: DovecotRig, user: str, password: str) -> None:
-    """Start each run from an empty INBOX and no other mailboxes, so the two runs compare."""
+def empty_mailboxes(rig: DovecotRig, user: str, password: str,
+                    create: tuple[str, ...] = ()) -> None:
+    """Start each run from an empty INBOX and no other mailboxes but ``create`` (empty), so
+    the two runs compare."""
     with socket.create_connection((rig.host, rig.imap_port), timeout=30) as s:
         f = s.makefile("rb")
         f.readline()
@@ -86,6 +88,8 @@ def empty_mailboxes(rig: DovecotRig, user: str, password: str) -> None:
         for name in sorted(names, reverse=True):  # children before their parents
             if name.strip('"').upper() != "INBOX":
                 command("d", f"DELETE {name}")
+        for name in create:
+            command("c", f'CREATE "{name}"')
         command("s", "SELECT INBOX")
         command("f", "STORE 1:* +FLAGS.SILENT (\\Deleted)")
         command("e", "EXPUNGE")
@@ -95,7 +99,12 @@ def empty_mailboxes(rig: DovecotRig, user: str, password: str) -> None:
 def run(binary: Path, where: str, port: int, mbox: Path, args: argparse.Namespace,
         rig: DovecotRig) -> StressResult:
     user, password = imaptest.USER
-    empty_mailboxes(rig, user, password)
+    # imaptest creates the COPY target when COPY says TRYCREATE, under the state of the
+    # failed COPY (client-state.c): when two of its clients race to CREATE it, the loser's
+    # NO [ALREADYEXISTS] is reported as "COPY failed", a race among imaptest's own clients
+    # that showed up in one run only. So the target exists before each run.
+    copybox = tuple(a.split("=", 1)[1] for a in args.imaptest_arg if a.startswith("copybox="))
+    empty_mailboxes(rig, user, password, create=copybox)
     say(f"{where}: imaptest clients={args.clients} secs={args.secs} port={port} ssl=any-cert")
     r = imaptest.run_stress(binary, "127.0.0.1", port, user, password, mbox=mbox, tls=True,
                             clients=args.clients, secs=args.secs, extra=tuple(args.imaptest_arg))
