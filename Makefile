@@ -1,5 +1,5 @@
 # imap-gateway developer and CI entry points.
-#   make test    Debian deps (if missing, as root) + .venv + the whole pytest suite
+#   make test    Debian deps (if missing, as root) + .venv + imaptest + the whole pytest suite
 #   make demo    a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
 #   make bench   benchmarks (bench/)      make lint   ruff
 SHELL := /bin/bash
@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: venv deps test demo bench lint
+.PHONY: venv deps imaptest test demo bench lint
 
 # Reinstall only when pyproject.toml changed (the stamp lives inside the venv).
 venv: $(STAMP)
@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 deps:
 	scripts/deps.sh
 
-test: deps venv
+# Dovecot's IMAP tester for tests/e2e/test_imaptest.py, built once into .cache/imaptest.
+imaptest: deps
+	scripts/imaptest.sh
+
+test: deps venv imaptest
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv

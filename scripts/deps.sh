@@ -9,7 +9,9 @@ set -euo pipefail
 
 PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
-  PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv)
+  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest
+  PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv
+            dovecot-dev autoconf automake libtool pkg-config gcc make patch)
 fi
 
 missing=()

@@ -30,7 +30,11 @@ from .net import free_ports
 RIG_DIR = Path(__file__).resolve().parent / "rig"
 RIG_SH = RIG_DIR / "rig.sh"
 
-USERS = {"alice": "alicepass", "bob": "bobpass", "carol": "carolpass"}
+#: alice, bob and carol are the suite's users (tests seed and read their mail). imaptest is
+#: Dovecot's imaptest's throw-away account: its compliance tests empty and recreate its
+#: mailboxes, so no other test may use it.
+USERS = {"alice": "alicepass", "bob": "bobpass", "carol": "carolpass",
+         "imaptest": "imaptestpass"}
 MASTER = ("gatewaymaster", "masterpass")
 
 
