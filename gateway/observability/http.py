@@ -54,6 +54,9 @@ async def _handle(stream: trio.SocketStream, ready: Callable[[], bool]) -> None:
 
 async def serve_metrics(host: str, port: int, ready: Callable[[], bool], *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await _handle(stream, ready)
+
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    await trio.serve_listeners(lambda s: _handle(s, ready), listeners)
+    await trio.serve_listeners(handler, listeners)
