@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -39,6 +40,7 @@ from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
+from gateway.proxy.bind import BindRequest, bind_all, close_all
 from gateway.proxy.login import Authenticator
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
@@ -258,9 +260,51 @@ async def _update_bans_gauge(ctx: GatewayContext) -> None:
 
 
 async def serve(config: Config, runtime: Runtime) -> None:
-    """Run the gateway until SIGTERM/SIGINT."""
+    """Run the gateway until SIGTERM/SIGINT.
+
+    Every address (listeners, metrics, admin API) is bound before anything is served or
+    logged: one that cannot be raises :class:`~gateway.proxy.bind.BindError` with no
+    socket left open. Whatever ends the gateway, every socket is closed on the way out.
+    """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
     limits = LimitsSettings.from_config(config.limits)
+    bound = await bind_all(_bind_requests(config))
+    try:
+        await _run(config, runtime, tls, limits, _BoundSockets.split(config, bound))
+    finally:
+        close_all(bound)
+
+
+def _bind_requests(config: Config) -> list[BindRequest]:
+    """Listeners first, then metrics and admin API when on; see _BoundSockets.split."""
+    wanted = [BindRequest("[[listener]] address", lst.address, backlog=1024)
+              for lst in config.listeners]
+    if config.metrics.address:
+        wanted.append(BindRequest("[metrics] address", config.metrics.address))
+    if config.admin.address:
+        wanted.append(BindRequest("[admin] address", config.admin.address))
+    return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundSockets:
+    listeners: list[list[trio.SocketListener]]
+    metrics: list[trio.SocketListener] | None
+    admin: list[trio.SocketListener] | None
+
+    @classmethod
+    def split(cls, config: Config, bound: list[list[trio.SocketListener]]) -> _BoundSockets:
+        """``bound`` in the order of :func:`_bind_requests`."""
+        rest = iter(bound[len(config.listeners):])
+        return cls(
+            listeners=bound[:len(config.listeners)],
+            metrics=next(rest) if config.metrics.address else None,
+            admin=next(rest) if config.admin.address else None,
+        )
+
+
+async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
+               limits: LimitsSettings, sockets: _BoundSockets) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with open_state(config.state.redis) as state:
@@ -277,18 +321,19 @@ async def serve(config: Config, runtime: Runtime) -> None:
                                "credential_watch")
             nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
                                "bans_gauge")
-            if config.metrics.address:
-                await nursery.start(serve_metrics, config.metrics.host, config.metrics.port,
-                                    lambda: ctx.ready)
-            if config.admin.address:
+            if sockets.metrics is not None:
+                await nursery.start(serve_metrics, sockets.metrics, lambda: ctx.ready)
+            if sockets.admin is not None:
                 from gateway.admin_api import serve_admin
 
-                await nursery.start(serve_admin, ctx, config.admin.host, config.admin.port,
-                                    runtime.admin_token)
-            for listener in config.listeners:
-                host, port = parse_address(listener.address)
-                sockets = await trio.open_tcp_listeners(port, host=host, backlog=1024)
-                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), sockets)
+                token = runtime.admin_token
+                assert token is not None  # prepare() loads it whenever the API is on
+                host, port = parse_address(config.admin.address)
+                await nursery.start(partial(serve_admin, ctx, host, port, token,
+                                            listeners=sockets.admin))
+            for listener, listener_sockets in zip(config.listeners, sockets.listeners,
+                                                  strict=True):
+                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), listener_sockets)
             ctx.ready = True
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
