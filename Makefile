@@ -1,7 +1,10 @@
 # imap-gateway developer and CI entry points.
-#   make test    Debian deps (if missing, as root) + .venv + imaptest + the whole pytest suite
-#   make demo    a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
-#   make bench   benchmarks (bench/)      make lint   ruff
+#   make test       Debian deps (if missing, as root) + .venv + imaptest + lint + typecheck
+#                   + the whole pytest suite
+#   make lint       ruff (config: [tool.ruff] in pyproject.toml)
+#   make typecheck  mypy over gateway/ (config: [tool.mypy]; strict for imap and proxy)
+#   make demo       a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
+#   make bench      benchmarks (bench/)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -12,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: venv deps imaptest test demo bench lint
+.PHONY: venv deps imaptest test demo bench lint typecheck
 
 # Reinstall only when pyproject.toml changed (the stamp lives inside the venv).
 venv: $(STAMP)
@@ -29,7 +32,8 @@ deps:
 imaptest: deps
 	scripts/imaptest.sh
 
-test: deps venv imaptest
+# The static checks run first: a lint or type error fails the build before the suite starts.
+test: deps venv imaptest lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv
@@ -40,3 +44,6 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy

@@ -485,19 +485,23 @@ async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Respons
 
 
 async def serve_admin(ctx: Any, host: str, port: int, token: str, *,
+                      listeners: list[trio.SocketListener] | None = None,
                       task_status=trio.TASK_STATUS_IGNORED,
                       clock: Callable[[], float] = time.time) -> None:
     """Serve the admin API on ``host:port`` until cancelled.
 
     ``ctx`` is the running ``gateway.proxy.server.GatewayContext``. Checks ``[admin]`` first
     (``check_admin_address``: raises ``AdminAddressRefused`` before binding) and refuses
-    an empty token. ``task_status.started`` receives the listeners (port 0 -> read the
-    bound port from them). Each connection gets ``REQUEST_DEADLINE`` in total.
+    an empty token. ``listeners``: sockets already bound to ``host:port`` (the gateway
+    binds every address before it serves any); None binds here. ``task_status.started``
+    receives the listeners (port 0 -> read the bound port from them). Each connection gets
+    ``REQUEST_DEADLINE`` in total.
     """
     check_admin_address(ctx.config)
     if len(token) < _MIN_TOKEN_CHARS:
         raise AdminTokenError("the admin API needs a token; see load_admin_token")
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
     log.info("admin.listening", address=f"{host}:{listeners[0].socket.getsockname()[1]}")
     await trio.serve_listeners(partial(_serve_one, ctx, token, clock), listeners)

@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway.observability.logs import configure_logging
+    from gateway.proxy.bind import BindError
     from gateway.proxy.server import serve
     from gateway.proxy.tls import TLSSetupError
     from gateway.startup import StartupError, prepare
@@ -48,6 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(serve, config, runtime)
     except TLSSetupError as exc:
         print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
+        return 2
+    except BindError as exc:
+        # Raised before anything is served or logged, with every socket closed again.
+        print(f"imap-gateway: {config.source_path}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"imap-gateway: cannot listen: {exc}", file=sys.stderr)

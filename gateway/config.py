@@ -703,7 +703,7 @@ def _cross_checks(config: Config) -> tuple[tuple[str, str], ...]:
 # ---------------------------------------------------------------------------
 # Translating pydantic's errors into admin-facing ones
 
-_SECTIONS = {
+_SECTIONS: dict[str, type[BaseModel]] = {
     "tls": TLSConfig, "listener": ListenerConfig, "backend": BackendConfig,
     "limits": LimitsConfig, "state": StateConfig, "store": StoreConfig,
     "policy": PolicyConfig, "admin": AdminConfig, "metrics": MetricsConfig,

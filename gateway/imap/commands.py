@@ -40,7 +40,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final
+from typing import Literal as TypingLiteral
 
 from .capabilities import DEFAULT_COMMANDS
 from .framing import (
@@ -48,6 +49,7 @@ from .framing import (
     Framer,
     FramingError,
     LineSegment,
+    Literal,
     LiteralData,
     find_literal_marker,
     strip_eol,
@@ -149,7 +151,7 @@ class Verdict:
     (replaces the command's first line segment, CRLF included; if that segment announced a
     literal the new line must end with the same literal marker)."""
 
-    action: Literal["forward", "refuse", "rewrite"]
+    action: TypingLiteral["forward", "refuse", "rewrite"]
     data: bytes = field(default=b"", repr=False)
     #: Why a refusal happened (a metric label from a small fixed set).
     reason: str = "refused"
@@ -280,7 +282,7 @@ class CommandStream:
         #: Commands sent to the backend so far (each gets exactly one tagged response).
         self.forwarded_commands = 0
         self._framer = Framer(max_line, None, role="client")
-        self._mode: Literal["forward", "drop", "collect"] = "forward"  # current command's rest
+        self._mode: TypingLiteral["forward", "drop", "collect"] = "forward"  # current command's rest
         self._tag = b""  # the current command's tag
         self._command_name = ""  # the command whose segments are flowing now
         self._binary_seen = False  # a collected command carried a binary literal
@@ -314,7 +316,7 @@ class CommandStream:
         self._begin()
         self._pump()
         if whole and self._unchanged and framer.buffered_len == 0:
-            out = [a for a in self._out if isinstance(a, Command)]
+            out: list[Action] = [a for a in self._out if isinstance(a, Command)]
             out.append(Forward(data))
             return out
         return self._finish()

@@ -51,6 +51,7 @@ responses; only a too-large size is an error).
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Final
@@ -119,6 +120,9 @@ class LiteralData:
     remaining: int
 
 
+_ErrorKind = TypingLiteral["line_too_long", "literal_too_large", "bad_literal"]
+
+
 @dataclass(frozen=True, slots=True)
 class FramingError:
     """The stream cannot be framed further (unless ``recoverable``).
@@ -133,7 +137,7 @@ class FramingError:
     :meth:`Framer.next_event` returns the same error.
     """
 
-    kind: TypingLiteral["line_too_long", "literal_too_large", "bad_literal"]
+    kind: _ErrorKind
     detail: str
     recoverable: bool = False
     line: bytes = field(default=b"", repr=False)
@@ -142,21 +146,20 @@ class FramingError:
     text_end: int = -1
 
 
-class NeedData:
-    """Sentinel type: the framer needs more bytes before it can return an event."""
+class NeedData(enum.Enum):
+    """Sentinel type: the framer needs more bytes before it can return an event.
 
-    _instance: NeedData | None = None
+    A one-member enum, so ``ev is NEED_DATA`` narrows ``ev`` to the other event types for a
+    type checker, and the sentinel stays a singleton through copy and pickle.
+    """
 
-    def __new__(cls) -> NeedData:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = NeedData()
+NEED_DATA: Final = NeedData.NEED_DATA
 
 FramerEvent = LineSegment | LiteralData | FramingError | NeedData
 
@@ -425,7 +428,7 @@ class Framer:
     def _too_long(self) -> FramingError:
         return self._fail("line_too_long", f"no line end within {self._line_limit} bytes")
 
-    def _fail(self, kind, detail: str) -> FramingError:  # type: ignore[no-untyped-def]
+    def _fail(self, kind: _ErrorKind, detail: str) -> FramingError:
         self._error = FramingError(kind, detail)
         return self._error
 

@@ -53,6 +53,7 @@ from .tokens import (
     Nil,
     ParseError,
     String,
+    Token,
     as_astring,
     parse_head,
     tokenize,
@@ -589,30 +590,30 @@ class PreauthConnection:
             return
         handler(self, tag, args, out)
 
-    def _no_args(self, tag: bytes, name: str, args: list, out: list[Event]) -> bool:
+    def _no_args(self, tag: bytes, name: str, args: list[Token], out: list[Event]) -> bool:
         if args:
             self._bad(out, tag, f"{name} takes no arguments.")
             return False
         return True
 
-    def _cmd_capability(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_capability(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if self._no_args(tag, "CAPABILITY", args, out):
             out.append(SendData(
                 untagged("CAPABILITY", self.capabilities) + tagged(tag, "OK", "Capability completed.")
             ))
 
-    def _cmd_noop(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_noop(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if self._no_args(tag, "NOOP", args, out):
             out.append(SendData(tagged(tag, "OK", "NOOP completed.")))
 
-    def _cmd_logout(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_logout(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if self._no_args(tag, "LOGOUT", args, out):
             out += self._close(
                 "logout", untagged("BYE", "Logging out") + tagged(tag, "OK", "Logout completed.")
             )
             raise _Stop
 
-    def _cmd_starttls(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_starttls(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if not self._no_args(tag, "STARTTLS", args, out):
             return
         if self.tls_active:
@@ -629,7 +630,7 @@ class PreauthConnection:
         out.append(StartTLS(dropped))
         raise _Stop
 
-    def _cmd_id(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_id(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if len(args) != 1:
             self._bad(out, tag, "ID expects one argument: NIL or a list.")
             return
@@ -659,19 +660,19 @@ class PreauthConnection:
         out.append(SendData(ID_RESPONSE + tagged(tag, "OK", "ID completed.")))
         out.append(ClientIdentified(dict(fields)))
 
-    def _cmd_login(self, tag: bytes, args: list, out: list[Event]) -> None:
+    def _cmd_login(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         # Only reached with TLS active (see _execute).
-        values = [as_astring(a) for a in args]
-        if len(values) != 2 or None in values:
+        values = [v for a in args if (v := as_astring(a)) is not None]
+        if len(args) != 2 or len(values) != 2:
             self._bad(out, tag, "LOGIN expects a user name and a password.")
             return
-        if any(b"\x00" in v or b"\r" in v or b"\n" in v for v in values):  # type: ignore[operator]
+        if any(b"\x00" in v or b"\r" in v or b"\n" in v for v in values):
             # RFC 9051 literals are CHAR8 (no NUL). A NUL would also split the SASL PLAIN
             # message the gateway builds for the backend, so the user the policy checked
             # would not be the user the backend logs in.
             self._bad(out, tag, "NUL, CR and LF are not allowed in a user name or password.")
             return
-        user, password = (v.decode("utf-8", "surrogateescape") for v in values)  # type: ignore[union-attr]
+        user, password = (v.decode("utf-8", "surrogateescape") for v in values)
         self._request_login(out, LoginRequest(tag, "LOGIN", user, password))
 
     def _request_login(self, out: list[Event], request: LoginRequest) -> None:
@@ -681,14 +682,15 @@ class PreauthConnection:
         out.append(request)
         raise _Stop
 
-    def _cmd_authenticate(self, tag: bytes, args: list, out: list[Event]) -> None:
-        if not 1 <= len(args) <= 2 or not all(isinstance(a, Atom) for a in args):
+    def _cmd_authenticate(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
+        atoms = [a for a in args if isinstance(a, Atom)]
+        if not 1 <= len(args) <= 2 or len(atoms) != len(args):
             if not self.tls_active:
                 out += self._privacy_events(tag, "UNKNOWN")
                 return
             self._bad(out, tag, "AUTHENTICATE expects a mechanism and an optional response.")
             return
-        mech = args[0].value.upper()
+        mech = atoms[0].value.upper()
         if not self.tls_active:
             shown = mech if mech in ("PLAIN", "LOGIN") else "UNKNOWN"
             out += self._privacy_events(tag, shown)
@@ -699,7 +701,7 @@ class PreauthConnection:
         self._sasl_mech, self._sasl_tag, self._sasl_user = mech, tag, None
         self._transition(T.SASL_STARTED)
         if len(args) == 2:
-            self._sasl_step(args[1].value.encode("ascii"), out)
+            self._sasl_step(atoms[1].value.encode("ascii"), out)
         elif mech == "PLAIN":
             out.append(SendData(b"+ \r\n"))
         else:

@@ -52,8 +52,14 @@ async def _handle(stream: trio.SocketStream, ready: Callable[[], bool]) -> None:
             pass
 
 
-async def serve_metrics(host: str, port: int, ready: Callable[[], bool], *,
-                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
+async def serve_metrics(
+    listeners: list[trio.SocketListener], ready: Callable[[], bool], *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve on ``listeners`` (bound by the caller, which binds every address of the
+    gateway before it serves any) until cancelled; closes them on the way out."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await _handle(stream, ready)
+
     task_status.started(listeners)
-    await trio.serve_listeners(lambda s: _handle(s, ready), listeners)
+    await trio.serve_listeners(handler, listeners)

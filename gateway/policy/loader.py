@@ -111,7 +111,7 @@ def parse_user_pattern(text: Any) -> UserPattern:
     return UserPattern("exact", fold(text), text)
 
 
-_V4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_cidr(text: str) -> IPNetwork:
@@ -130,7 +130,9 @@ def parse_cidr(text: str) -> IPNetwork:
             raise ValueError(f"bad CIDR {text!r}: {exc}") from None
         raise ValueError(f"bad CIDR {text!r}: host bits are set; did you mean '{fixed}'?") from None
     if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_V4_MAPPED):
-        v4 = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None  # every address in ::ffff:0:0/96 maps to one
+        v4 = ipaddress.ip_network((mapped, net.prefixlen - 96))
         raise ValueError(f"bad CIDR {text!r}: IPv4-mapped clients are matched as IPv4; write '{v4}'")
     return net
 

@@ -5,5 +5,6 @@ Each module is thin: the rules live in the sans-IO core (``gateway.imap``) and t
 decision layers (``gateway.policy``, ``gateway.auth``, ``gateway.limits``,
 ``gateway.anomaly``); the shell moves bytes and acts on what they return. Modules hand
 each other the plain values and typed seams of :mod:`gateway.proxy.values`, which imports
-none of them. Imports go one way: server -> session -> login, relay -> backend -> values.
+none of them. Imports go one way: server -> session -> login, relay -> backend -> values,
+and server -> bind (every address bound before anything is served).
 """

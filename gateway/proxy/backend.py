@@ -79,7 +79,8 @@ class BackendConnection:
                             )
                         )
                     if tls == "implicit":
-                        stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+                        stream = trio.SSLStream(tcp, _context(ssl_context, tls),
+                                                server_hostname=host)
                         await stream.do_handshake()
                     conn = cls(stream, name)
                     greeting = await conn._read_response()
@@ -88,7 +89,7 @@ class BackendConnection:
                             "protocol", f"unexpected greeting {greeting.raw[:80]!r}")
                     conn.capabilities = greeting.capabilities or []
                     if tls == "starttls":
-                        await conn._starttls(ssl_context, host)
+                        await conn._starttls(_context(ssl_context, tls), host)
                 except BaseException:
                     await trio.aclose_forcefully(tcp)
                     raise
@@ -107,7 +108,7 @@ class BackendConnection:
             conn._pending = conn._id_command(endpoint)
         return conn
 
-    async def _starttls(self, ssl_context: ssl.SSLContext | None, host: str) -> None:
+    async def _starttls(self, ssl_context: ssl.SSLContext, host: str) -> None:
         outcome = await self._command(b"STARTTLS")
         if not outcome.ok:
             raise BackendUnavailable("tls", f"backend refused STARTTLS: {outcome.line[:120]!r}")
@@ -223,10 +224,19 @@ class BackendConnection:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise BackendUnavailable("closed", f"{self.name} closed the connection")
-            self._reader.receive_data(data)
+            # bytes(): the reader keeps views of what it is fed (typed bytes | bytearray;
+            # trio gives bytes, which bytes() returns as is).
+            self._reader.receive_data(bytes(data))
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+def _context(ssl_context: ssl.SSLContext | None, tls: str) -> ssl.SSLContext:
+    """The context for a TLS backend; the caller builds one whenever ``tls`` is not "none"."""
+    if ssl_context is None:
+        raise ValueError(f"backend tls = {tls!r} needs an ssl_context")
+    return ssl_context
 
 
 def _result(response: ServerResponse, untagged: list[ServerResponse]) -> BackendLoginResult:

@@ -79,6 +79,7 @@ class Authenticator:
             return LoginOutcome(reason="master_separator_in_user")
 
         policy = self.ctx.policy.current
+        assert policy is not None  # startup loads a policy before any listener opens
         client_ip = ipaddress.ip_address(client.endpoint.ip)
         requirement = policy.requirement_for(user, client_ip)
         if not requirement.allowed:
@@ -89,6 +90,7 @@ class Authenticator:
         args = (user, req.password, client.endpoint.ip, client.client_name,
                 requirement, self.ctx.store, now, self.master_configured)
         canonical = normalize_app_password(req.password)
+        plan: UseAppPassword | ForwardPassword | Deny | None
         try:
             if canonical is None:
                 # Not shaped like an app password: no scrypt, only a few small SQLite
@@ -122,12 +124,14 @@ class Authenticator:
             return LoginOutcome(reason="backend_unavailable", unavailable=True)
         try:
             if isinstance(plan, UseAppPassword):
+                master_password = self.ctx.master_password
+                assert master_password is not None  # decide() checked master_configured
                 if backend_cfg.master_login == "separator":
                     authzid, authcid = "", f"{user}{separator}{backend_cfg.master_user}"
                 else:
                     authzid, authcid = user, backend_cfg.master_user
                 result = await backend.login_plain(
-                    authzid=authzid, authcid=authcid, password=self.ctx.master_password,
+                    authzid=authzid, authcid=authcid, password=master_password,
                     timeout=backend_cfg.login_timeout,
                 )
             else:

@@ -30,7 +30,9 @@ class _HasConfig(Protocol):
 class RelayedSession(Protocol):
     """What the relay needs from the session it serves (``gateway.proxy.session``)."""
 
-    ctx: _HasConfig
+    @property
+    def ctx(self) -> _HasConfig: ...
+
     stream: trio.abc.Stream
     capabilities: CapabilityView | None
     command_filter: cm.CommandFilter | None
@@ -45,6 +47,7 @@ class RelayedSession(Protocol):
     async def on_expunged(self, count: int) -> None: ...
 
     async def on_bytes(self, count: int) -> None: ...
+
 
 BACKEND_RECEIVE_SIZE = 262144
 CLIENT_RECEIVE_SIZE = 65536
@@ -130,7 +133,10 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
             while not engine.reading_client:
                 resume = trio.Event()
                 await resume.wait()
-            data = await client.receive_some(CLIENT_RECEIVE_SIZE)
+            # receive_some is typed bytes | bytearray; sockets and SSL give bytes, and
+            # bytes(b) is b then (no copy). The core keeps memoryviews of what it is fed,
+            # so it must get an immutable object.
+            data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
             idle.deadline = trio.current_time() + idle_timeout
             if not data:
                 await carry_out(engine.client_closed(), cancel)
@@ -141,7 +147,7 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
         if pending:
             await carry_out(engine.backend_data(pending), cancel)
         while True:
-            data = await backend.stream.receive_some(BACKEND_RECEIVE_SIZE)
+            data = bytes(await backend.stream.receive_some(BACKEND_RECEIVE_SIZE))  # see above
             if not data:
                 await carry_out(engine.backend_closed(), cancel)
                 return

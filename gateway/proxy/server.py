@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import trio
 
-from gateway.config import Config
+from gateway.config import Config, ListenerConfig, parse_address
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_state import open_state
@@ -36,13 +38,15 @@ from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
-from gateway.policy import LoginContext, snapshot
+from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
+from gateway.proxy.bind import BindRequest, bind_all, close_all
 from gateway.proxy.login import Authenticator
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
+from gateway.store.base import AppPasswordInfo, CredentialStore
 
 log = get_logger()
 
@@ -76,7 +80,10 @@ class GatewayContext:
     def __post_init__(self) -> None:
         b = self.config.backend
         self.backend_ssl = backend_context(b.ca_file) if b.tls != "none" else None
-        self.backend_name = f"{b.host}:{b.port}"
+        # [backend] address is required: parsed once here rather than read from the
+        # optional .host/.port that sections whose address may be "" share.
+        self.backend_host, self.backend_port = parse_address(b.address)
+        self.backend_name = f"{self.backend_host}:{self.backend_port}"
         self.authenticator = Authenticator(self)
         # Keys the limiter's attempt fingerprints: per process, never stored, so a
         # fingerprint cannot be brute-forced back into a password offline.
@@ -84,11 +91,11 @@ class GatewayContext:
         metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
 
     @property
-    def policy(self):
+    def policy(self) -> PolicyReloader:
         return self.runtime.policy
 
     @property
-    def store(self):
+    def store(self) -> CredentialStore:
         return self.runtime.store
 
     @property
@@ -106,8 +113,8 @@ class GatewayContext:
         started = trio.current_time()
         try:
             conn = await BackendConnection.connect(
-                host=b.host, port=b.port, tls=b.tls, ssl_context=self.backend_ssl,
-                client_ip_mode=b.client_ip, endpoint=endpoint,
+                host=self.backend_host, port=self.backend_port, tls=b.tls,
+                ssl_context=self.backend_ssl, client_ip_mode=b.client_ip, endpoint=endpoint,
                 connect_timeout=b.connect_timeout,
             )
         except BackendUnavailable as exc:
@@ -119,7 +126,7 @@ class GatewayContext:
         metrics.backend_up.labels(self.backend_name).set(1)
         return conn
 
-    async def handle(self, listener: Any, tcp: trio.SocketStream) -> None:
+    async def handle(self, listener: ListenerConfig, tcp: trio.SocketStream) -> None:
         """Run one client connection to completion (called by trio.serve_listeners)."""
         tls_mode = "implicit" if listener.mode == "implicit-tls" else "starttls"
         metrics.connections_total.labels(listener.address, tls_mode).inc()
@@ -130,6 +137,8 @@ class GatewayContext:
             await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
                                admitted.reason)
             return
+        ticket = admitted.ticket
+        assert ticket is not None  # try_open sets it on every admitted connection
         try:
             try:
                 banned = await self.limiter.check_connect(session.client_ip, now)
@@ -141,7 +150,7 @@ class GatewayContext:
                 return
             active = metrics.connections_active.labels(listener.address)
             active.inc()
-            session.on_login = lambda: self.tracker.authenticated(admitted.ticket)
+            session.on_login = lambda: self.tracker.authenticated(ticket)
             self.sessions[session.session_id] = session
             try:
                 await session.run()
@@ -153,7 +162,7 @@ class GatewayContext:
                 del self.sessions[session.session_id]
                 active.dec()
         finally:
-            self.tracker.close(admitted.ticket)
+            self.tracker.close(ticket)
 
     async def _refuse(self, session: ClientSession, label: str, reason: str) -> None:
         """Say BYE (over TLS on an implicit-TLS listener, so the client can read it) and close."""
@@ -185,7 +194,8 @@ class GatewayContext:
         for session in list(self.sessions.values()):
             if session.user is None:
                 continue
-            decision = new.decide(LoginContext(user=session.user, ip=session.client_ip,
+            decision = new.decide(LoginContext(user=session.user,
+                                               ip=ipaddress.ip_address(session.client_ip),
                                                factor=session.factor))
             if not decision.allowed:
                 session.log.warning("session.revoked", reason=decision.reason)
@@ -193,22 +203,22 @@ class GatewayContext:
 
     async def check_credentials(self) -> None:
         """End sessions whose app password was revoked or expired since they logged in."""
-        by_user: dict[str, list[ClientSession]] = {}
+        by_user: dict[str, list[tuple[ClientSession, int]]] = {}
         for session in self.sessions.values():
             if session.app_password_id is not None and session.user is not None:
-                by_user.setdefault(session.user, []).append(session)
+                by_user.setdefault(session.user, []).append((session, session.app_password_id))
         if not by_user:
             return
         now = time.time()
 
-        def live_ids() -> dict[str, dict[int, Any]]:
+        def live_ids() -> dict[str, dict[int, AppPasswordInfo]]:
             return {user: {i.id: i for i in self.store.list_app_passwords(user)}
                     for user in by_user}
 
         current = await trio.to_thread.run_sync(live_ids)
         for user, sessions in by_user.items():
-            for session in sessions:
-                info = current[user].get(session.app_password_id)
+            for session, app_password_id in sessions:
+                info = current[user].get(app_password_id)
                 if info is None or info.is_expired(now):
                     session.log.warning("session.revoked", reason="app_password_revoked",
                                         app_password_label=session.app_password_label)
@@ -232,7 +242,7 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                 return
 
 
-async def _every(seconds: float, job, name: str) -> None:
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
     """Run ``job`` forever, ``seconds`` apart; a failing run is logged, not fatal."""
     while True:
         await trio.sleep(seconds)
@@ -244,15 +254,57 @@ async def _every(seconds: float, job, name: str) -> None:
 
 async def _update_bans_gauge(ctx: GatewayContext) -> None:
     bans = await ctx.limiter.list_bans(time.time())
-    counts = Counter(ban.scope for ban in bans)
+    counts = Counter[str](ban.scope for ban in bans)
     for scope in ("ip", "subnet", "user_ip"):
         metrics.bans_active.labels(scope).set(counts.get(scope, 0))
 
 
 async def serve(config: Config, runtime: Runtime) -> None:
-    """Run the gateway until SIGTERM/SIGINT."""
+    """Run the gateway until SIGTERM/SIGINT.
+
+    Every address (listeners, metrics, admin API) is bound before anything is served or
+    logged: one that cannot be raises :class:`~gateway.proxy.bind.BindError` with no
+    socket left open. Whatever ends the gateway, every socket is closed on the way out.
+    """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
     limits = LimitsSettings.from_config(config.limits)
+    bound = await bind_all(_bind_requests(config))
+    try:
+        await _run(config, runtime, tls, limits, _BoundSockets.split(config, bound))
+    finally:
+        close_all(bound)
+
+
+def _bind_requests(config: Config) -> list[BindRequest]:
+    """Listeners first, then metrics and admin API when on; see _BoundSockets.split."""
+    wanted = [BindRequest("[[listener]] address", lst.address, backlog=1024)
+              for lst in config.listeners]
+    if config.metrics.address:
+        wanted.append(BindRequest("[metrics] address", config.metrics.address))
+    if config.admin.address:
+        wanted.append(BindRequest("[admin] address", config.admin.address))
+    return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundSockets:
+    listeners: list[list[trio.SocketListener]]
+    metrics: list[trio.SocketListener] | None
+    admin: list[trio.SocketListener] | None
+
+    @classmethod
+    def split(cls, config: Config, bound: list[list[trio.SocketListener]]) -> _BoundSockets:
+        """``bound`` in the order of :func:`_bind_requests`."""
+        rest = iter(bound[len(config.listeners):])
+        return cls(
+            listeners=bound[:len(config.listeners)],
+            metrics=next(rest) if config.metrics.address else None,
+            admin=next(rest) if config.admin.address else None,
+        )
+
+
+async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
+               limits: LimitsSettings, sockets: _BoundSockets) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with open_state(config.state.redis) as state:
@@ -269,18 +321,19 @@ async def serve(config: Config, runtime: Runtime) -> None:
                                "credential_watch")
             nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
                                "bans_gauge")
-            if config.metrics.address:
-                await nursery.start(serve_metrics, config.metrics.host, config.metrics.port,
-                                    lambda: ctx.ready)
-            if config.admin.address:
+            if sockets.metrics is not None:
+                await nursery.start(serve_metrics, sockets.metrics, lambda: ctx.ready)
+            if sockets.admin is not None:
                 from gateway.admin_api import serve_admin
 
-                await nursery.start(serve_admin, ctx, config.admin.host, config.admin.port,
-                                    runtime.admin_token)
-            for listener in config.listeners:
-                sockets = await trio.open_tcp_listeners(listener.port, host=listener.host,
-                                                        backlog=1024)
-                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), sockets)
+                token = runtime.admin_token
+                assert token is not None  # prepare() loads it whenever the API is on
+                host, port = parse_address(config.admin.address)
+                await nursery.start(partial(serve_admin, ctx, host, port, token,
+                                            listeners=sockets.admin))
+            for listener, listener_sockets in zip(config.listeners, sockets.listeners,
+                                                  strict=True):
+                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), listener_sockets)
             ctx.ready = True
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
@@ -288,7 +341,9 @@ async def serve(config: Config, runtime: Runtime) -> None:
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
 
 
-def _bind(ctx: GatewayContext, listener: Any):
+def _bind(
+    ctx: GatewayContext, listener: ListenerConfig
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def handler(tcp: trio.SocketStream) -> None:
         await ctx.handle(listener, tcp)
     return handler

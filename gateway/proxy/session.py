@@ -20,8 +20,9 @@ import functools
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,6 +45,10 @@ from gateway.proxy.values import (
     LoginOutcome,
     SessionServices,
 )
+
+if TYPE_CHECKING:
+    from gateway.anomaly.model import Anomaly
+    from gateway.limits.decisions import Ban
 
 RECEIVE_SIZE = 65536
 
@@ -141,15 +146,17 @@ class ClientSession:
 
     async def on_expunged(self, count: int) -> None:
         """The backend reported ``count`` messages expunged in this session (mass delete)."""
+        assert self.user is not None  # the relay, which calls this, runs only after a login
         await self._observe(self.ctx.limiter.anomalies.observe_expunge(
             self.user, count, time.time(), ip=self.client_ip))
 
     async def on_bytes(self, count: int) -> None:
         """``count`` more bytes went from the backend to this client (high-volume fetch)."""
+        assert self.user is not None  # the relay, which calls this, runs only after a login
         await self._observe(self.ctx.limiter.anomalies.observe_bytes(
             self.session_id, self.user, count, time.time(), ip=self.client_ip))
 
-    async def _observe(self, detection) -> None:
+    async def _observe(self, detection: Awaitable[list[Anomaly]]) -> None:
         """Await one detector call; a shared-state outage is logged, never fatal here."""
         try:
             found = await detection
@@ -158,7 +165,7 @@ class ClientSession:
             return
         self._report(found)
 
-    def _report(self, anomalies, bans=()) -> None:
+    def _report(self, anomalies: Iterable[Anomaly], bans: Iterable[Ban] = ()) -> None:
         """Log and count what the limiter and detectors raised."""
         for ban in bans:
             metrics.bans_created_total.labels(ban.scope, ban.reason).inc()
@@ -172,7 +179,8 @@ class ClientSession:
 
     async def _receive(self) -> bytes:
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            # bytes(): see gateway.proxy.relay (the core keeps views of what it is fed).
+            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         self.bytes_in += len(data)
@@ -307,7 +315,7 @@ class ClientSession:
 
     async def _login(
         self, conn: pa.PreauthConnection, req: pa.LoginRequest
-    ) -> tuple[BackendLink | None, list]:
+    ) -> tuple[BackendLink | None, list[pa.Event]]:
         """Decide a login; on success return the backend and the machine's events."""
         started = trio.current_time()
         mechanism = req.mechanism.lower()
@@ -354,10 +362,13 @@ class ClientSession:
         await trio.sleep_until(started + self.ctx.config.limits.auth_failure_delay + tarpit)
         return None, conn.login_failed()
 
-    async def _logged_in(self, conn, req, outcome) -> BackendLink:
+    async def _logged_in(
+        self, conn: pa.PreauthConnection, req: pa.LoginRequest, outcome: LoginOutcome
+    ) -> BackendLink:
         """Bookkeeping and the client's tagged OK for a successful login."""
-        backend = outcome.backend
-        self.user = outcome.user
+        backend, user = outcome.backend, outcome.user
+        assert backend is not None and user is not None  # a success sets both
+        self.user = user
         if self.on_login is not None:
             self.on_login()
         self.factor = outcome.factor
@@ -369,12 +380,11 @@ class ClientSession:
         if patterns is not None:
             self.response_filter = ListResponseFilter(mailbox_matcher(patterns))
         metrics.auth_attempts_total.labels("success", "ok", req.mechanism.lower()).inc()
-        self.log.info("login.ok", user=outcome.user, mechanism=req.mechanism,
+        self.log.info("login.ok", user=user, mechanism=req.mechanism,
                       factor=outcome.factor, app_password_label=outcome.app_password_label,
                       scopes=list(outcome.scopes), tls_version=self.tls_version)
         try:
-            success = await self.ctx.limiter.record_success(
-                outcome.user, self.client_ip, time.time())
+            success = await self.ctx.limiter.record_success(user, self.client_ip, time.time())
         except StateUnavailable as exc:
             self.log.error("limiter.unavailable", error=str(exc))
         else:

@@ -66,6 +66,8 @@ class BackendLink(Protocol):
 
     name: str
     stream: trio.abc.Stream
+    #: The backend's pre-login capability list (emptied once the session is logged in).
+    capabilities: list[str]
 
     def take_buffered(self) -> bytes: ...
 
@@ -134,10 +136,18 @@ class Authenticating(Protocol):
 
 
 class SessionServices(LoginServices, Protocol):
-    """What a client session needs from the running gateway."""
+    """What a client session needs from the running gateway.
 
-    tls: TLSContextSource
+    ``tls`` and ``authenticator`` are read-only here, so the gateway may hold a concrete
+    class (a plain attribute of a Protocol would have to be exactly the Protocol's type).
+    """
+
     limiter: Limiter
-    authenticator: Authenticating
+
+    @property
+    def tls(self) -> TLSContextSource: ...
+
+    @property
+    def authenticator(self) -> Authenticating: ...
 
     def attempt_fingerprint(self, user: str, password: str) -> bytes: ...
