@@ -48,6 +48,7 @@ from urllib.parse import unquote
 import trio
 
 from gateway.config import DurationError, parse_duration
+from gateway.netaddr import plain_ip
 from gateway.observability.logs import get_logger
 
 __all__ = [
@@ -560,6 +561,6 @@ async def _drain(stream: trio.SocketStream, limit: int = 4 * MAX_REQUEST) -> Non
 
 def _peer_ip(stream: trio.SocketStream) -> str | None:
     try:
-        return stream.socket.getpeername()[0]
+        return plain_ip(stream.socket.getpeername()[0])
     except OSError:
         return None

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import pyotp
 
+from gateway.netaddr import unmap_ipv4
+
 # --- TOTP ---------------------------------------------------------------------
 
 TOTP_ISSUER = "imap-gateway"
@@ -288,9 +290,7 @@ def device_network(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     IPv4-mapped IPv6 (``::ffff:192.0.2.7``) counts as the IPv4 address, so a
     dual-stack listener does not forget devices. Raises ValueError for a non-IP.
     """
-    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = unmap_ipv4(ipaddress.ip_address(ip) if isinstance(ip, str) else ip)
     prefix = DEVICE_V4_PREFIX if addr.version == 4 else DEVICE_V6_PREFIX
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from gateway.limits.decisions import ConnectDecision, ConnectionTicket
 from gateway.limits.rules import canonical_ip, is_allow_listed
-from gateway.limits.settings import IPNetwork, LimitsSettings
+from gateway.limits.settings import LimitsSettings
+from gateway.netaddr import IPNetwork
 
 RATE_WINDOW = 60.0  # max_connection_rate_per_ip is per minute
 

@@ -33,6 +33,7 @@ from gateway.imap.commands import CommandFilter
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_login_ok
 from gateway.limits.state import StateUnavailable
+from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.relay import relay
@@ -76,10 +77,6 @@ def new_session_id() -> str:
     return secrets.token_hex(8)
 
 
-def _plain_ip(ip: str) -> str:
-    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
-
-
 class SessionClosed(Exception):
     """The client went away or must be dropped; the reason is a log/metric label."""
 
@@ -98,8 +95,8 @@ class ClientSession:
     def __post_init__(self) -> None:
         peer = self.tcp.socket.getpeername()
         local = self.tcp.socket.getsockname()
-        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
-        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
+        self.client_ip, self.client_port = plain_ip(peer[0]), peer[1]
+        self.local_ip, self.local_port = plain_ip(local[0]), local[1]
         self.stream: trio.abc.Stream = self.tcp
         self.tls_version: str | None = None
         self.bytes_in = 0
