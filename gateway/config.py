@@ -469,6 +469,11 @@ class LimitsConfig(BaseModel):
     ban_ttl_max: Duration = 86400.0
     allow_networks: tuple[Network, ...] = Field((), strict=False)
     max_connection_rate_per_ip: int = Field(30, ge=1)
+    # Smart lockout: a successful login makes the user's subnet "familiar" this long; the
+    # per-user thresholds never block logins from a familiar subnet.
+    familiar_ttl: Duration = 30 * 86400.0
+    # Bans within this time count as repeat offences (each doubles the next ban's length).
+    offence_memory: Duration = 7 * 86400.0
 
 
 class StateConfig(BaseModel):
@@ -531,6 +536,8 @@ class AnomalyConfig(BaseModel):
     distributed_brute_force_ips: int = Field(10, ge=1)
     high_volume_fetch_bytes: int = Field(2147483648, ge=1)
     mass_delete_messages: int = Field(500, ge=1)
+    # What a password spray from one source does: "ban" it, or only "log" the anomaly.
+    spray_action: Annotated[Literal["ban", "log"], _one_of("ban", "log")] = "ban"
 
 
 def _at_least_one(listeners: tuple[ListenerConfig, ...]) -> tuple[ListenerConfig, ...]:
@@ -565,11 +572,6 @@ class Config(BaseModel):
     metrics: MetricsConfig = _section()
     logging: LoggingConfig = _section()
     anomaly: AnomalyConfig = _section()
-
-    @property
-    def listener(self) -> tuple[ListenerConfig, ...]:
-        """Same as ``listeners``, under the TOML key's name."""
-        return self.listeners
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for ``check-config --json``: every value, no secret.

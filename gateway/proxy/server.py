@@ -31,7 +31,6 @@ from gateway.config import Config
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_state import open_state
-from gateway.limits.settings import AnomalySettings, LimitsSettings
 from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
@@ -252,14 +251,13 @@ async def _update_bans_gauge(ctx: GatewayContext) -> None:
 async def serve(config: Config, runtime: Runtime) -> None:
     """Run the gateway until SIGTERM/SIGINT."""
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
-    limits = LimitsSettings.from_config(config.limits)
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with open_state(config.state.redis) as state:
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
-            limiter=Limiter(state, limits, AnomalySettings.from_config(config.anomaly)),
-            tracker=ConnectionTracker.from_settings(limits),
+            limiter=Limiter(state, config.limits, config.anomaly),
+            tracker=ConnectionTracker.from_config(config.limits),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)
