@@ -34,9 +34,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import os
 import secrets
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +48,7 @@ import trio
 from gateway.config import DurationError, parse_duration
 from gateway.netaddr import plain_ip
 from gateway.observability.logs import get_logger
+from gateway.secretfile import SecretFileError, create_secret_file, read_secret_file
 
 __all__ = [
     "KILL_MESSAGE",
@@ -120,36 +119,27 @@ def load_admin_token(config: Any, create: bool) -> str:
     With ``create`` (the gateway at start) a missing default file is made: 32 random
     bytes as hex, mode 0600, its directory 0700. An explicit ``[admin] token_file`` is
     never created: the administrator chose it, so a missing one is a mistake to report.
-    The file must not be readable by group or others (as for the master password file).
-    Raises ``AdminTokenError`` naming the file and the fix.
+    The file must give group and others no access (``gateway.secretfile``, as for the
+    master password file). Raises ``AdminTokenError`` naming the file and the fix.
     """
     path = admin_token_path(config)
     where = f"{path} ([admin] token_file in {config.source_path})"
     if create and config.admin.token_file is None:
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # made earlier (or by a concurrent start): read it below
+            # False when made earlier (or by a concurrent start): read it below.
+            create_secret_file(path, (secrets.token_hex(32) + "\n").encode("ascii"))
         except OSError as exc:
             raise AdminTokenError(f"cannot create admin token file {where}: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_hex(32) + "\n")
     try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = read_secret_file(path)
     except FileNotFoundError:
         hint = ("start the gateway once (it creates it)" if config.admin.token_file is None
                 else "create it with a random secret, e.g. `openssl rand -hex 32 > FILE; "
                      "chmod 600 FILE`")
         raise AdminTokenError(f"admin token file {where} does not exist; {hint}") from None
-    except OSError as exc:
-        raise AdminTokenError(f"cannot read admin token file {where}: {exc.strerror}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise AdminTokenError(
-            f"admin token file {where} is readable by group or others; run chmod 600 on it")
-    token = text.strip()
+    except SecretFileError as exc:
+        raise AdminTokenError(f"admin token file {where} {exc.problem}") from None
+    token = data.decode("utf-8", errors="replace").strip()
     if len(token) < _MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise AdminTokenError(
             f"admin token file {where} must hold one token of at least {_MIN_TOKEN_CHARS} "
