@@ -444,6 +444,7 @@ def _limiter(ctx: Any) -> Any:
 
 async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Response:
     from gateway.limits.limiter import BanRefused
+    from gateway.limits.outage import state_unavailable
     from gateway.limits.rules import InvalidAddress, normalize_network
     from gateway.limits.state import StateUnavailable
 
@@ -468,6 +469,7 @@ async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Respons
     except (BanRefused, InvalidAddress) as exc:
         raise HttpError(400, str(exc)) from None
     except StateUnavailable as exc:
+        state_unavailable("admin_bans", exc, log)
         raise HttpError(503, f"ban state unavailable: {exc}") from None
 
 

@@ -30,8 +30,8 @@ import trio
 from gateway.config import Config
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.limiter import Limiter
+from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
-from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
@@ -130,11 +130,8 @@ class GatewayContext:
                                admitted.reason)
             return
         try:
-            try:
-                banned = await self.limiter.check_connect(session.client_ip, now)
-            except StateUnavailable as exc:
-                session.log.error("limiter.unavailable", error=str(exc))
-                banned = None
+            banned = await fail_open(
+                "check_connect", self.limiter.check_connect(session.client_ip, now), session.log)
             if banned is not None and not banned.allowed:
                 await self._refuse(session, "banned", banned.reason)
                 return
