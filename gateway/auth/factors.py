@@ -108,10 +108,6 @@ class SplitSecret:
     password: str = field(repr=False)
     code: str | None = field(repr=False)
 
-    @property
-    def has_code(self) -> bool:
-        return self.code is not None
-
 
 def split_totp_suffix(secret: str, mode: str = TOTP_SUFFIX_SEPARATOR) -> SplitSecret:
     """Split ``"password$123456"`` (any mode) or ``"password123456"`` (mode ``"plain"``).
@@ -139,8 +135,7 @@ def split_totp_suffix(secret: str, mode: str = TOTP_SUFFIX_SEPARATOR) -> SplitSe
 # 32 symbols = 5 bits each; 0/o and 1/l are left out because people misread them.
 APP_PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 APP_PASSWORD_GROUPS = 4
-APP_PASSWORD_GROUP_LEN = 5
-APP_PASSWORD_BITS = APP_PASSWORD_GROUPS * APP_PASSWORD_GROUP_LEN * 5  # 100
+APP_PASSWORD_GROUP_LEN = 5  # 4 groups x 5 characters x 5 bits each: 100 random bits
 
 assert len(set(APP_PASSWORD_ALPHABET)) == 32
 
