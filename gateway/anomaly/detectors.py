@@ -52,7 +52,7 @@ class AnomalyDetector:
 
     def __init__(self, state: StateBackend, config: AnomalyConfig | None = None) -> None:
         self.state = state
-        self.config = config or AnomalyConfig()
+        self.config = config if config is not None else AnomalyConfig.model_validate({})
         s = self.config
         # Distinct counts saturate at the cap; keep it well above every threshold.
         self._cap = max(

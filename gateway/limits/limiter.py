@@ -91,7 +91,7 @@ class Limiter:
         anomaly: AnomalyConfig | None = None,
     ) -> None:
         self.state = state
-        self.limits = limits or LimitsConfig()
+        self.limits = limits if limits is not None else LimitsConfig.model_validate({})
         self.anomalies = AnomalyDetector(state, anomaly)
 
     # -- helpers ----------------------------------------------------------------------

@@ -14,7 +14,6 @@ import pytest
 import trio
 from pydantic import ValidationError
 
-from gateway.config import AnomalyConfig, LimitsConfig
 from gateway.limits.limiter import BanRefused, Limiter
 from gateway.limits.rules import (
     InvalidAddress,
@@ -83,7 +82,7 @@ def test_every_covering_network_is_a_lookup_key():
 
 def test_the_limiter_runs_on_the_validated_config_sections():
     lim = Limiter(MemoryState())
-    assert lim.limits == LimitsConfig() and lim.anomalies.config == AnomalyConfig()
+    assert lim.limits == limits_config() and lim.anomalies.config == anomaly_config()
     s = limits_config(fail_window="15m", ban_ttl_max="24h", tarpit_base="500ms",
                       allow_networks=["10.0.0.0/8", "2001:db8::/32"])
     assert (s.fail_window, s.ban_ttl_max, s.tarpit_base) == (900.0, 86400.0, 0.5)
