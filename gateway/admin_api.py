@@ -34,27 +34,34 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import os
 import secrets
-import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import trio
 
-from gateway.config import DurationError, parse_duration
+from gateway.config import Config, DurationError, ListenerConfig, parse_duration
+from gateway.netaddr import plain_ip
 from gateway.observability.logs import get_logger
+from gateway.secretfile import SecretFileError, create_secret_file, read_secret_file
+
+if TYPE_CHECKING:
+    # Only for the annotation: the admin CLI imports this module, and the limiter
+    # (with the metrics behind it) is loaded when a ban request first needs it.
+    from gateway.limits.limiter import Limiter
 
 __all__ = [
     "KILL_MESSAGE",
     "MAX_REQUEST",
     "REQUEST_DEADLINE",
     "AdminAddressRefused",
+    "AdminGateway",
+    "AdminSession",
     "AdminTokenError",
     "HttpError",
     "Request",
@@ -104,51 +111,89 @@ class HttpError(Exception):
 
 
 # ---------------------------------------------------------------------------
+# What the API needs from the running gateway (``gateway.proxy.server.GatewayContext``
+# and its ``ClientSession``s); read-only, so the API cannot rebind what it inspects.
+
+
+class AdminSession(Protocol):
+    """A live client session as the admin API lists and kills it."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...  # None until login
+    @property
+    def client_ip(self) -> str: ...
+    @property
+    def client_port(self) -> int: ...
+    @property
+    def listener(self) -> ListenerConfig: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def factor(self) -> str: ...
+    @property
+    def app_password_label(self) -> str | None: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def kill_reason(self) -> str | None: ...
+    @property
+    def cancel_scope(self) -> trio.CancelScope | None: ...  # set while relayed
+
+    def kill(self, reason: str, message: str) -> None: ...
+
+
+class AdminGateway(Protocol):
+    """The running gateway as the admin API sees it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def sessions(self) -> Mapping[str, AdminSession]: ...
+    @property
+    def limiter(self) -> Limiter: ...
+
+
+# ---------------------------------------------------------------------------
 # Token and bind address (both sides: the gateway creates, the CLI reads)
 
 
-def admin_token_path(config: Any) -> Path:
+def admin_token_path(config: Config) -> Path:
     """``[admin] token_file``, or ``admin.token`` next to ``[store] path`` when unset."""
     explicit = config.admin.token_file
     return Path(explicit) if explicit is not None else config.store.path.parent / TOKEN_FILE_NAME
 
 
-def load_admin_token(config: Any, create: bool) -> str:
+def load_admin_token(config: Config, create: bool) -> str:
     """The admin API token, read from ``admin_token_path(config)``.
 
     With ``create`` (the gateway at start) a missing default file is made: 32 random
     bytes as hex, mode 0600, its directory 0700. An explicit ``[admin] token_file`` is
     never created: the administrator chose it, so a missing one is a mistake to report.
-    The file must not be readable by group or others (as for the master password file).
-    Raises ``AdminTokenError`` naming the file and the fix.
+    The file must give group and others no access (``gateway.secretfile``, as for the
+    master password file). Raises ``AdminTokenError`` naming the file and the fix.
     """
     path = admin_token_path(config)
     where = f"{path} ([admin] token_file in {config.source_path})"
     if create and config.admin.token_file is None:
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # made earlier (or by a concurrent start): read it below
+            # False when made earlier (or by a concurrent start): read it below.
+            create_secret_file(path, (secrets.token_hex(32) + "\n").encode("ascii"))
         except OSError as exc:
             raise AdminTokenError(f"cannot create admin token file {where}: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_hex(32) + "\n")
     try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = read_secret_file(path)
     except FileNotFoundError:
         hint = ("start the gateway once (it creates it)" if config.admin.token_file is None
                 else "create it with a random secret, e.g. `openssl rand -hex 32 > FILE; "
                      "chmod 600 FILE`")
         raise AdminTokenError(f"admin token file {where} does not exist; {hint}") from None
-    except OSError as exc:
-        raise AdminTokenError(f"cannot read admin token file {where}: {exc.strerror}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise AdminTokenError(
-            f"admin token file {where} is readable by group or others; run chmod 600 on it")
-    token = text.strip()
+    except SecretFileError as exc:
+        raise AdminTokenError(f"admin token file {where} {exc.problem}") from None
+    token = data.decode("utf-8", errors="replace").strip()
     if len(token) < _MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise AdminTokenError(
             f"admin token file {where} must hold one token of at least {_MIN_TOKEN_CHARS} "
@@ -165,7 +210,7 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-def check_admin_address(config: Any) -> None:
+def check_admin_address(config: Config) -> None:
     """Refuse a non-loopback ``[admin] address`` unless ``[admin] token_file`` is set.
 
     Raises ``AdminAddressRefused`` whose message names ``admin.address`` and the file.
@@ -309,17 +354,14 @@ def _content_length(headers: dict[str, str]) -> int:
 # Views and request decoding (pure)
 
 
-def session_state(session: Any) -> str:
+def session_state(session: AdminSession) -> str:
     """``preauth`` before login, ``authenticated`` while relayed, ``closing`` once killed."""
-    explicit = getattr(session, "state", None)
-    if isinstance(explicit, str):
-        return explicit
-    if getattr(session, "kill_reason", None):
+    if session.kill_reason:
         return "closing"
     return "preauth" if session.user is None else "authenticated"
 
 
-def session_view(session: Any) -> dict[str, Any]:
+def session_view(session: AdminSession) -> dict[str, Any]:
     """One ClientSession as the API shows it; no credential, ever."""
     logged_in = session.user is not None
     return {
@@ -328,9 +370,9 @@ def session_view(session: Any) -> dict[str, Any]:
         "client_ip": session.client_ip,
         "client_port": session.client_port,
         "listener": session.listener.address,
-        "started": getattr(session, "started_at", None),
-        "factor": getattr(session, "factor", None) if logged_in else None,
-        "app_password": getattr(session, "app_password_label", None) if logged_in else None,
+        "started": session.started_at,
+        "factor": session.factor if logged_in else None,
+        "app_password": session.app_password_label if logged_in else None,
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
         "state": session_state(session),
@@ -399,7 +441,7 @@ _ALLOWED = {("sessions", False): "GET", ("sessions", True): "DELETE",
             ("bans", False): "GET, POST", ("bans", True): "DELETE"}
 
 
-async def handle_request(ctx: Any, req: Request, token: str, now: float) -> Response:
+async def handle_request(ctx: AdminGateway, req: Request, token: str, now: float) -> Response:
     """Authorize, route and execute one request against the running gateway ``ctx``.
 
     ``now`` is wall-clock seconds (bans are stored on that clock). Never raises
@@ -421,17 +463,17 @@ async def handle_request(ctx: Any, req: Request, token: str, now: float) -> Resp
         return Response(exc.status, {"error": exc.message}, exc.headers)
 
 
-def _sessions(ctx: Any) -> Response:
+def _sessions(ctx: AdminGateway) -> Response:
     views = [session_view(s) for s in list(ctx.sessions.values())]
     views.sort(key=lambda v: (v["started"] is None, v["started"] or 0, v["id"]))
     return Response(200, {"sessions": views})
 
 
-def _kill(ctx: Any, session_id: str) -> Response:
+def _kill(ctx: AdminGateway, session_id: str) -> Response:
     session = ctx.sessions.get(session_id)
     if session is None:
         raise HttpError(404, f"no session {session_id!r} (imap-gateway sessions list shows them)")
-    if getattr(session, "cancel_scope", None) is None:
+    if session.cancel_scope is None:
         # ClientSession.kill only reaches a session whose relay is running; saying "killed"
         # for one that goes on would be a lie to the administrator.
         raise HttpError(409, f"session {session_id!r} has not logged in yet and cannot be "
@@ -444,19 +486,13 @@ def _kill(ctx: Any, session_id: str) -> Response:
                           "state": session_state(session)})
 
 
-def _limiter(ctx: Any) -> Any:
-    limiter = getattr(ctx, "limiter", None)
-    if limiter is None:
-        raise HttpError(503, "this gateway has no limiter; bans are unavailable")
-    return limiter
-
-
-async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Response:
+async def _bans(ctx: AdminGateway, req: Request, item: str | None, now: float) -> Response:
     from gateway.limits.limiter import BanRefused
+    from gateway.limits.outage import state_unavailable
     from gateway.limits.rules import InvalidAddress, normalize_network
     from gateway.limits.state import StateUnavailable
 
-    limiter = _limiter(ctx)
+    limiter = ctx.limiter
     try:
         if req.method == "GET":
             bans = await limiter.list_bans(now)
@@ -477,6 +513,7 @@ async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Respons
     except (BanRefused, InvalidAddress) as exc:
         raise HttpError(400, str(exc)) from None
     except StateUnavailable as exc:
+        state_unavailable("admin_bans", exc, log)
         raise HttpError(503, f"ban state unavailable: {exc}") from None
 
 
@@ -484,13 +521,14 @@ async def _bans(ctx: Any, req: Request, item: str | None, now: float) -> Respons
 # The trio shell
 
 
-async def serve_admin(ctx: Any, host: str, port: int, token: str, *,
+async def serve_admin(ctx: AdminGateway, host: str, port: int, token: str, *,
                       listeners: list[trio.SocketListener] | None = None,
-                      task_status=trio.TASK_STATUS_IGNORED,
+                      task_status: trio.TaskStatus[list[trio.SocketListener]]
+                      = trio.TASK_STATUS_IGNORED,
                       clock: Callable[[], float] = time.time) -> None:
     """Serve the admin API on ``host:port`` until cancelled.
 
-    ``ctx`` is the running ``gateway.proxy.server.GatewayContext``. Checks ``[admin]`` first
+    ``ctx`` is the running gateway (``gateway.proxy.server.GatewayContext``). Checks ``[admin]`` first
     (``check_admin_address``: raises ``AdminAddressRefused`` before binding) and refuses
     an empty token. ``listeners``: sockets already bound to ``host:port`` (the gateway
     binds every address before it serves any); None binds here. ``task_status.started``
@@ -507,7 +545,7 @@ async def serve_admin(ctx: Any, host: str, port: int, token: str, *,
     await trio.serve_listeners(partial(_serve_one, ctx, token, clock), listeners)
 
 
-async def _serve_one(ctx: Any, token: str, clock: Callable[[], float],
+async def _serve_one(ctx: AdminGateway, token: str, clock: Callable[[], float],
                      stream: trio.SocketStream) -> None:
     async with stream:
         reader = RequestReader()
@@ -564,6 +602,6 @@ async def _drain(stream: trio.SocketStream, limit: int = 4 * MAX_REQUEST) -> Non
 
 def _peer_ip(stream: trio.SocketStream) -> str | None:
     try:
-        return stream.socket.getpeername()[0]
+        return plain_ip(stream.socket.getpeername()[0])
     except OSError:
         return None

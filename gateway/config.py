@@ -11,9 +11,9 @@ Rules of this module:
    that must exist (TLS cert/key, CA file, master password file) are checked here,
    so a bad config never replaces a good one on reload.
 4. No secret is read or kept. The Dovecot master password stays in its file; only the
-   path is stored, and that file must not be readable by group or others. The only
-   value that may embed a secret (a Redis URL with a password) is hidden from repr
-   and redacted in ``Config.summary()``.
+   path is stored, and that file must give group and others no access and must not be
+   empty (``gateway.secretfile``). The only value that may embed a secret (a Redis URL
+   with a password) is hidden from repr and redacted in ``Config.summary()``.
 
 The result is a tree of frozen pydantic models: durations are float seconds, paths
 are absolute ``Path`` objects (relative ones are resolved against the directory of
@@ -27,7 +27,6 @@ import difflib
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
@@ -48,6 +47,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.durations import HINT as DURATION_HINT
 from gateway.durations import DurationError, parse_duration  # noqa: F401 (config API)
+from gateway.secretfile import SecretFileError, check_secret_file
 
 __all__ = [
     "AdminConfig",
@@ -295,21 +295,18 @@ def _readable_file(path: Path | None) -> Path | None:
 
 
 def _private_file(path: Path | None) -> Path | None:
-    """Refuse a secret file that group or others can reach.
+    """Refuse a secret file that group or others can reach, or an empty one.
 
     A master password lets its holder log in as every user on the backend; a file
-    mode of 0644 hands it to every local account. We check the bits rather than try
-    to read as another user: the check must hold whoever runs the gateway.
+    mode of 0644 hands it to every local account. The file is not read here (rule 4).
     """
     if path is None:
         return None
     _readable_file(path)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        who = "others" if mode & 0o007 else "group"
-        bits = mode & (0o007 if who == "others" else 0o070)
-        verb = "readable" if bits & 0o044 else "accessible"
-        raise _fail(f"mode {mode:04o}: must not be {verb} by {who}; chmod 600 {path}")
+    try:
+        check_secret_file(path)
+    except (SecretFileError, OSError) as exc:
+        raise _fail(str(exc)) from None
     return path
 
 
@@ -469,6 +466,11 @@ class LimitsConfig(BaseModel):
     ban_ttl_max: Duration = 86400.0
     allow_networks: tuple[Network, ...] = Field((), strict=False)
     max_connection_rate_per_ip: int = Field(30, ge=1)
+    # Smart lockout: a successful login makes the user's subnet "familiar" this long; the
+    # per-user thresholds never block logins from a familiar subnet.
+    familiar_ttl: Duration = 30 * 86400.0
+    # Bans within this time count as repeat offences (each doubles the next ban's length).
+    offence_memory: Duration = 7 * 86400.0
 
 
 class StateConfig(BaseModel):
@@ -531,6 +533,8 @@ class AnomalyConfig(BaseModel):
     distributed_brute_force_ips: int = Field(10, ge=1)
     high_volume_fetch_bytes: int = Field(2147483648, ge=1)
     mass_delete_messages: int = Field(500, ge=1)
+    # What a password spray from one source does: "ban" it, or only "log" the anomaly.
+    spray_action: Annotated[Literal["ban", "log"], _one_of("ban", "log")] = "ban"
 
 
 def _at_least_one(listeners: tuple[ListenerConfig, ...]) -> tuple[ListenerConfig, ...]:
@@ -565,11 +569,6 @@ class Config(BaseModel):
     metrics: MetricsConfig = _section()
     logging: LoggingConfig = _section()
     anomaly: AnomalyConfig = _section()
-
-    @property
-    def listener(self) -> tuple[ListenerConfig, ...]:
-        """Same as ``listeners``, under the TOML key's name."""
-        return self.listeners
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for ``check-config --json``: every value, no secret.

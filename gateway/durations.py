@@ -1,11 +1,10 @@
 """Durations as administrators write them: ``"5s"``, ``"250ms"``, ``"15m"``, ``"1h30m"``,
-``"14d"``, ``"2w"``. One parser for the config, the limiter settings, policy files and the
-admin CLI, so the same text means the same time everywhere.
+``"14d"``, ``"2w"``. One parser for the config, policy files and the admin API and CLI, so
+the same text means the same time everywhere.
 
 A bare number is refused on purpose: ``timeout = "5"`` is ambiguous (seconds? ms? days?)
 and guessing wrong by a factor of 1000 is the kind of mistake that shows up only under
-attack. Callers that must accept numbers (already-validated config values) handle them
-before calling.
+attack.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from gateway.admin_api import (
 )
 from gateway.config import Config
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
+from gateway.secretfile import SecretFileError, read_secret_file
 from gateway.store import open_store
 from gateway.store.base import CredentialStore
 from gateway.store.errors import StoreError
@@ -40,17 +41,17 @@ def _read_master_password(config: Config) -> str | None:
     path = config.backend.master_password_file
     if not config.backend.master_user or path is None:
         return None
+    where = f"{config.source_path}: backend.master_password_file"
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_secret_file(path)
+    except SecretFileError as exc:
+        raise StartupError(f"{where}: {exc}") from None
     except OSError as exc:
-        raise StartupError(
-            f"{config.source_path}: backend.master_password_file: cannot read {path}: "
-            f"{exc.strerror}") from None
-    password = text.rstrip("\r\n")
-    if not password:
-        raise StartupError(
-            f"{config.source_path}: backend.master_password_file: {path} is empty")
-    return password
+        raise StartupError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise StartupError(f"{where}: {path} is not UTF-8 text") from None
 
 
 def prepare(config: Config) -> Runtime:

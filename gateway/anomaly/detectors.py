@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.anomaly.model import Anomaly, AnomalyKind
-from gateway.limits.settings import AnomalySettings
+from gateway.config import AnomalyConfig
 from gateway.limits.state import DEFAULT_CAP, StateBackend
 
 _K = "an:"  # key namespace of the detectors inside the shared state
@@ -50,10 +50,10 @@ class AnomalyDetector:
     same wall clock to every call (see ``gateway.limits.redis_state``).
     """
 
-    def __init__(self, state: StateBackend, settings: AnomalySettings | None = None) -> None:
+    def __init__(self, state: StateBackend, config: AnomalyConfig | None = None) -> None:
         self.state = state
-        self.settings = settings or AnomalySettings()
-        s = self.settings
+        self.config = config if config is not None else AnomalyConfig.model_validate({})
+        s = self.config
         # Distinct counts saturate at the cap; keep it well above every threshold.
         self._cap = max(
             DEFAULT_CAP,
@@ -63,13 +63,13 @@ class AnomalyDetector:
 
     async def _once(self, kind: AnomalyKind, subject: str, now: float) -> bool:
         """Claim the right to report ``kind`` about ``subject`` for this window."""
-        return await self.state.set_once(f"{_K}seen:{kind}:{subject}", now, self.settings.window)
+        return await self.state.set_once(f"{_K}seen:{kind}:{subject}", now, self.config.window)
 
     async def observe_login_failure(
         self, user: str, ip: str, subnet: str, now: float
     ) -> list[Anomaly]:
         """A failed login of ``user`` from ``ip`` (in ``subnet``)."""
-        s, w = self.settings, self.settings.window
+        s, w = self.config, self.config.window
         spray_ip, spray_net, fail_ips, fail_users, dbf = await self.state.window_add(
             [
                 (f"{_K}spray:ip:{ip}", user),
@@ -116,7 +116,7 @@ class AnomalyDetector:
         """A successful login. ``previous_networks`` are the user's familiar networks before
         this login (the limiter knows them); a first-ever login raises nothing, since every
         user's first network would otherwise be an "anomaly"."""
-        await self.state.counter_add(f"{_K}stuff:successes", 1, now, self.settings.window)
+        await self.state.counter_add(f"{_K}stuff:successes", 1, now, self.config.window)
         if not previous_networks or subnet in previous_networks:
             return []
         if not await self._once("new_network_for_user", f"user:{user}:{subnet}", now):
@@ -132,7 +132,7 @@ class AnomalyDetector:
         """Credentials (LOGIN/AUTHENTICATE) offered on a connection without TLS. The gateway
         already refused them; this tells the operator which client is misconfigured (or
         which scanner is fishing)."""
-        n = await self.state.counter_add(f"{_K}plain:{ip}", 1, now, self.settings.window)
+        n = await self.state.counter_add(f"{_K}plain:{ip}", 1, now, self.config.window)
         if not await self._once("plaintext_login_attempt", f"ip:{ip}", now):
             return []
         return [Anomaly("plaintext_login_attempt", user=user, ip=ip, subnet=subnet,
@@ -146,7 +146,7 @@ class AnomalyDetector:
         Each call is a state round trip: call it per response batch or every few hundred
         KiB, not per socket read.
         """
-        s, w = self.settings, self.settings.window
+        s, w = self.config, self.config.window
         per_session = await self.state.counter_add(f"{_K}bytes:s:{session_id}", n, now, w)
         per_user = await self.state.counter_add(f"{_K}bytes:u:{user}", n, now, w)
         found = []
@@ -164,8 +164,8 @@ class AnomalyDetector:
         self, user: str, count: int, now: float, *, ip: str | None = None
     ) -> list[Anomaly]:
         """``count`` messages removed by EXPUNGE (or moved away by MOVE) for ``user``."""
-        total = await self.state.counter_add(f"{_K}del:{user}", count, now, self.settings.window)
-        if total >= self.settings.mass_delete_messages and await self._once(
+        total = await self.state.counter_add(f"{_K}del:{user}", count, now, self.config.window)
+        if total >= self.config.mass_delete_messages and await self._once(
                 "mass_delete", f"user:{user}", now):
             return [Anomaly("mass_delete", user=user, ip=ip, evidence={"messages": total})]
         return []

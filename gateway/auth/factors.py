@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import pyotp
 
+from gateway.netaddr import unmap_ipv4
+
 # --- TOTP ---------------------------------------------------------------------
 
 TOTP_ISSUER = "imap-gateway"
@@ -106,10 +108,6 @@ class SplitSecret:
     password: str = field(repr=False)
     code: str | None = field(repr=False)
 
-    @property
-    def has_code(self) -> bool:
-        return self.code is not None
-
 
 def split_totp_suffix(secret: str, mode: str = TOTP_SUFFIX_SEPARATOR) -> SplitSecret:
     """Split ``"password$123456"`` (any mode) or ``"password123456"`` (mode ``"plain"``).
@@ -137,8 +135,7 @@ def split_totp_suffix(secret: str, mode: str = TOTP_SUFFIX_SEPARATOR) -> SplitSe
 # 32 symbols = 5 bits each; 0/o and 1/l are left out because people misread them.
 APP_PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 APP_PASSWORD_GROUPS = 4
-APP_PASSWORD_GROUP_LEN = 5
-APP_PASSWORD_BITS = APP_PASSWORD_GROUPS * APP_PASSWORD_GROUP_LEN * 5  # 100
+APP_PASSWORD_GROUP_LEN = 5  # 4 groups x 5 characters x 5 bits each: 100 random bits
 
 assert len(set(APP_PASSWORD_ALPHABET)) == 32
 
@@ -288,9 +285,7 @@ def device_network(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     IPv4-mapped IPv6 (``::ffff:192.0.2.7``) counts as the IPv4 address, so a
     dual-stack listener does not forget devices. Raises ValueError for a non-IP.
     """
-    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = unmap_ipv4(ipaddress.ip_address(ip) if isinstance(ip, str) else ip)
     prefix = DEVICE_V4_PREFIX if addr.version == 4 else DEVICE_V6_PREFIX
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 

@@ -278,7 +278,6 @@ class PreauthConnection:
         self.greeting_text = greeting_text
         self.state = PreauthState.NOT_AUTHENTICATED
         self.bad_commands = 0
-        self.client_id: dict[str, str] = {}
         #: Total bytes thrown away after STARTTLS (also those arriving before tls_started()).
         self.discarded = 0
         self._framer = self._new_framer()
@@ -656,7 +655,6 @@ class PreauthConnection:
         elif not isinstance(arg, Nil):
             self._bad(out, tag, "ID expects one argument: NIL or a list.")
             return
-        self.client_id = fields
         out.append(SendData(ID_RESPONSE + tagged(tag, "OK", "ID completed.")))
         out.append(ClientIdentified(dict(fields)))
 

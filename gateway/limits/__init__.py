@@ -1,8 +1,9 @@
 """Limits: failed-login counting, tarpits, bans, smart lockout, connection caps.
 
 Pure rules live in ``rules``; state behind ``state.StateBackend`` (in-process, or Redis in
-``redis_state``); the ``limiter.Limiter`` combines them for the shell, and
-``connections.ConnectionTracker`` caps connections. Import from those modules: this package
+``redis_state``); the ``limiter.Limiter`` combines them for the shell,
+``connections.ConnectionTracker`` caps connections, and ``outage`` says what the shell does
+when the shared state is down. Import from those modules: this package
 module imports none of them, so ``gateway.anomaly`` (which builds on ``state``) and
 ``limiter`` (which builds on ``gateway.anomaly``) stay a one-way chain.
 """

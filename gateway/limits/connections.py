@@ -17,9 +17,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.config import LimitsConfig
 from gateway.limits.decisions import ConnectDecision, ConnectionTicket
 from gateway.limits.rules import canonical_ip, is_allow_listed
-from gateway.limits.settings import IPNetwork, LimitsSettings
+from gateway.netaddr import IPNetwork
 
 RATE_WINDOW = 60.0  # max_connection_rate_per_ip is per minute
 
@@ -59,13 +60,16 @@ class ConnectionTracker:
         self._serial = itertools.count(1)
 
     @classmethod
-    def from_settings(cls, s: LimitsSettings, **kwargs) -> ConnectionTracker:
+    def from_config(
+        cls, limits: LimitsConfig, *, max_tracked_ips: int = 100_000
+    ) -> ConnectionTracker:
+        """The caps of the validated ``[limits]`` section (``config.limits``)."""
         return cls(
-            max_connections_per_ip=s.max_connections_per_ip,
-            max_connections=s.max_connections,
-            max_connection_rate_per_ip=s.max_connection_rate_per_ip,
-            allow=s.allow,
-            **kwargs,
+            max_connections_per_ip=limits.max_connections_per_ip,
+            max_connections=limits.max_connections,
+            max_connection_rate_per_ip=limits.max_connection_rate_per_ip,
+            allow=limits.allow_networks,
+            max_tracked_ips=max_tracked_ips,
         )
 
     def __len__(self) -> int:

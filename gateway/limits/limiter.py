@@ -39,6 +39,7 @@ import dataclasses
 
 from gateway.anomaly.detectors import AnomalyDetector
 from gateway.anomaly.model import Anomaly
+from gateway.config import AnomalyConfig, LimitsConfig
 from gateway.limits.decisions import (
     Ban,
     BanScope,
@@ -58,7 +59,6 @@ from gateway.limits.rules import (
     subnet_of,
     tarpit_seconds,
 )
-from gateway.limits.settings import AnomalySettings, LimitsSettings
 from gateway.limits.state import StateBackend
 
 _K = "lim:"
@@ -79,34 +79,37 @@ class Limiter:
 
     ``anomalies`` is the detector the limiter feeds on logins; the shell feeds it the rest
     (``observe_plaintext_attempt``, ``observe_bytes``, ``observe_expunge``).
+
+    ``limits`` and ``anomaly`` are the validated ``[limits]`` and ``[anomaly]`` sections
+    (``config.limits``, ``config.anomaly``); omitted, every key has its default.
     """
 
     def __init__(
         self,
         state: StateBackend,
-        settings: LimitsSettings | None = None,
-        anomaly_settings: AnomalySettings | None = None,
+        limits: LimitsConfig | None = None,
+        anomaly: AnomalyConfig | None = None,
     ) -> None:
         self.state = state
-        self.settings = settings or LimitsSettings()
-        self.anomalies = AnomalyDetector(state, anomaly_settings)
+        self.limits = limits if limits is not None else LimitsConfig.model_validate({})
+        self.anomalies = AnomalyDetector(state, anomaly)
 
     # -- helpers ----------------------------------------------------------------------
 
     def subnet(self, ip: str) -> str:
-        s = self.settings
+        s = self.limits
         return subnet_of(ip, s.subnet_v4_prefix, s.subnet_v6_prefix)
 
     def is_allow_listed(self, ip: str) -> bool:
-        return is_allow_listed(ip, self.settings.allow)
+        return is_allow_listed(ip, self.limits.allow_networks)
 
     async def _familiar(self, user: str, subnet: str, now: float) -> bool:
         return await self.state.window_contains(
-            f"{_K}fam:{user}", subnet, now, self.settings.familiar_ttl
+            f"{_K}fam:{user}", subnet, now, self.limits.familiar_ttl
         )
 
     async def _ban(self, scope: BanScope, network: str, reason: str, now: float) -> Ban:
-        s = self.settings
+        s = self.limits
         offences = await self.state.incr(f"{_K}off:{network}", now, s.offence_memory)
         ttl = ban_ttl(offences, s.ban_ttl, s.ban_ttl_max)
         ban = Ban(scope=scope, network=network, reason=reason, created=now,
@@ -138,7 +141,7 @@ class Limiter:
         user has not logged in recently (smart lockout). The client must get the same
         generic NO as for a wrong password; the reason is for logs.
         """
-        s = self.settings
+        s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
         if not self.is_allow_listed(ip):
@@ -166,7 +169,7 @@ class Limiter:
         ``fingerprint`` is ``HMAC-SHA256(process_secret, user + "\\0" + password)[:8]``;
         only its hex form is stored.
         """
-        s = self.settings
+        s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
         allow = self.is_allow_listed(ip)
@@ -211,7 +214,7 @@ class Limiter:
         anomalies = []
         for a in await self.anomalies.observe_login_failure(user, ip, subnet, now):
             spray_ban = (a.kind == "password_spray" and not allow
-                         and self.anomalies.settings.spray_action == "ban")
+                         and self.anomalies.config.spray_action == "ban")
             if spray_ban:
                 scope: BanScope = "ip" if a.ip is not None else "subnet"
                 target = host_network(ip) if a.ip is not None else subnet
@@ -229,7 +232,7 @@ class Limiter:
         """A successful login: the user's subnet becomes familiar (exempt from the user
         lockout there) and the (user, IP) failure count is cleared. Raises
         ``new_network_for_user`` when the subnet is new and the user had others."""
-        s = self.settings
+        s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
         fam_key = f"{_K}fam:{user}"
@@ -262,13 +265,13 @@ class Limiter:
             raise BanRefused(
                 f"{net} is wider than /{widest}: that would lock out a large part of the "
                 "internet (or everyone); ban narrower networks")
-        clash = overlaps_allow_list(net, self.settings.allow)
+        clash = overlaps_allow_list(net, self.limits.allow_networks)
         if clash is not None:
             raise BanRefused(
                 f"{net} overlaps allow-listed {clash} ([limits] allow_networks); "
                 "allow-listed networks are never banned"
             )
-        ttl = self.settings.ban_ttl_max if ttl is None else ttl
+        ttl = self.limits.ban_ttl_max if ttl is None else ttl
         if ttl <= 0:
             raise ValueError(f"ban ttl must be > 0 seconds, got {ttl}")
         scope: BanScope = "ip" if net.prefixlen == net.max_prefixlen else "subnet"

@@ -13,9 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
-from gateway.limits.settings import IPNetwork
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from gateway.netaddr import IPAddress, IPNetwork, unmap_ipv4
 
 # 2**64 seconds is already far past any cap; larger exponents only risk float overflow.
 _MAX_EXPONENT = 64
@@ -31,15 +29,14 @@ def parse_ip(ip: str) -> IPAddress:
 
     Mapped addresses appear on dual-stack sockets; without this an attacker's IPv4 address
     would be counted in a different key (and a different /64) than the same address seen
-    on an IPv4 listener.
+    on an IPv4 listener. An IPv6 zone (``%eth0``) is dropped: it names our interface, not
+    the client.
     """
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         raise InvalidAddress(f"not an IP address: {ip!r} (pass the peer address as text)") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    return unmap_ipv4(addr)
 
 
 def canonical_ip(ip: str) -> str:

@@ -105,6 +105,11 @@ preauth_disconnects_total = Counter(
     "preauth_disconnects", "Connections closed by the gateway before login.", ["reason"],
     namespace=_NS, registry=REGISTRY,
 )
+state_unavailable_total = Counter(
+    "state_unavailable",
+    "Limiter, detector or ban calls that found the shared state ([state] redis) down.",
+    ["operation"], namespace=_NS, registry=REGISTRY,
+)
 
 # The command label set: everything else is folded into "other" (rule 2).
 KNOWN_COMMANDS = frozenset(
@@ -131,6 +136,10 @@ ANOMALY_KINDS = (
     "password_spray", "credential_stuffing", "distributed_brute_force", "new_network_for_user",
     "plaintext_login_attempt", "high_volume_fetch", "mass_delete",
 )
+#: The ``operation`` label of ``state_unavailable_total`` (``gateway.limits.outage``).
+STATE_OPERATIONS = (
+    "check_connect", "check_login", "record_failure", "record_success", "anomaly", "admin_bans",
+)
 
 
 def init_series(listeners: list[str], backend: str) -> None:
@@ -146,6 +155,8 @@ def init_series(listeners: list[str], backend: str) -> None:
         connections_rejected_total.labels(reason)
     for reason in ("timeout", "too_many_bad_commands", "line_too_long", "literal_too_large"):
         preauth_disconnects_total.labels(reason)
+    for operation in STATE_OPERATIONS:
+        state_unavailable_total.labels(operation)
     for scope in ("ip", "subnet", "user_ip"):
         bans_active.labels(scope)
     for listener in listeners:

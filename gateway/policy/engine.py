@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from gateway.netaddr import unmap_ipv4
+
 from .explain import Explanation, RuleTrace, explain_network, explain_user
 from .model import (
     Decision,
@@ -24,7 +26,6 @@ from .model import (
     Rule,
     UserPattern,
     factor_satisfies,
-    normalize_ip,
 )
 
 
@@ -43,7 +44,10 @@ class Policy:
     fingerprint: str
 
     def _first_match(self, user: str, ip: IPAddress) -> Rule | None:
-        ip = normalize_ip(ip)
+        # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; unmapped, an IPv4
+        # deny rule stops them. So an IPv4 client is matched by IPv4 entries only (``::/0``
+        # does not cover it; the loader refuses mapped CIDRs).
+        ip = unmap_ipv4(ip)
         for rule in self.rules:
             if rule.matches(user, ip):
                 return rule
@@ -98,7 +102,7 @@ class Policy:
 
     def explain(self, ctx: LoginContext) -> Explanation:
         """Every rule in order, matched or why not, then the decision decide() gives."""
-        ip = normalize_ip(ctx.ip)
+        ip = unmap_ipv4(ctx.ip)
         traces = []
         first: Rule | None = None
         for pos, rule in enumerate(self.rules, start=1):

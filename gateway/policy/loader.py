@@ -118,7 +118,7 @@ def parse_cidr(text: str) -> IPNetwork:
     """An address or CIDR; host bits must be zero. Raises ValueError with a fix.
 
     IPv4-mapped IPv6 CIDRs (``::ffff:203.0.113.0/120``) are refused: clients are
-    matched by their IPv4 address (see model.normalize_ip), so such an entry could
+    matched by their IPv4 address (see ``gateway.netaddr``), so such an entry could
     never match and a deny rule using it would silently fail open.
     """
     try:

@@ -18,8 +18,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from gateway.netaddr import IPAddress, IPNetwork
 
 ACTIONS = ("allow", "deny")
 MFA_LEVELS = ("none", "totp", "app-password", "strong")
@@ -45,18 +44,6 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 def fold(text: str) -> str:
     """Lower-case ASCII letters only; see _ASCII_LOWER for why not ``str.casefold``."""
     return text.translate(_ASCII_LOWER)
-
-
-def normalize_ip(ip: IPAddress) -> IPAddress:
-    """Map ``::ffff:a.b.c.d`` to ``a.b.c.d``.
-
-    A dual-stack listener reports IPv4 clients as IPv4-mapped IPv6 addresses; without
-    this an IPv4 deny rule would not stop them. Consequence: an IPv4 client is matched
-    by IPv4 entries only (``::/0`` does not cover it; the loader refuses mapped CIDRs).
-    """
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def factor_satisfies(mfa: str, factor: str, remember_device: float) -> bool:
@@ -190,7 +177,7 @@ class Rule:
         return any(p.matches(user) for members in self.group_members for p in members)
 
     def network_matches(self, ip: IPAddress) -> bool:
-        """``ip`` must already be normalized (see normalize_ip)."""
+        """``ip`` must already be unmapped (``gateway.netaddr.unmap_ipv4``)."""
         if self.networks is None:
             return True
         positives = [e for e in self.networks if not e.negated]

@@ -32,9 +32,8 @@ import trio
 from gateway.config import Config, ListenerConfig, parse_address
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.limiter import Limiter
+from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
-from gateway.limits.settings import AnomalySettings, LimitsSettings
-from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
 from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
@@ -140,11 +139,8 @@ class GatewayContext:
         ticket = admitted.ticket
         assert ticket is not None  # try_open sets it on every admitted connection
         try:
-            try:
-                banned = await self.limiter.check_connect(session.client_ip, now)
-            except StateUnavailable as exc:
-                session.log.error("limiter.unavailable", error=str(exc))
-                banned = None
+            banned = await fail_open(
+                "check_connect", self.limiter.check_connect(session.client_ip, now), session.log)
             if banned is not None and not banned.allowed:
                 await self._refuse(session, "banned", banned.reason)
                 return
@@ -267,10 +263,9 @@ async def serve(config: Config, runtime: Runtime) -> None:
     socket left open. Whatever ends the gateway, every socket is closed on the way out.
     """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
-    limits = LimitsSettings.from_config(config.limits)
     bound = await bind_all(_bind_requests(config))
     try:
-        await _run(config, runtime, tls, limits, _BoundSockets.split(config, bound))
+        await _run(config, runtime, tls, _BoundSockets.split(config, bound))
     finally:
         close_all(bound)
 
@@ -304,14 +299,14 @@ class _BoundSockets:
 
 
 async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
-               limits: LimitsSettings, sockets: _BoundSockets) -> None:
+               sockets: _BoundSockets) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with open_state(config.state.redis) as state:
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
-            limiter=Limiter(state, limits, AnomalySettings.from_config(config.anomaly)),
-            tracker=ConnectionTracker.from_settings(limits),
+            limiter=Limiter(state, config.limits, config.anomaly),
+            tracker=ConnectionTracker.from_config(config.limits),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)

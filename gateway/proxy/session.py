@@ -33,7 +33,8 @@ from gateway.imap.capabilities import client_capabilities, commands_for_capabili
 from gateway.imap.commands import CommandFilter
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_login_ok
-from gateway.limits.state import StateUnavailable
+from gateway.limits.outage import fail_open
+from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.relay import relay
@@ -81,10 +82,6 @@ def new_session_id() -> str:
     return secrets.token_hex(8)
 
 
-def _plain_ip(ip: str) -> str:
-    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
-
-
 class SessionClosed(Exception):
     """The client went away or must be dropped; the reason is a log/metric label."""
 
@@ -103,8 +100,8 @@ class ClientSession:
     def __post_init__(self) -> None:
         peer = self.tcp.socket.getpeername()
         local = self.tcp.socket.getsockname()
-        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
-        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
+        self.client_ip, self.client_port = plain_ip(peer[0]), peer[1]
+        self.local_ip, self.local_port = plain_ip(local[0]), local[1]
         self.stream: trio.abc.Stream = self.tcp
         self.tls_version: str | None = None
         self.bytes_in = 0
@@ -158,12 +155,9 @@ class ClientSession:
 
     async def _observe(self, detection: Awaitable[list[Anomaly]]) -> None:
         """Await one detector call; a shared-state outage is logged, never fatal here."""
-        try:
-            found = await detection
-        except StateUnavailable as exc:
-            self.log.error("limiter.unavailable", error=str(exc))
-            return
-        self._report(found)
+        found = await fail_open("anomaly", detection, self.log)
+        if found is not None:
+            self._report(found)
 
     def _report(self, anomalies: Iterable[Anomaly], bans: Iterable[Ban] = ()) -> None:
         """Log and count what the limiter and detectors raised."""
@@ -320,11 +314,8 @@ class ClientSession:
         started = trio.current_time()
         mechanism = req.mechanism.lower()
         limiter = self.ctx.limiter
-        try:
-            gate = await limiter.check_login(req.username, self.client_ip, time.time())
-        except StateUnavailable as exc:
-            self.log.error("limiter.unavailable", error=str(exc))
-            gate = None
+        gate = await fail_open(
+            "check_login", limiter.check_login(req.username, self.client_ip, time.time()), self.log)
         if gate is not None and not gate.allowed:
             outcome = LoginOutcome(reason=gate.reason)
             if gate.reason.startswith("banned:"):
@@ -346,13 +337,10 @@ class ClientSession:
             return None, conn.login_unavailable()
         tarpit = 0.0
         if outcome.counted and reason_label not in _NOT_THE_CLIENTS_FAULT:
-            try:
-                failure = await limiter.record_failure(
-                    req.username, self.client_ip,
-                    self.ctx.attempt_fingerprint(req.username, req.password), time.time())
-            except StateUnavailable as exc:
-                self.log.error("limiter.unavailable", error=str(exc))
-            else:
+            failure = await fail_open("record_failure", limiter.record_failure(
+                req.username, self.client_ip,
+                self.ctx.attempt_fingerprint(req.username, req.password), time.time()), self.log)
+            if failure is not None:
                 tarpit = failure.tarpit_seconds
                 if tarpit:
                     metrics.tarpit_delay_seconds.observe(tarpit)
@@ -383,11 +371,9 @@ class ClientSession:
         self.log.info("login.ok", user=user, mechanism=req.mechanism,
                       factor=outcome.factor, app_password_label=outcome.app_password_label,
                       scopes=list(outcome.scopes), tls_version=self.tls_version)
-        try:
-            success = await self.ctx.limiter.record_success(user, self.client_ip, time.time())
-        except StateUnavailable as exc:
-            self.log.error("limiter.unavailable", error=str(exc))
-        else:
+        success = await fail_open("record_success", self.ctx.limiter.record_success(
+            user, self.client_ip, time.time()), self.log)
+        if success is not None:
             self._report(success.anomalies)
         raw_caps = capability_from_ok(outcome.ok_line)
         if raw_caps is None:

@@ -16,12 +16,12 @@ Blob layout (one column): ``version(1) || nonce(12) || ciphertext+tag``.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.secretfile import SecretFileError, create_secret_file, read_secret_file
 from gateway.store.errors import StoreKeyError
 
 KEY_LEN = 32
@@ -35,28 +35,18 @@ def load_key(key_file: str | os.PathLike[str], *, create: bool = False) -> bytes
 
     Returns None when the file does not exist and ``create`` is false: the store
     then works for everything but TOTP, and says so when TOTP is used.
-    Raises StoreKeyError for a file of the wrong size or readable by everyone.
+    Raises StoreKeyError for a file of the wrong size, unreadable, or open to group or
+    others (``gateway.secretfile``).
     """
     path = Path(key_file)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        data = read_secret_file(path)
     except FileNotFoundError:
         if not create:
             return None
         return _create_key(path)
-    except OSError as exc:
-        raise StoreKeyError(
-            f"cannot read TOTP key file {path}: {exc.strerror}; check its owner and permissions",
-            key_file=str(path),
-        ) from exc
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        data = f.read(KEY_LEN + 1)
-    if mode & stat.S_IROTH:
-        raise StoreKeyError(
-            f"TOTP key file {path} is readable by every user on this host; run: chmod 600 {path}",
-            key_file=str(path),
-        )
+    except SecretFileError as exc:
+        raise StoreKeyError(f"TOTP key file {exc}", key_file=str(path)) from None
     if len(data) != KEY_LEN:
         raise StoreKeyError(
             f"TOTP key file {path} holds {len(data)} bytes, expected {KEY_LEN}; restore it from "
@@ -67,17 +57,11 @@ def load_key(key_file: str | os.PathLike[str], *, create: bool = False) -> bytes
 
 
 def _create_key(path: Path) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = os.urandom(KEY_LEN)
-    try:
-        # O_EXCL: two processes starting at once must not write two different keys.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    # Never replaces a file: two processes starting at once must not write two
+    # different keys; the one that loses reads the winner's.
+    if not create_secret_file(path, key):
         return load_key(path, create=False)  # type: ignore[return-value]
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
     return key
 
 

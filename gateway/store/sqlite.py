@@ -36,6 +36,7 @@ from gateway.auth.factors import (
     validate_scopes,
     verify_app_password_hash,
 )
+from gateway.secretfile import create_secret_file
 from gateway.store.base import (
     AppPasswordCheck,
     AppPasswordInfo,
@@ -443,11 +444,8 @@ def open_store(
 
 def _create_private_file(path: Path) -> None:
     """Create the database file 0600 if missing: it holds hashes and encrypted seeds."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
+        create_secret_file(path, b"")
     except OSError as exc:
         raise StoreError(f"cannot create credential database {path}: {exc.strerror}") from exc
 

@@ -4,7 +4,9 @@ running several gateways behind a load balancer relies on.
 - a ban one instance makes is enforced by the other at connect;
 - failures an attacker spreads over both instances add up;
 - a ban survives a restart of the instance that made it;
-- every key in Redis has a TTL, so nothing piles up forever.
+- every key in Redis has a TTL, so nothing piles up forever;
+- while Redis is down, logins go on without the limiter (fail open), and the outage is
+  logged and counted.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.attack import attempt_all, attempt_login, fast_limits, greeting_from
+from tests.support.attack import (
+    attempt_all,
+    attempt_login,
+    fast_limits,
+    greeting_from,
+    metrics_on,
+)
 from tests.support.redis import RedisServer, RedisStartError, start_redis
+from tests.support.scrape import sample_value, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -81,3 +90,28 @@ def test_ban_is_shared_by_two_instances_and_survives_a_restart(gateway, redis_se
     ban_record = redis_server.cli("GET", f"igw:ban:v4:{0x7F000164:x}/32")  # 127.0.1.100
     assert '"reason":"ip_failures"' in ban_record and '"network":"127.0.1.100/32"' in ban_record
     assert time.time() < ban["expires"]
+
+
+def test_logins_fail_open_while_redis_is_down(gateway):
+    try:
+        server = start_redis()
+    except RedisStartError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        gw = gateway(state={"redis": server.url}, limits=fast_limits(ip_fail_threshold=2),
+                     metrics=metrics_on())
+    finally:
+        server.stop()
+    user, attacker = "127.0.3.50", "127.0.1.50"
+    assert attempt_login(gw, "alice", "alicepass", source=user).ok
+    # Wrong passwords still fail; nothing counts them, so the threshold bans nobody.
+    for i in range(3):
+        assert attempt_login(gw, "bob", f"guess-{i}", source=attacker).failed
+    assert greeting_from(gw, attacker).startswith(b"* OK")
+    text = scrape(gw)
+    for operation in ("check_connect", "check_login", "record_failure", "record_success"):
+        event = gw.wait_for_event("limiter.unavailable", operation=operation)
+        assert "Redis" in event["error"]
+        assert sample_value(text, "imap_gateway_state_unavailable_total",
+                            operation=operation) >= 1, operation
+    assert not gw.events("ban.created")

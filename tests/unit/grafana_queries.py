@@ -88,6 +88,11 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_preauth_disconnects_total": _m(
         "counter", "reason", reason="timeout too_many_bad_commands line_too_long literal_too_large"
     ),
+    "imap_gateway_state_unavailable_total": _m(
+        "counter",
+        "operation",
+        operation="check_connect check_login record_failure record_success anomaly admin_bans",
+    ),
 }
 
 # Labels Prometheus adds to every scraped series.

@@ -6,14 +6,14 @@ import trio
 
 from gateway.anomaly.detectors import AnomalyDetector
 from gateway.anomaly.model import ANOMALY_KINDS, Anomaly
-from gateway.limits.settings import AnomalySettings
 from gateway.limits.state import MemoryState
+from tests.support.limits import anomaly_config
 
 T0 = 1_700_000_000.0
 
 
 def detector(**overrides) -> AnomalyDetector:
-    return AnomalyDetector(MemoryState(), AnomalySettings(**overrides))
+    return AnomalyDetector(MemoryState(), anomaly_config(**overrides))
 
 
 def kinds(found: list[Anomaly]) -> list[str]:
@@ -22,7 +22,7 @@ def kinds(found: list[Anomaly]) -> list[str]:
 
 def test_password_spray_fires_at_the_threshold_once_per_window():
     async def main():
-        d = detector(spray_distinct_users=5, window=600.0)
+        d = detector(spray_distinct_users=5, window="10m")
         ip, net = "203.0.113.9", "203.0.113.0/24"
         fired = [await d.observe_login_failure(f"user{i}", ip, net, T0 + i) for i in range(12)]
         assert [i for i, f in enumerate(fired) if "password_spray" in kinds(f)] == [4]
@@ -87,7 +87,7 @@ def test_distributed_brute_force_on_one_user():
 
 def test_plaintext_attempt_reported_once_per_ip_per_window():
     async def main():
-        d = detector(window=60.0)
+        d = detector(window="1m")
         (a,) = await d.observe_plaintext_attempt("192.0.2.5", T0, user="alice")
         assert (a.kind, a.ip, a.user, a.evidence) == (
             "plaintext_login_attempt", "192.0.2.5", "alice", {"attempts": 1})
@@ -102,7 +102,7 @@ def test_plaintext_attempt_reported_once_per_ip_per_window():
 
 def test_high_volume_fetch_per_session_and_per_user():
     async def main():
-        d = detector(high_volume_fetch_bytes=1000, window=600.0)
+        d = detector(high_volume_fetch_bytes=1000, window="10m")
         assert await d.observe_bytes("s1", "alice", 600, T0) == []
         # A second session of the same user: the user total is over, no session total is.
         (a,) = await d.observe_bytes("s2", "alice", 400, T0 + 1)
@@ -118,7 +118,7 @@ def test_high_volume_fetch_per_session_and_per_user():
 
 def test_high_volume_fetch_window_forgets_old_bytes():
     async def main():
-        d = detector(high_volume_fetch_bytes=1000, window=600.0)
+        d = detector(high_volume_fetch_bytes=1000, window="10m")
         await d.observe_bytes("s1", "alice", 900, T0)
         assert await d.observe_bytes("s1", "alice", 200, T0 + 700) == []
 
@@ -127,7 +127,7 @@ def test_high_volume_fetch_window_forgets_old_bytes():
 
 def test_mass_delete():
     async def main():
-        d = detector(mass_delete_messages=500, window=600.0)
+        d = detector(mass_delete_messages=500, window="10m")
         assert await d.observe_expunge("alice", 300, T0) == []
         assert await d.observe_expunge("alice", 199, T0 + 10) == []
         (a,) = await d.observe_expunge("alice", 1, T0 + 20, ip="192.0.2.3")
@@ -135,7 +135,7 @@ def test_mass_delete():
                                                       {"messages": 500})
         assert await d.observe_expunge("alice", 1000, T0 + 30) == []  # one event per window
         # A slow clean-up over hours is not a mass delete.
-        slow = detector(mass_delete_messages=500, window=600.0)
+        slow = detector(mass_delete_messages=500, window="10m")
         for h in range(10):
             assert await slow.observe_expunge("bob", 100, T0 + h * 3600) == []
 

@@ -92,7 +92,6 @@ def test_minimal_config_loads_with_parsed_addresses_and_absolute_paths(confdir: 
     assert cfg.tls.cert == confdir / "tls" / "cert.pem"
     assert cfg.tls.key == confdir / "tls" / "key.pem"
     [listener] = cfg.listeners
-    assert cfg.listener == cfg.listeners
     assert (listener.address, listener.host, listener.port) == ("0.0.0.0:993", "0.0.0.0", 993)
     assert listener.mode == "implicit-tls"
     assert (cfg.backend.host, cfg.backend.port) == ("127.0.0.1", 143)
@@ -130,6 +129,8 @@ def test_every_default(confdir: Path) -> None:
         "ban_ttl_max": 86400.0,
         "allow_networks": (),
         "max_connection_rate_per_ip": 30,
+        "familiar_ttl": 2592000.0,
+        "offence_memory": 604800.0,
     }
     assert cfg.state.redis == ""
     assert cfg.store.path == confdir / "state" / "gateway.db"
@@ -152,6 +153,7 @@ def test_every_default(confdir: Path) -> None:
         "distributed_brute_force_ips": 10,
         "high_volume_fetch_bytes": 2147483648,
         "mass_delete_messages": 500,
+        "spray_action": "ban",
     }
 
 
@@ -414,6 +416,19 @@ def test_several_errors_are_all_reported(confdir: Path) -> None:
     err = load_error(confdir, with_section("anomaly", 'window = "10"\nstuffing_failure_ratio = 2'))
     assert [k for k, _ in err.problems] == ["anomaly.window", "anomaly.stuffing_failure_ratio"]
     assert "; anomaly.stuffing_failure_ratio: must be at most 1" in str(err)
+
+
+def test_lockout_memory_and_spray_action(confdir: Path) -> None:
+    text = with_section("limits", 'familiar_ttl = "14d"\noffence_memory = "1d"')
+    cfg = load_config(write(confdir, text.replace("[anomaly]", "")))
+    assert (cfg.limits.familiar_ttl, cfg.limits.offence_memory) == (14 * 86400.0, 86400.0)
+    cfg = load_config(write(confdir, with_section("anomaly", 'spray_action = "log"')))
+    assert cfg.anomaly.spray_action == "log"
+    err = load_error(confdir, with_section("anomaly", 'spray_action = "block"'))
+    assert (err.key, err.message) == (
+        "anomaly.spray_action", "must be one of 'ban', 'log', got 'block'")
+    err = load_error(confdir, with_section("limits", 'familiar_ttl = "0s"'))
+    assert err.key == "limits.familiar_ttl" and "longer than zero" in err.message
 
 
 def test_redis_url_errors_never_echo_the_url(confdir: Path) -> None:

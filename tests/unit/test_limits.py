@@ -12,6 +12,7 @@ import hmac
 
 import pytest
 import trio
+from pydantic import ValidationError
 
 from gateway.limits.limiter import BanRefused, Limiter
 from gateway.limits.rules import (
@@ -24,8 +25,8 @@ from gateway.limits.rules import (
     subnet_of,
     tarpit_seconds,
 )
-from gateway.limits.settings import AnomalySettings, LimitsConfigError, LimitsSettings
 from gateway.limits.state import MemoryState
+from tests.support.limits import anomaly_config, limits_config
 
 T0 = 1_700_000_000.0
 ATTACKER = "203.0.113.9"
@@ -36,8 +37,8 @@ def fp(user: str, password: str) -> bytes:
 
 
 def limiter(**overrides) -> Limiter:
-    anomaly = overrides.pop("anomaly", None) or AnomalySettings()
-    return Limiter(MemoryState(), LimitsSettings(**overrides), anomaly)
+    anomaly = overrides.pop("anomaly", None) or anomaly_config()
+    return Limiter(MemoryState(), limits_config(**overrides), anomaly)
 
 
 def run(fn):
@@ -79,22 +80,22 @@ def test_every_covering_network_is_a_lookup_key():
     assert len(v6) == 129 and network_key(normalize_network("2001:db8::/32")) in v6
 
 
-def test_settings_from_toml_values_and_errors_name_the_key():
-    s = LimitsSettings.from_mapping(
-        {"fail_window": "15m", "ban_ttl_max": "24h", "tarpit_base": "500ms",
-         "allow_networks": ["10.0.0.0/8", "2001:db8::/32"]})
+def test_the_limiter_runs_on_the_validated_config_sections():
+    lim = Limiter(MemoryState())
+    assert lim.limits == limits_config() and lim.anomalies.config == anomaly_config()
+    s = limits_config(fail_window="15m", ban_ttl_max="24h", tarpit_base="500ms",
+                      allow_networks=["10.0.0.0/8", "2001:db8::/32"])
     assert (s.fail_window, s.ban_ttl_max, s.tarpit_base) == (900.0, 86400.0, 0.5)
-    assert len(s.allow) == 2
-    with pytest.raises(LimitsConfigError, match=r"\[limits\] fail_window"):
-        LimitsSettings.from_mapping({"fail_window": "15 minutes"})
-    with pytest.raises(LimitsConfigError, match=r"unknown key\(s\) ip_threshold"):
-        LimitsSettings.from_mapping({"ip_threshold": 3})
-    with pytest.raises(LimitsConfigError, match="tarpit_max"):
-        LimitsSettings(tarpit_base=5, tarpit_max=1)
-    with pytest.raises(LimitsConfigError, match="allow_networks"):
-        LimitsSettings(allow_networks=("10.0.0.300/8",))
-    with pytest.raises(LimitsConfigError, match="stuffing_failure_ratio"):
-        AnomalySettings(stuffing_failure_ratio=1.5)
+    lim = Limiter(MemoryState(), s)
+    assert lim.is_allow_listed("10.9.8.7") and lim.is_allow_listed("::ffff:10.9.8.7")
+    assert lim.is_allow_listed("2001:db8::5") and not lim.is_allow_listed("192.0.2.1")
+    # The same rules as in the file: a bare number is not a duration, a typo is no key.
+    with pytest.raises(ValidationError, match="fail_window"):
+        limits_config(fail_window=900)
+    with pytest.raises(ValidationError, match="ip_threshold"):
+        limits_config(ip_threshold=3)
+    with pytest.raises(ValidationError, match="stuffing_failure_ratio"):
+        anomaly_config(stuffing_failure_ratio=1.5)
 
 
 # -- tarpit and bans ----------------------------------------------------------------------
@@ -128,7 +129,7 @@ def test_brute_force_from_one_ip_is_tarpitted_then_banned():
 
 def test_repeat_offences_double_the_ban_up_to_ban_ttl_max():
     async def main():
-        lim = limiter(ip_fail_threshold=3, ban_ttl=100.0, ban_ttl_max=350.0)
+        lim = limiter(ip_fail_threshold=3, ban_ttl="100s", ban_ttl_max="350s")
         now, ttls = T0, []
         for round_ in range(4):
             for i in range(3):
@@ -144,7 +145,7 @@ def test_repeat_offences_double_the_ban_up_to_ban_ttl_max():
 
 def test_failures_outside_the_window_do_not_count():
     async def main():
-        lim = limiter(ip_fail_threshold=3, fail_window=60.0)
+        lim = limiter(ip_fail_threshold=3, fail_window="60s")
         await lim.record_failure("u", ATTACKER, fp("u", "a"), T0)
         await lim.record_failure("u", ATTACKER, fp("u", "b"), T0 + 1)
         out = await lim.record_failure("u", ATTACKER, fp("u", "c"), T0 + 60)  # first aged out
@@ -206,7 +207,7 @@ def test_ipv6_attacker_is_grouped_by_its_64():
 def test_allow_listed_network_is_never_banned_but_still_counted_and_reported():
     async def main():
         lim = limiter(allow_networks=("10.0.0.0/8",), ip_fail_threshold=3,
-                      subnet_fail_threshold=3, anomaly=AnomalySettings(spray_distinct_users=5))
+                      subnet_fail_threshold=3, anomaly=anomaly_config(spray_distinct_users=5))
         outs = [await lim.record_failure(f"user{i}", "10.1.2.3", fp(f"user{i}", "x"), T0 + i)
                 for i in range(10)]
         assert all(o.new_bans == () for o in outs)
@@ -307,7 +308,7 @@ def test_new_network_for_user_lists_previous_networks_once_per_window():
 
 def test_password_spray_from_one_ip_bans_it():
     async def main():
-        lim = limiter(ip_fail_threshold=1000, anomaly=AnomalySettings(spray_distinct_users=20))
+        lim = limiter(ip_fail_threshold=1000, anomaly=anomaly_config(spray_distinct_users=20))
         outs = [await lim.record_failure(f"user{i}", ATTACKER, fp(f"user{i}", "Summer2024!"), T0 + i)
                 for i in range(20)]
         assert all(o.anomalies == () for o in outs[:19])
@@ -323,7 +324,7 @@ def test_password_spray_from_one_ip_bans_it():
 
 def test_password_spray_across_a_subnet_bans_the_subnet():
     async def main():
-        lim = limiter(subnet_fail_threshold=1000, anomaly=AnomalySettings(spray_distinct_users=20))
+        lim = limiter(subnet_fail_threshold=1000, anomaly=anomaly_config(spray_distinct_users=20))
         out = None
         for i in range(20):
             out = await lim.record_failure(f"user{i}", f"198.18.3.{i + 1}", fp(f"user{i}", "x"), T0)
@@ -337,8 +338,8 @@ def test_password_spray_across_a_subnet_bans_the_subnet():
 
 def test_spray_action_log_only_reports():
     async def main():
-        lim = limiter(ip_fail_threshold=1000, tarpit_base=0.0,
-                      anomaly=AnomalySettings(spray_distinct_users=3, spray_action="log"))
+        lim = limiter(ip_fail_threshold=1000, tarpit_base="0s",
+                      anomaly=anomaly_config(spray_distinct_users=3, spray_action="log"))
         for i in range(3):
             out = await lim.record_failure(f"u{i}", ATTACKER, fp(f"u{i}", "x"), T0)
         assert [(a.kind, a.action) for a in out.anomalies] == [("password_spray", "logged")]

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.limits.connections import ConnectionTracker
-from gateway.limits.settings import LimitsSettings
+from tests.support.limits import limits_config
 
 T0 = 1_700_000_000.0
 
@@ -41,7 +41,7 @@ def test_rate_per_ip_per_minute():
 
 
 def test_global_cap_and_allow_list_exemption():
-    t = ConnectionTracker.from_settings(LimitsSettings(
+    t = ConnectionTracker.from_config(limits_config(
         max_connections_per_ip=1, max_connections=4, max_connection_rate_per_ip=1,
         allow_networks=("10.0.0.0/8",)))
     ok = [t.try_open("10.9.9.9", T0) for _ in range(3)]  # the webmail host: no per-IP caps

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from gateway.limits.decisions import Ban
 from gateway.limits.limiter import Limiter
-from gateway.limits.settings import AnomalySettings, LimitsSettings
 from gateway.limits.state import MemoryState
+from tests.support.limits import anomaly_config, limits_config
 
 T0 = 1_700_000_000.0
 
@@ -80,8 +80,8 @@ def test_random_floods_keep_memory_bounded_and_counts_sane(evs):
 
     async def main():
         state = MemoryState(max_keys=300, max_bans=20)
-        lim = Limiter(state, LimitsSettings(ip_fail_threshold=3, subnet_fail_threshold=5),
-                      AnomalySettings(spray_distinct_users=3))
+        lim = Limiter(state, limits_config(ip_fail_threshold=3, subnet_fail_threshold=5),
+                      anomaly_config(spray_distinct_users=3))
         now = T0
         for ip, user, pw, dt, success in evs:
             now += dt

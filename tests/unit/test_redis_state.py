@@ -18,8 +18,8 @@ import trio
 from gateway.limits.decisions import Ban
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_state import RedisState, open_state
-from gateway.limits.settings import LimitsSettings
 from gateway.limits.state import MemoryState, StateUnavailable
+from tests.support.limits import limits_config
 from tests.support.net import free_port
 from tests.support.redis import RedisStartError, start_redis
 
@@ -48,7 +48,7 @@ def new_prefix() -> str:
     return f"t{next(_prefixes)}-{time.monotonic_ns()}:"
 
 
-SETTINGS = LimitsSettings(ip_fail_threshold=4, ban_ttl=120.0, ban_ttl_max=480.0)
+SETTINGS = limits_config(ip_fail_threshold=4, ban_ttl="2m", ban_ttl_max="8m")
 
 
 def test_ban_by_one_instance_is_enforced_by_another_and_survives_restart(redis_url):

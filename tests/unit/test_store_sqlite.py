@@ -137,7 +137,10 @@ def test_malformed_or_world_readable_key_is_refused(paths: tuple[Path, Path]) ->
         open_store(db, key)
     key.write_bytes(os.urandom(32))
     key.chmod(0o644)
-    with pytest.raises(StoreKeyError, match="readable by every user.*chmod 600"):
+    with pytest.raises(StoreKeyError, match="mode 0644: must not be readable by others.*chmod 600"):
+        open_store(db, key)
+    key.chmod(0o640)
+    with pytest.raises(StoreKeyError, match="mode 0640: must not be readable by group.*chmod 600"):
         open_store(db, key)
 
 
