@@ -43,7 +43,12 @@ class TotpResult(enum.StrEnum):
 
     OK = "ok"
     INVALID = "invalid"
+    #: Valid now, but its step is spent: an older step than the last accepted one, or the
+    #: same step used by another client (see :func:`totp_source_fingerprint`).
     REPLAY = "replay"
+    #: Not valid now, but this user logged in (or confirmed enrolment) with these digits
+    #: before: typically a mail client that saved ``password$123456`` and reconnects.
+    STALE = "stale"
     NOT_ENROLLED = "not_enrolled"
 
 
@@ -87,6 +92,62 @@ def totp_matching_step(secret: str, code: str, now: float) -> int | None:
         if hmac.compare_digest(otp.generate_otp(step).encode(), code.encode()):
             matched = step
     return matched
+
+
+# --- TOTP use fingerprints -----------------------------------------------------
+#
+# The store remembers, per accepted time step, *who* used the code (so the same client
+# may open parallel connections with it) and *which* code it was (so a saved, stale
+# "password$123456" can be recognised on a remembered device). Both are kept as
+# HMAC-SHA256 fingerprints under a key derived from the store's key file, never in
+# clear: the database alone tells neither the addresses nor the codes (six digits
+# would be trivial to enumerate from an unkeyed hash).
+
+_FINGERPRINT_KEY_LABEL = b"imap-gateway/totp-use-fingerprint/v1"
+
+
+def fingerprint_key(store_key: bytes) -> bytes:
+    """The HMAC key for TOTP use fingerprints, derived from the store's 32-byte key.
+
+    A separate derived key, so a fingerprint can never be confused with (or help
+    attack) the AES-GCM encryption of the seeds under the same key file.
+    """
+    return hmac.new(store_key, _FINGERPRINT_KEY_LABEL, hashlib.sha256).digest()
+
+
+def _fingerprint(key: bytes, kind: str, *parts: str) -> bytes:
+    # Each part length-prefixed: no choice of user name or client name can make two
+    # different (user, address, name) triples hash the same message.
+    mac = hmac.new(key, kind.encode(), hashlib.sha256)
+    for part in parts:
+        data = part.encode("utf-8", "surrogateescape")
+        mac.update(len(data).to_bytes(4, "big") + data)
+    return mac.digest()
+
+
+def totp_source_fingerprint(key: bytes, user: str, ip: str, client_name: str | None) -> bytes:
+    """Who used a code: the exact client address and its IMAP ID name, bound to the user.
+
+    The exact address, not the /24 of remembered devices: this decides whether a
+    code may be used *again*, and two machines behind one NAT with the same mail
+    program are then one client (the accepted risk of letting parallel connections
+    share a code). IPv4-mapped IPv6 counts as the IPv4 address; the name is bounded
+    like a device's (a client that sends no ID has the name ``""``).
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        text = ip
+    else:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        text = str(addr)
+    return _fingerprint(key, "source", user, text, device_client_name(client_name))
+
+
+def totp_code_fingerprint(key: bytes, user: str, code: str) -> bytes:
+    """Which six digits were accepted for ``user`` (independent of the step and seed)."""
+    return _fingerprint(key, "code", user, code)
 
 
 # --- password$code splitting ----------------------------------------------------

@@ -113,7 +113,15 @@ class CredentialStore(Protocol):
     def verify_enrollment(self, user: str, code: str, now: float) -> TotpResult: ...
     def disable(self, user: str) -> bool: ...
     def totp_status(self, user: str) -> TotpStatus: ...
-    def check_totp(self, user: str, code: str, now: float) -> TotpResult: ...
+    def check_totp(
+        self,
+        user: str,
+        code: str,
+        now: float,
+        *,
+        ip: str | None = None,
+        client_name: str | None = None,
+    ) -> TotpResult: ...
 
     # app passwords
     def create_app_password(

@@ -59,8 +59,32 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2_totp_codes(db: sqlite3.Connection) -> None:
+    # totp_codes: one row per accepted time step of a user (totp.last_step stays the
+    # replay counter). origin 'login': a login's fresh code; 'enrolment': the code that
+    # confirmed enrolment, which one client may still claim for its first login.
+    # source: HMAC fingerprint of (user, client address, IMAP ID name) of the client that
+    # used the step, which may use it again while it is valid; NULL = nobody yet.
+    # code_fp: HMAC fingerprint of (user, the six digits), to recognise a saved stale code.
+    # Bounded per user by the store (newest steps kept).
+    db.execute(
+        """CREATE TABLE totp_codes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            code_fp BLOB NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('login', 'enrolment')),
+            source BLOB,
+            accepted REAL NOT NULL,
+            UNIQUE (user, step, code_fp)
+        )"""
+    )
+    db.execute("CREATE INDEX totp_codes_by_code ON totp_codes (user, code_fp)")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_totp_codes),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
