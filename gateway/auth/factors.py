@@ -246,7 +246,10 @@ def hash_app_password(password: str) -> str:
     canon = normalize_app_password(password)
     if canon is None:
         raise ValueError("not an app password (expected 4 groups of 5 characters)")
-    salt = secrets.token_bytes(_SCRYPT_SALT_LEN)
+    return _encode_scrypt(canon, secrets.token_bytes(_SCRYPT_SALT_LEN))
+
+
+def _encode_scrypt(canon: str, salt: bytes) -> str:
     digest = _scrypt(canon, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     return "$".join(
         [
@@ -283,6 +286,80 @@ def _scrypt(canon: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
         canon.encode(), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=_SCRYPT_DKLEN
     )
+
+
+# --- recovery codes --------------------------------------------------------------
+#
+# Ten one-time codes a user keeps on paper, for when the phone with the authenticator
+# is gone. Same alphabet and hash scheme as app passwords. One salt per set of ten
+# (not per code): checking a typed code then costs one scrypt, not ten, so a guess
+# cannot make the web portal burn ten scrypts; against an offline attacker the shared
+# salt saves a factor of ten at most on codes of 50 bits each.
+
+RECOVERY_CODE_COUNT = 10
+RECOVERY_CODE_GROUPS = 2
+_RECOVERY_CODE_LEN = RECOVERY_CODE_GROUPS * APP_PASSWORD_GROUP_LEN  # 10 chars, 50 bits
+
+
+def generate_recovery_codes(count: int = RECOVERY_CODE_COUNT) -> list[str]:
+    """``count`` new codes like ``"k7wq2-fmx9a"`` (50 bits each, from ``secrets``)."""
+    return [
+        "-".join(
+            "".join(secrets.choice(APP_PASSWORD_ALPHABET) for _ in range(APP_PASSWORD_GROUP_LEN))
+            for _ in range(RECOVERY_CODE_GROUPS)
+        )
+        for _ in range(count)
+    ]
+
+
+def normalize_recovery_code(code: str) -> str | None:
+    """The canonical 10-character form of a typed recovery code, else None (no scrypt)."""
+    canon = code.replace("-", "").replace(" ", "").lower()
+    if len(canon) != _RECOVERY_CODE_LEN or not _APP_PASSWORD_CHARS.issuperset(canon):
+        return None
+    return canon
+
+
+def hash_recovery_codes(codes: list[str]) -> list[str]:
+    """Scrypt hashes (app-password format) of a set of codes, all under one new salt."""
+    salt = secrets.token_bytes(_SCRYPT_SALT_LEN)
+    out = []
+    for code in codes:
+        canon = normalize_recovery_code(code)
+        if canon is None:
+            raise ValueError("not a recovery code (expected 2 groups of 5 characters)")
+        out.append(_encode_scrypt(canon, salt))
+    return out
+
+
+def match_recovery_code(canonical: str, encoded: list[str]) -> int | None:
+    """The index in ``encoded`` that ``canonical`` matches, else None.
+
+    One scrypt per distinct salt and parameters among ``encoded`` (one for a set made
+    by hash_recovery_codes); every entry is compared, in constant time each.
+    Malformed entries never match.
+    """
+    digests: dict[str, bytes | None] = {}
+    found: int | None = None
+    for i, entry in enumerate(encoded):
+        head, _, digest_b64 = entry.rpartition("$")
+        if head not in digests:
+            try:
+                scheme, n, r, p, salt_b64 = head.split("$")
+                if scheme != "scrypt":
+                    raise ValueError(scheme)
+                salt = base64.b64decode(salt_b64, validate=True)
+                digests[head] = _scrypt(canonical, salt, int(n), int(r), int(p))
+            except ValueError:
+                digests[head] = None
+        actual = digests[head]
+        try:
+            expected = base64.b64decode(digest_b64, validate=True)
+        except ValueError:
+            continue
+        if actual is not None and hmac.compare_digest(actual, expected) and found is None:
+            found = i
+    return found
 
 
 # --- scopes ---------------------------------------------------------------------

@@ -60,6 +60,7 @@ from gateway.store.errors import (
 )
 from gateway.store.keyfile import SeedCipher, load_key
 from gateway.store.migrations import migrate
+from gateway.store.sqlite_portal import SqlitePortalTables
 
 # Bounds the scrypt work one login can cause (see verify_app_password).
 MAX_APP_PASSWORDS_PER_USER = 20
@@ -76,8 +77,11 @@ _APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip"
 _DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
 
 
-class SqliteCredentialStore:
+class SqliteCredentialStore(SqlitePortalTables):
     """CredentialStore on SQLite. Open once per process; share it between threads.
+
+    The login-path methods are here; the web portal's (history, recovery codes,
+    invites, pending devices, web sessions) come from ``SqlitePortalTables``.
 
     ``create_key=True`` (admin commands, first start) creates a missing key file,
     unless the database already holds seeds: a new key could not decrypt them,
