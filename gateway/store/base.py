@@ -107,6 +107,9 @@ class DeviceInfo:
 
 # --- portal records ---------------------------------------------------------------
 
+#: How long login history is kept unless configured otherwise (the gateway prunes it).
+DEFAULT_LOGIN_HISTORY_RETENTION = 90 * 86400.0
+
 
 class LoginResult(enum.StrEnum):
     SUCCESS = "success"

@@ -28,7 +28,7 @@ import ipaddress
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from gateway.auth.factors import (
@@ -50,7 +50,7 @@ from gateway.store.base import (
     PendingDevice,
     WebSession,
 )
-from gateway.store.errors import DeviceNotFound
+from gateway.store.errors import DeviceNotFound, StoreError
 
 #: Bounds the rows one user's logins can add to pending_devices (least recently seen go).
 MAX_PENDING_DEVICES_PER_USER = 50
@@ -108,10 +108,12 @@ class SqlitePortalTables:
 
     def record_login(self, record: LoginRecord) -> None:
         """Append one attempt. Fields are bounded, never refused: a history row must not
-        fail a login. Unknown ``result``/``protocol`` values raise ValueError (a bug)."""
+        fail a login. Unknown ``result``/``protocol`` values raise ValueError (a bug);
+        database trouble (disk full, locked too long) raises StoreError, which the
+        caller logs and lets the login go on."""
         result = LoginResult(record.result)
         protocol = LoginProtocol(record.protocol)
-        with self._lock:
+        with self._lock, _as_store_error("cannot record a login in the history"):
             self._db.execute(
                 "INSERT INTO login_history (time, user, address, client_name, factor, result, "
                 "protocol, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -418,6 +420,14 @@ class SqlitePortalTables:
             sessions = db.execute("DELETE FROM web_sessions WHERE expires <= ?", (now,)).rowcount
             invites = db.execute("DELETE FROM invites WHERE expires <= ?", (now,)).rowcount
         return sessions + invites
+
+
+@contextlib.contextmanager
+def _as_store_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what}: {exc}") from exc
 
 
 def _login_record(row: Sequence[object]) -> LoginRecord:
