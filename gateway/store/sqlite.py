@@ -5,9 +5,9 @@ Rules of this module:
 1. Thread-safe by construction: one connection (``check_same_thread=False``)
    guarded by a lock held only around SQL, never around scrypt, so slow app
    password checks from several worker threads run in parallel.
-2. State changes that must not race (TOTP replay counter, enrollment) are one
-   conditional UPDATE each, atomic in SQLite even across processes sharing the
-   file (WAL mode, busy timeout).
+2. State changes that must not race (TOTP replay counter and code owners,
+   enrollment) are one conditional UPDATE or one BEGIN IMMEDIATE transaction each,
+   atomic in SQLite even across processes sharing the file (WAL mode, busy timeout).
 3. Costs: ``verify_app_password`` runs at most one scrypt per app password of that
    user (capped at MAX_APP_PASSWORDS_PER_USER) and none at all when the secret is
    not shaped like an app password. Everything else is a few indexed queries.
