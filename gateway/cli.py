@@ -163,6 +163,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
                                           as_json=args.json), args.json)
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from gateway.auth import admin
+
+    config = _load(args.config)
+    with _open_store(config) as store:
+        return _emit(admin.users_invite(store, args.user, expires=args.expires,
+                                        as_json=args.json), args.json)
+
+
 def _admin(args: argparse.Namespace, action) -> int:
     """Run ``action(client)`` against the running gateway's admin API and print the result.
 
@@ -272,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("id", nargs="?", help="device id from 'devices list'")
     d.add_argument("--all", action="store_true", help="forget every device of the user")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("users", parents=[common], help="user accounts (self-service portal)")
+    usub = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    u = usub.add_parser("invite", parents=[common],
+                        help="a one-time invitation token; it is shown only once")
+    u.add_argument("user")
+    u.add_argument("--expires", help="lifetime, e.g. 72h or 7d (default: 72h)")
+    p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("sessions", parents=[common],
                        help="live client sessions (via the running gateway's admin API)")

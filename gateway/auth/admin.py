@@ -1,4 +1,4 @@
-"""Admin commands for TOTP, app passwords and remembered devices, as plain functions.
+"""Admin commands for TOTP, app passwords, remembered devices and invites, as plain functions.
 
 Each returns ``(exit_code, output)`` where output is text for a terminal or, with
 ``as_json=True``, a JSON-ready dict; ``gateway/cli.py`` wires them to argparse and
@@ -6,8 +6,9 @@ prints. Exit codes: 0 done, 1 the operation failed (unknown label, wrong code,
 store/key trouble), 2 bad arguments (duration, scope, label). Errors with
 ``as_json`` are ``{"error": "..."}``.
 
-Secrets appear in output exactly twice, on purpose: ``totp enroll`` (seed, URI,
-QR code) and ``app-password create`` (the password). Listings never show them.
+Secrets appear in output exactly three times, on purpose: ``totp enroll`` (seed, URI,
+QR code), ``app-password create`` (the password) and ``users invite`` (the one-time
+token). Listings never show them.
 ``now`` defaults to the wall clock here, at the edge, and nowhere deeper.
 """
 
@@ -308,3 +309,42 @@ def devices_forget(
         return _fail(EXIT_FAILED, str(exc), as_json)
     msg = f"Forgot {count} remembered device(s) of {user}."
     return EXIT_OK, ({"user": user, "forgotten": count} if as_json else msg)
+
+
+# --- invites ---------------------------------------------------------------------------------
+
+DEFAULT_INVITE_TTL = "72h"
+
+
+def users_invite(
+    store: CredentialStore,
+    user: str,
+    *,
+    expires: str | None = None,
+    as_json: bool = False,
+    now: float | None = None,
+) -> Result:
+    """`imap-gateway users invite USER [--expires 72h] [--json]`: a one-time invitation.
+
+    Prints the token once; the store keeps only its hash. The self-service portal
+    turns it into a link once ``[web] public_url`` exists; until then the token is
+    what the user is given.
+    """
+    t = _now(now)
+    try:
+        ttl = parse_duration(expires or DEFAULT_INVITE_TTL)
+        if ttl <= 0:
+            raise ValueError("--expires must be longer than 0s")
+        new = store.create_invite(user, ttl, t)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, str(exc), as_json)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {"user": user, "token": new.token, "expires": new.info.expires}
+    text = (
+        f"Invitation for {user} (one use, expires {_fmt_time(new.info.expires)}):\n\n"
+        f"    {new.token}\n\n"
+        "It is shown only this once: hand it to the user over a channel you trust."
+    )
+    return EXIT_OK, text

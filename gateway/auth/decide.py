@@ -19,9 +19,14 @@ Order (from the issue):
      Matches an expired one -> Deny("app_password_expired").
   b. Policy ``app-password`` -> Deny.
   c. Policy ``totp``/``strong``: a good ``$123456`` suffix -> ForwardPassword with the
-     suffix stripped (and remember the device if the policy says so); else a
-     remembered device -> ForwardPassword with the *whole* secret (the "suffix" may
-     be part of the password); else Deny(totp_*).
+     suffix stripped (and remember the device if the policy says so). "Good" is the
+     store's rule (``check_totp``): a fresh code, or the same code again from the
+     client that used it (same address and IMAP ID name) while it is valid, or the
+     code that confirmed enrolment at the first client's login. Else a remembered
+     device -> ForwardPassword with the suffix stripped if it is a code of the user
+     that is spent (``stale``: logged in with before; ``replay``: valid but used),
+     since that is a mail client's saved ``password$123456``; with the *whole*
+     secret otherwise (the digits may be part of the password). Else Deny(totp_*).
   d. Policy ``none`` -> ForwardPassword with the whole secret.
 """
 
@@ -49,6 +54,7 @@ DENY_APP_PASSWORD_EXPIRED = "app_password_expired"
 DENY_APP_PASSWORD_REQUIRED = "app_password_required"
 DENY_TOTP_INVALID = "totp_invalid"
 DENY_TOTP_REPLAY = "totp_replay"
+DENY_TOTP_STALE = "totp_stale"
 DENY_TOTP_NOT_ENROLLED = "totp_not_enrolled"
 DENY_TOTP_REQUIRED = "totp_required"
 DENY_MASTER_USER_MISSING = "master_user_missing"
@@ -57,6 +63,7 @@ DENY_MFA_UNKNOWN = "mfa_requirement_unknown"
 _TOTP_DENY = {
     TotpResult.INVALID: DENY_TOTP_INVALID,
     TotpResult.REPLAY: DENY_TOTP_REPLAY,
+    TotpResult.STALE: DENY_TOTP_STALE,
     TotpResult.NOT_ENROLLED: DENY_TOTP_NOT_ENROLLED,
 }
 
@@ -142,8 +149,9 @@ def decide(
     an app password, otherwise a few store queries. Side effects on the store: an
     accepted TOTP code's step is consumed (before the backend checks the password;
     a stolen code is then spent even if the password was wrong, which is the safe
-    side), an accepted app password's last use/IP is recorded, and a remembered
-    device's last-seen time is updated.
+    side) and recorded with this client (``client_ip`` + ``client_name``) so that
+    client may reuse it while it is valid, an accepted app password's last use/IP is
+    recorded, and a remembered device's last-seen time is updated.
     """
     check = store.verify_app_password(username, secret, now)
     if check.status is AppPasswordStatus.OK and check.info is not None:
@@ -170,7 +178,9 @@ def decide(
     split = split_totp_suffix(secret, requirement.totp_suffix)
     totp: TotpResult | None = None
     if split.code is not None:
-        totp = store.check_totp(username, split.code, now)
+        totp = store.check_totp(
+            username, split.code, now, ip=client_ip, client_name=client_name
+        )
         if totp is TotpResult.OK:
             return ForwardPassword(
                 user=username,
@@ -179,8 +189,16 @@ def decide(
                 remember=requirement.remember_device > 0,
             )
     if store.is_remembered(username, client_ip, client_name, now):
+        # The device is the second factor here; the suffix only decides which string
+        # is the password. A spent code of this user is a saved "password$code" (the
+        # backend would refuse it whole); unknown digits may be the password's own.
+        spent = totp in (TotpResult.STALE, TotpResult.REPLAY)
         return ForwardPassword(
-            user=username, password=secret, totp_ok=False, remember=False, remembered_device=True
+            user=username,
+            password=split.password if spent else secret,
+            totp_ok=False,
+            remember=False,
+            remembered_device=True,
         )
     if totp is not None:
         return Deny(_TOTP_DENY[totp])

@@ -45,7 +45,12 @@ class TotpResult(enum.StrEnum):
 
     OK = "ok"
     INVALID = "invalid"
+    #: Valid now, but its step is spent: an older step than the last accepted one, or the
+    #: same step used by another client (see :func:`totp_source_fingerprint`).
     REPLAY = "replay"
+    #: Not valid now, but this user logged in (or confirmed enrolment) with these digits
+    #: before: typically a mail client that saved ``password$123456`` and reconnects.
+    STALE = "stale"
     NOT_ENROLLED = "not_enrolled"
 
 
@@ -89,6 +94,62 @@ def totp_matching_step(secret: str, code: str, now: float) -> int | None:
         if hmac.compare_digest(otp.generate_otp(step).encode(), code.encode()):
             matched = step
     return matched
+
+
+# --- TOTP use fingerprints -----------------------------------------------------
+#
+# The store remembers, per accepted time step, *who* used the code (so the same client
+# may open parallel connections with it) and *which* code it was (so a saved, stale
+# "password$123456" can be recognised on a remembered device). Both are kept as
+# HMAC-SHA256 fingerprints under a key derived from the store's key file, never in
+# clear: the database alone tells neither the addresses nor the codes (six digits
+# would be trivial to enumerate from an unkeyed hash).
+
+_FINGERPRINT_KEY_LABEL = b"imap-gateway/totp-use-fingerprint/v1"
+
+
+def fingerprint_key(store_key: bytes) -> bytes:
+    """The HMAC key for TOTP use fingerprints, derived from the store's 32-byte key.
+
+    A separate derived key, so a fingerprint can never be confused with (or help
+    attack) the AES-GCM encryption of the seeds under the same key file.
+    """
+    return hmac.new(store_key, _FINGERPRINT_KEY_LABEL, hashlib.sha256).digest()
+
+
+def _fingerprint(key: bytes, kind: str, *parts: str) -> bytes:
+    # Each part length-prefixed: no choice of user name or client name can make two
+    # different (user, address, name) triples hash the same message.
+    mac = hmac.new(key, kind.encode(), hashlib.sha256)
+    for part in parts:
+        data = part.encode("utf-8", "surrogateescape")
+        mac.update(len(data).to_bytes(4, "big") + data)
+    return mac.digest()
+
+
+def totp_source_fingerprint(key: bytes, user: str, ip: str, client_name: str | None) -> bytes:
+    """Who used a code: the exact client address and its IMAP ID name, bound to the user.
+
+    The exact address, not the /24 of remembered devices: this decides whether a
+    code may be used *again*, and two machines behind one NAT with the same mail
+    program are then one client (the accepted risk of letting parallel connections
+    share a code). IPv4-mapped IPv6 counts as the IPv4 address; the name is bounded
+    like a device's (a client that sends no ID has the name ``""``).
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        text = ip
+    else:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        text = str(addr)
+    return _fingerprint(key, "source", user, text, device_client_name(client_name))
+
+
+def totp_code_fingerprint(key: bytes, user: str, code: str) -> bytes:
+    """Which six digits were accepted for ``user`` (independent of the step and seed)."""
+    return _fingerprint(key, "code", user, code)
 
 
 # --- password$code splitting ----------------------------------------------------
@@ -182,7 +243,10 @@ def hash_app_password(password: str) -> str:
     canon = normalize_app_password(password)
     if canon is None:
         raise ValueError("not an app password (expected 4 groups of 5 characters)")
-    salt = secrets.token_bytes(_SCRYPT_SALT_LEN)
+    return _encode_scrypt(canon, secrets.token_bytes(_SCRYPT_SALT_LEN))
+
+
+def _encode_scrypt(canon: str, salt: bytes) -> str:
     digest = _scrypt(canon, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     return "$".join(
         [
@@ -219,6 +283,80 @@ def _scrypt(canon: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
         canon.encode(), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=_SCRYPT_DKLEN
     )
+
+
+# --- recovery codes --------------------------------------------------------------
+#
+# Ten one-time codes a user keeps on paper, for when the phone with the authenticator
+# is gone. Same alphabet and hash scheme as app passwords. One salt per set of ten
+# (not per code): checking a typed code then costs one scrypt, not ten, so a guess
+# cannot make the web portal burn ten scrypts; against an offline attacker the shared
+# salt saves a factor of ten at most on codes of 50 bits each.
+
+RECOVERY_CODE_COUNT = 10
+RECOVERY_CODE_GROUPS = 2
+_RECOVERY_CODE_LEN = RECOVERY_CODE_GROUPS * APP_PASSWORD_GROUP_LEN  # 10 chars, 50 bits
+
+
+def generate_recovery_codes(count: int = RECOVERY_CODE_COUNT) -> list[str]:
+    """``count`` new codes like ``"k7wq2-fmx9a"`` (50 bits each, from ``secrets``)."""
+    return [
+        "-".join(
+            "".join(secrets.choice(APP_PASSWORD_ALPHABET) for _ in range(APP_PASSWORD_GROUP_LEN))
+            for _ in range(RECOVERY_CODE_GROUPS)
+        )
+        for _ in range(count)
+    ]
+
+
+def normalize_recovery_code(code: str) -> str | None:
+    """The canonical 10-character form of a typed recovery code, else None (no scrypt)."""
+    canon = code.replace("-", "").replace(" ", "").lower()
+    if len(canon) != _RECOVERY_CODE_LEN or not _APP_PASSWORD_CHARS.issuperset(canon):
+        return None
+    return canon
+
+
+def hash_recovery_codes(codes: list[str]) -> list[str]:
+    """Scrypt hashes (app-password format) of a set of codes, all under one new salt."""
+    salt = secrets.token_bytes(_SCRYPT_SALT_LEN)
+    out = []
+    for code in codes:
+        canon = normalize_recovery_code(code)
+        if canon is None:
+            raise ValueError("not a recovery code (expected 2 groups of 5 characters)")
+        out.append(_encode_scrypt(canon, salt))
+    return out
+
+
+def match_recovery_code(canonical: str, encoded: list[str]) -> int | None:
+    """The index in ``encoded`` that ``canonical`` matches, else None.
+
+    One scrypt per distinct salt and parameters among ``encoded`` (one for a set made
+    by hash_recovery_codes); every entry is compared, in constant time each.
+    Malformed entries never match.
+    """
+    digests: dict[str, bytes | None] = {}
+    found: int | None = None
+    for i, entry in enumerate(encoded):
+        head, _, digest_b64 = entry.rpartition("$")
+        if head not in digests:
+            try:
+                scheme, n, r, p, salt_b64 = head.split("$")
+                if scheme != "scrypt":
+                    raise ValueError(scheme)
+                salt = base64.b64decode(salt_b64, validate=True)
+                digests[head] = _scrypt(canonical, salt, int(n), int(r), int(p))
+            except ValueError:
+                digests[head] = None
+        actual = digests[head]
+        try:
+            expected = base64.b64decode(digest_b64, validate=True)
+        except ValueError:
+            continue
+        if actual is not None and hmac.compare_digest(actual, expected) and found is None:
+            found = i
+    return found
 
 
 # --- scopes ---------------------------------------------------------------------

@@ -8,6 +8,8 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
   closed with BYE;
 - credential watcher: every second, ends live sessions whose app password was revoked
   or has expired (the admin CLI writes the same store);
+- store pruning: every hour, login history past its retention, expired web sessions
+  and invites;
 - bans gauge, metrics endpoint, admin API.
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
@@ -45,13 +47,14 @@ from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
-from gateway.store.base import AppPasswordInfo, CredentialStore
+from gateway.store.base import DEFAULT_LOGIN_HISTORY_RETENTION, AppPasswordInfo, CredentialStore
 
 log = get_logger()
 
 POLICY_POLL_SECONDS = 2.0
 CREDENTIAL_POLL_SECONDS = 1.0
 BANS_GAUGE_SECONDS = 5.0
+STORE_PRUNE_SECONDS = 3600.0
 
 _REFUSALS = {
     "per_ip_limit": b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n",
@@ -255,6 +258,19 @@ async def _update_bans_gauge(ctx: GatewayContext) -> None:
         metrics.bans_active.labels(scope).set(counts.get(scope, 0))
 
 
+async def _prune_store(ctx: GatewayContext) -> None:
+    now = time.time()
+
+    def prune() -> tuple[int, int]:
+        store = ctx.store
+        return (store.prune_login_history(now, DEFAULT_LOGIN_HISTORY_RETENTION),
+                store.prune_expired(now))
+
+    history, expired = await trio.to_thread.run_sync(prune)
+    if history or expired:
+        log.info("store.pruned", login_history=history, expired=expired)
+
+
 async def serve(config: Config, runtime: Runtime) -> None:
     """Run the gateway until SIGTERM/SIGINT.
 
@@ -316,6 +332,8 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                                "credential_watch")
             nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
                                "bans_gauge")
+            nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
+                               "store_prune")
             if sockets.metrics is not None:
                 await nursery.start(serve_metrics, sockets.metrics, lambda: ctx.ready)
             if sockets.admin is not None:

@@ -1,4 +1,5 @@
-"""State: the credential store (TOTP seeds, app passwords, remembered devices).
+"""State: the credential store (TOTP seeds, app passwords, remembered devices) and the
+web portal's data (login history, recovery codes, invites, pending devices, web sessions).
 
 ``CredentialStore`` is the interface; ``SqliteCredentialStore`` / ``open_store`` the
 embedded default (``[store] path`` and ``[store] key_file``).
@@ -9,10 +10,20 @@ from gateway.store.base import (
     AppPasswordInfo,
     AppPasswordStatus,
     CredentialStore,
+    DeviceApproval,
     DeviceInfo,
+    InviteInfo,
+    LoginProtocol,
+    LoginRecord,
+    LoginResult,
     NewAppPassword,
+    NewInvite,
+    NewRecoveryCodes,
+    NewWebSession,
+    PendingDevice,
     TotpEnrollment,
     TotpStatus,
+    WebSession,
 )
 from gateway.store.errors import (
     AppPasswordLabelExists,
@@ -32,9 +43,18 @@ __all__ = [
     "AppPasswordNotFound",
     "AppPasswordStatus",
     "CredentialStore",
+    "DeviceApproval",
     "DeviceInfo",
     "DeviceNotFound",
+    "InviteInfo",
+    "LoginProtocol",
+    "LoginRecord",
+    "LoginResult",
     "NewAppPassword",
+    "NewInvite",
+    "NewRecoveryCodes",
+    "NewWebSession",
+    "PendingDevice",
     "SqliteCredentialStore",
     "StoreError",
     "StoreKeyError",
@@ -42,5 +62,6 @@ __all__ = [
     "TooManyAppPasswords",
     "TotpEnrollment",
     "TotpStatus",
+    "WebSession",
     "open_store",
 ]

@@ -59,8 +59,100 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2_totp_codes(db: sqlite3.Connection) -> None:
+    # totp_codes: one row per accepted time step of a user (totp.last_step stays the
+    # replay counter). origin 'login': a login's fresh code; 'enrolment': the code that
+    # confirmed enrolment, which one client may still claim for its first login.
+    # source: HMAC fingerprint of (user, client address, IMAP ID name) of the client that
+    # used the step, which may use it again while it is valid; NULL = nobody yet.
+    # code_fp: HMAC fingerprint of (user, the six digits), to recognise a saved stale code.
+    # Bounded per user by the store (newest steps kept).
+    db.execute(
+        """CREATE TABLE totp_codes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            code_fp BLOB NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('login', 'enrolment')),
+            source BLOB,
+            accepted REAL NOT NULL,
+            UNIQUE (user, step, code_fp)
+        )"""
+    )
+    db.execute("CREATE INDEX totp_codes_by_code ON totp_codes (user, code_fp)")
+
+
+def _v3_portal(db: sqlite3.Connection) -> None:
+    # What the self-service web portal reads and writes. Secrets are never stored in
+    # clear: recovery codes as scrypt (like app passwords), invite tokens and web
+    # session ids as SHA-256 (random 256-bit values: a slow hash adds nothing).
+    db.execute(
+        """CREATE TABLE login_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            user TEXT NOT NULL,
+            address TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            factor TEXT NOT NULL,
+            result TEXT NOT NULL CHECK (result IN ('success', 'failure')),
+            protocol TEXT NOT NULL CHECK (protocol IN ('imap', 'web')),
+            reason TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX login_history_by_user ON login_history (user, time)")
+    db.execute("CREATE INDEX login_history_by_time ON login_history (time)")
+    db.execute(
+        """CREATE TABLE recovery_codes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            created REAL NOT NULL,
+            used REAL
+        )"""
+    )
+    db.execute("CREATE INDEX recovery_codes_by_user ON recovery_codes (user)")
+    db.execute(
+        """CREATE TABLE invites (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            token_hash BLOB NOT NULL UNIQUE,
+            user TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            consumed REAL
+        )"""
+    )
+    db.execute("CREATE INDEX invites_by_user ON invites (user)")
+    db.execute(
+        """CREATE TABLE pending_devices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            address TEXT NOT NULL,
+            client_name TEXT NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'approved')),
+            approved_until REAL,
+            UNIQUE (user, address, client_name)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE web_sessions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            token_hash BLOB NOT NULL UNIQUE,
+            user TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            mfa_done INTEGER NOT NULL DEFAULT 0,
+            csrf_secret TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (user)")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_totp_codes),
+    (3, _v3_portal),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

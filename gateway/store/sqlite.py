@@ -5,9 +5,9 @@ Rules of this module:
 1. Thread-safe by construction: one connection (``check_same_thread=False``)
    guarded by a lock held only around SQL, never around scrypt, so slow app
    password checks from several worker threads run in parallel.
-2. State changes that must not race (TOTP replay counter, enrollment) are one
-   conditional UPDATE each, atomic in SQLite even across processes sharing the
-   file (WAL mode, busy timeout).
+2. State changes that must not race (TOTP replay counter and code owners,
+   enrollment) are one conditional UPDATE or one BEGIN IMMEDIATE transaction each,
+   atomic in SQLite even across processes sharing the file (WAL mode, busy timeout).
 3. Costs: ``verify_app_password`` runs at most one scrypt per app password of that
    user (capped at MAX_APP_PASSWORDS_PER_USER) and none at all when the secret is
    not shaped like an app password. Everything else is a few indexed queries.
@@ -15,11 +15,13 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,11 +29,14 @@ from gateway.auth.factors import (
     TotpResult,
     device_client_name,
     device_network,
+    fingerprint_key,
     generate_app_password,
     hash_app_password,
     new_totp_secret,
     normalize_app_password,
+    totp_code_fingerprint,
     totp_matching_step,
+    totp_source_fingerprint,
     totp_uri,
     validate_scopes,
     verify_app_password_hash,
@@ -56,19 +61,28 @@ from gateway.store.errors import (
 )
 from gateway.store.keyfile import SeedCipher, load_key
 from gateway.store.migrations import migrate
+from gateway.store.sqlite_portal import SqlitePortalTables
 
 # Bounds the scrypt work one login can cause (see verify_app_password).
 MAX_APP_PASSWORDS_PER_USER = 20
 # Bounds the rows one user's logins can create; the least recently seen go first.
 MAX_DEVICES_PER_USER = 50
 LABEL_MAX = 64
+# Accepted TOTP steps kept per user (totp_codes): the reuse rule needs only the last
+# few, recognising a mail client's saved stale code needs its code still listed. A
+# user who logs in with this many fresh codes elsewhere before a client reconnects
+# makes that client's saved code unknown again (its login then needs a fresh code).
+MAX_TOTP_CODES_PER_USER = 100
 
 _APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip"
 _DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
 
 
-class SqliteCredentialStore:
+class SqliteCredentialStore(SqlitePortalTables):
     """CredentialStore on SQLite. Open once per process; share it between threads.
+
+    The login-path methods are here; the web portal's (history, recovery codes,
+    invites, pending devices, web sessions) come from ``SqlitePortalTables``.
 
     ``create_key=True`` (admin commands, first start) creates a missing key file,
     unless the database already holds seeds: a new key could not decrypt them,
@@ -87,6 +101,7 @@ class SqliteCredentialStore:
         self.path = str(path)
         self.key_file = str(key_file)
         self._lock = threading.Lock()
+        self._fp_key: bytes | None = None
         _create_private_file(Path(self.path))
         try:
             self._db = sqlite3.connect(
@@ -116,6 +131,7 @@ class SqliteCredentialStore:
                 )
             return None
         cipher = SeedCipher(key, self.key_file)
+        self._fp_key = fingerprint_key(key)
         if seeds:
             user, blob = self._db.execute(
                 f"SELECT user, COALESCE(active_seed, pending_seed) FROM totp WHERE {has_seed} "
@@ -143,6 +159,7 @@ class SqliteCredentialStore:
             # (first `totp enroll` while the gateway runs): pick it up.
             key = load_key(self.key_file, create=False)
             if key is not None:
+                self._fp_key = fingerprint_key(key)
                 self._cipher = SeedCipher(key, self.key_file)
                 return self._cipher
             raise StoreKeyError(
@@ -151,6 +168,27 @@ class SqliteCredentialStore:
                 key_file=self.key_file,
             )
         return self._cipher
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The lock and one write transaction: COMMIT at the end, ROLLBACK on any error.
+
+        BEGIN IMMEDIATE takes SQLite's write lock up front, so a read-decide-write
+        inside it is atomic against other threads and other processes alike.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _require_fp_key(self) -> bytes:
+        self._require_cipher()  # loads the key file if an admin created it since
+        assert self._fp_key is not None
+        return self._fp_key
 
     # --- TOTP ---------------------------------------------------------------------
 
@@ -176,8 +214,12 @@ class SqliteCredentialStore:
     def verify_enrollment(self, user: str, code: str, now: float) -> TotpResult:
         """Activate the pending seed if ``code`` is valid for it now (±1 step).
 
-        The code's step becomes the last accepted step, so the code typed to
-        confirm enrollment cannot be replayed to log in.
+        The code's step becomes the last accepted step, so no other code of that
+        step or an older one can log in. The confirming code itself is recorded as
+        unclaimed: the first client that logs in with it while it is still valid
+        may, and then only that client (see check_totp). That is the normal flow
+        "confirm with the current code, then put the same code into the mail
+        client"; refusing it would lock the user out until the next code appears.
         """
         with self._lock:
             row = self._db.execute(
@@ -189,19 +231,29 @@ class SqliteCredentialStore:
         step = totp_matching_step(self._require_cipher().decrypt(user, blob), code, now)
         if step is None:
             return TotpResult.INVALID
-        with self._lock:
-            cur = self._db.execute(
+        code_fp = totp_code_fingerprint(self._require_fp_key(), user, code)
+        with self._transaction() as db:
+            cur = db.execute(
                 "UPDATE totp SET active_seed = pending_seed, activated = ?, pending_seed = NULL, "
                 "pending_since = NULL, last_step = ? WHERE user = ? AND pending_seed = ?",
                 (now, step, user, blob),
             )
-        # rowcount 0: a concurrent enroll replaced the seed this code was for.
-        return TotpResult.OK if cur.rowcount == 1 else TotpResult.INVALID
+            if cur.rowcount != 1:
+                # a concurrent enroll replaced the seed this code was for
+                return TotpResult.INVALID
+            db.execute(
+                "INSERT INTO totp_codes (user, step, code_fp, origin, source, accepted) "
+                "VALUES (?, ?, ?, 'enrolment', NULL, ?) ON CONFLICT DO NOTHING",
+                (user, step, code_fp, now),
+            )
+            _prune_totp_codes(db, user)
+        return TotpResult.OK
 
     def disable(self, user: str) -> bool:
         """Remove the user's TOTP (active and pending). Returns whether there was any."""
-        with self._lock:
-            return self._db.execute("DELETE FROM totp WHERE user = ?", (user,)).rowcount > 0
+        with self._transaction() as db:
+            db.execute("DELETE FROM totp_codes WHERE user = ?", (user,))
+            return db.execute("DELETE FROM totp WHERE user = ?", (user,)).rowcount > 0
 
     def totp_status(self, user: str) -> TotpStatus:
         with self._lock:
@@ -215,32 +267,89 @@ class SqliteCredentialStore:
             return TotpStatus.ACTIVE
         return TotpStatus.PENDING if row[1] else TotpStatus.NONE
 
-    def check_totp(self, user: str, code: str, now: float) -> TotpResult:
-        """Check a login's TOTP code and, if it is good, consume its time step.
+    def check_totp(
+        self,
+        user: str,
+        code: str,
+        now: float,
+        *,
+        ip: str | None = None,
+        client_name: str | None = None,
+    ) -> TotpResult:
+        """Check a login's TOTP code; a fresh one consumes its time step.
 
-        ``replay``: the code is right but its step is not newer than the last
-        accepted one (someone saw it, or two logins raced; exactly one wins).
+        A code is valid within ±1 step (30 s) of ``now``. Then, in this order:
+
+        - its step is newer than the last accepted one: ``ok``. It becomes the last
+          accepted step, recorded with the client that used it (the exact ``ip`` and
+          the IMAP ID ``client_name``, as a keyed fingerprint);
+        - that same client again, with that same code: ``ok`` (a mail client opening
+          parallel connections or reconnecting with its saved ``password$code``);
+        - the code that confirmed enrolment, not yet used by any client: ``ok``, and
+          the client that used it is recorded (it alone may use it again);
+        - otherwise ``replay``: an older step, or a step another client used.
+
+        A code that is not valid now is ``stale`` if this user logged in (or confirmed
+        enrolment) with these six digits before, among the last
+        MAX_TOTP_CODES_PER_USER accepted steps, else ``invalid``.
+
+        Without ``ip`` there is no client to compare with: the code is single-use.
+        All of it holds across restarts (it is in the database) and across
+        processes sharing the file: the decision is one BEGIN IMMEDIATE transaction,
+        so of several clients racing with one fresh code exactly one wins.
         Raises StoreKeyError if the seed cannot be decrypted: fail closed.
         """
         with self._lock:
             row = self._db.execute(
-                "SELECT active_seed, last_step FROM totp WHERE user = ?", (user,)
+                "SELECT active_seed FROM totp WHERE user = ?", (user,)
             ).fetchone()
         if row is None or row[0] is None:
             return TotpResult.NOT_ENROLLED
-        blob, last_step = row
+        blob = row[0]
         step = totp_matching_step(self._require_cipher().decrypt(user, blob), code, now)
+        fp_key = self._require_fp_key()
+        code_fp = totp_code_fingerprint(fp_key, user, code)
         if step is None:
-            return TotpResult.INVALID
-        if last_step is not None and step <= last_step:
+            with self._lock:
+                known = self._db.execute(
+                    "SELECT 1 FROM totp_codes WHERE user = ? AND code_fp = ? LIMIT 1",
+                    (user, code_fp),
+                ).fetchone()
+            return TotpResult.STALE if known else TotpResult.INVALID
+        source = None if ip is None else totp_source_fingerprint(fp_key, user, ip, client_name)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT last_step FROM totp WHERE user = ? AND active_seed = ?", (user, blob)
+            ).fetchone()
+            if row is None:
+                return TotpResult.INVALID  # disabled or re-enrolled since the seed was read
+            (last_step,) = row
+            if last_step is None or step > last_step:
+                db.execute("UPDATE totp SET last_step = ? WHERE user = ?", (step, user))
+                db.execute(
+                    "INSERT INTO totp_codes (user, step, code_fp, origin, source, accepted) "
+                    "VALUES (?, ?, ?, 'login', ?, ?) ON CONFLICT DO NOTHING",
+                    (user, step, code_fp, source, now),
+                )
+                _prune_totp_codes(db, user)
+                return TotpResult.OK
+            used = db.execute(
+                "SELECT id, origin, source FROM totp_codes WHERE user = ? AND step = ? "
+                "AND code_fp = ?",
+                (user, step, code_fp),
+            ).fetchone()
+            if used is None or source is None:
+                return TotpResult.REPLAY
+            code_id, origin, owner = used
+            if owner is None and origin == "enrolment":
+                db.execute(
+                    "UPDATE totp_codes SET source = ? WHERE id = ? AND source IS NULL",
+                    (source, code_id),
+                )
+                return TotpResult.OK
+            if owner is not None and hmac.compare_digest(owner, source):
+                return TotpResult.OK
             return TotpResult.REPLAY
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE totp SET last_step = ? WHERE user = ? AND active_seed = ? "
-                "AND (last_step IS NULL OR last_step < ?)",
-                (step, user, blob, step),
-            )
-        return TotpResult.OK if cur.rowcount == 1 else TotpResult.REPLAY
 
     # --- app passwords ----------------------------------------------------------------
 
@@ -448,6 +557,15 @@ def _create_private_file(path: Path) -> None:
         create_secret_file(path, b"")
     except OSError as exc:
         raise StoreError(f"cannot create credential database {path}: {exc.strerror}") from exc
+
+
+def _prune_totp_codes(db: sqlite3.Connection, user: str) -> None:
+    """Keep the user's newest MAX_TOTP_CODES_PER_USER accepted steps (inside a transaction)."""
+    db.execute(
+        "DELETE FROM totp_codes WHERE user = ? AND id NOT IN (SELECT id FROM totp_codes "
+        "WHERE user = ? ORDER BY step DESC, id DESC LIMIT ?)",
+        (user, user, MAX_TOTP_CODES_PER_USER),
+    )
 
 
 def _app_info(row: Sequence[object]) -> AppPasswordInfo:

@@ -1,6 +1,7 @@
 """Password + TOTP at IMAP LOGIN against the real Dovecot: right, wrong, expired and
-replayed codes, the "plain" suffix, users without a seed, and remembered devices
-(accepted, bound to the client's ID name and /24, then forgotten by the admin)."""
+replayed codes (a code belongs to the first client that uses it), the "plain" suffix,
+users without a seed, and remembered devices (accepted, bound to the client's ID name
+and /24, then forgotten by the admin)."""
 
 from __future__ import annotations
 
@@ -87,14 +88,22 @@ def test_wrong_and_expired_codes_are_refused(totp_gw):
                   "backend_rejected")
 
 
-def test_a_code_is_single_use(totp_gw):
+def test_a_code_belongs_to_the_first_client_that_uses_it(totp_gw):
     gw = totp_gw
     secret, verified = enroll_totp(gw, "alice")
-    # the code used to verify the enrollment is spent too
-    assert_denied(login(gw, "alice", f"alicepass${code_at(secret, verified)}"), "totp_replay")
+    # the code that confirmed the enrollment logs in the first client that uses it ...
+    assert_ok(login(gw, "alice", f"alicepass${code_at(secret, verified)}"), "totp")
+    # ... and nobody else
+    assert_denied(login(gw, "alice", f"alicepass${code_at(secret, verified)}",
+                        source="127.0.0.2"), "totp_replay")
     code = code_at(secret, step_now())
     assert_ok(login(gw, "alice", f"alicepass${code}"), "totp")
-    assert_denied(login(gw, "alice", f"alicepass${code}"), "totp_replay")
+    # the same client (address and IMAP ID name: here none) may use it again while valid
+    assert_ok(login(gw, "alice", f"alicepass${code}"), "totp")
+    # another address, or another client program on the same address, may not
+    assert_denied(login(gw, "alice", f"alicepass${code}", source="127.0.0.2"), "totp_replay")
+    assert_denied(login(gw, "alice", f"alicepass${code}", client_name="K-9 Mail"),
+                  "totp_replay")
 
 
 def test_plain_suffix_only_where_the_rule_allows_it(totp_gw):
@@ -182,4 +191,7 @@ def test_a_code_replayed_in_the_next_window_is_still_refused(first_use):
     time.sleep(max(0.0, (step + 1) * TOTP_STEP - time.time() + 0.2))
     assert step_now() == step + 1
     # still inside the ±1 step tolerance, so only replay protection can refuse it
-    assert_denied(login(gw, "alice", f"alicepass${code_at(secret, step)}"), "totp_replay")
+    assert_denied(login(gw, "alice", f"alicepass${code_at(secret, step)}", source="127.0.0.2"),
+                  "totp_replay")
+    # the client that used it may still use it: the restriction is per client, not per window
+    assert_ok(login(gw, "alice", f"alicepass${code_at(secret, step)}"), "totp")

@@ -178,3 +178,32 @@ def test_devices_forget_usage_errors(
     code, msg = admin.devices_forget(store, "alice", device_id, all_devices=all_devices)
     assert code == 2 and message in msg
     assert len(store.list_devices("alice")) == 1
+
+
+# --- invites ------------------------------------------------------------------------------------
+
+
+def test_users_invite_prints_the_token_once_and_stores_its_hash(
+    store: SqliteCredentialStore,
+) -> None:
+    code, out = admin.users_invite(store, "alice", as_json=True, now=T0)
+    assert code == 0 and set(out) == {"user", "token", "expires"}  # type: ignore[arg-type]
+    assert out["expires"] == T0 + 72 * 3600  # type: ignore[index]  # the default: 72h
+    [info] = store.list_invites("alice")
+    assert info.consumed is None and info.expires == T0 + 72 * 3600
+    assert out["token"] not in repr(info)  # type: ignore[index]
+    assert store.consume_invite(out["token"], T0 + 1).user == "alice"  # type: ignore[index,union-attr]
+    code, text = admin.users_invite(store, "bob", expires="7d", now=T0)
+    assert code == 0 and isinstance(text, str)
+    token = text.split("\n\n")[1].strip()
+    assert store.consume_invite(token, T0 + 6 * 86400).user == "bob"  # type: ignore[union-attr]
+    assert "expires 2023-11-21 22:13:35Z" in text and "shown only this once" in text
+
+
+@pytest.mark.parametrize("expires", ["72", "soon", "0s", "-1h"])
+def test_users_invite_bad_lifetime_is_a_usage_error(
+    store: SqliteCredentialStore, expires: str
+) -> None:
+    code, out = admin.users_invite(store, "alice", expires=expires, as_json=True, now=T0)
+    assert code == 2 and "error" in out, out  # type: ignore[operator]
+    assert store.list_invites("alice") == []

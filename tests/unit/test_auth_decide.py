@@ -18,6 +18,7 @@ from gateway.store import SqliteCredentialStore, open_store
 
 T0 = 1_700_000_015.0
 IP = "192.0.2.10"
+OTHER_IP = "198.51.100.7"
 CLIENT = "Thunderbird"
 PASSWORD = "correct horse"
 
@@ -49,10 +50,11 @@ def run(
     *,
     user: str = "alice",
     ip: str = IP,
+    client: str | None = CLIENT,
     now: float = T0,
     master: bool = True,
 ):
-    return decide(user, secret, ip, CLIENT, req, store, now, master)
+    return decide(user, secret, ip, client, req, store, now, master)
 
 
 # --- app passwords -------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_totp_denials(store: SqliteCredentialStore, otp: pyotp.TOTP) -> None:
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
     assert run(store, f"{PASSWORD}${wrong}", TOTP) == Deny("totp_invalid")
     assert isinstance(run(store, f"{PASSWORD}${code}", TOTP), ForwardPassword)
-    assert run(store, f"{PASSWORD}${code}", TOTP) == Deny("totp_replay")
+    assert run(store, f"{PASSWORD}${code}", TOTP, ip=OTHER_IP) == Deny("totp_replay")
     assert run(store, f"{PASSWORD}${otp.at(T0 - 90)}", TOTP) == Deny("totp_invalid")  # 3 steps old
     assert run(store, PASSWORD, TOTP) == Deny("totp_required")
     assert run(store, PASSWORD, TOTP, user="bob") == Deny("totp_not_enrolled")
@@ -147,7 +149,7 @@ def test_remembered_device_forwards_whole_secret(
     )
     assert plan.factor == "remembered-device"
     # a password that merely looks like it has a suffix is forwarded whole on a remembered device
-    valid = {otp.at(later + d * 30) for d in (-1, 0, 1)}
+    valid = {otp.at(later + d * 30) for d in (-1, 0, 1)} | {otp.at(T0), otp.at(T0 - 600)}
     odd = "my$pass$" + next(c for c in ("000000", "111111", "222222", "333333") if c not in valid)
     assert run(store, odd, TOTP_REMEMBER, now=later).password == odd  # type: ignore[union-attr]
     # another network still needs TOTP; forgetting the device brings TOTP back
@@ -156,6 +158,87 @@ def test_remembered_device_forwards_whole_secret(
     )
     store.forget("alice", "all")
     assert run(store, PASSWORD, TOTP_REMEMBER, now=later) == Deny("totp_required")
+
+
+# --- mail clients: parallel connections, the enrolment code, saved stale codes -------------
+
+
+def test_same_code_same_client_opens_parallel_connections(
+    store: SqliteCredentialStore, otp: pyotp.TOTP
+) -> None:
+    saved = f"{PASSWORD}${otp.at(T0)}"
+    forward = ForwardPassword("alice", PASSWORD, totp_ok=True, remember=False)
+    # mbsync opens several connections with the one saved password$code, and reconnects
+    for dt in (0, 0, 1, 20, 54.5):  # T0 is 5 s into its step: valid until T0 + 55
+        assert run(store, saved, TOTP, client="mbsync", now=T0 + dt) == forward
+    # the same code from anywhere else is a replay: another address, or another client
+    # program on the same address, or a client that sent no IMAP ID
+    assert run(store, saved, TOTP, client="mbsync", ip="192.0.2.11") == Deny("totp_replay")
+    assert run(store, saved, TOTP, client="neomutt") == Deny("totp_replay")
+    assert run(store, saved, TOTP, client=None) == Deny("totp_replay")
+    # past its validity (±1 step) the code is spent for everyone, the same client too
+    assert run(store, saved, TOTP, client="mbsync", now=T0 + 75) == Deny("totp_stale")
+
+
+def test_reuse_is_for_the_step_the_client_used_even_after_a_newer_step(
+    store: SqliteCredentialStore, otp: pyotp.TOTP
+) -> None:
+    mine = f"{PASSWORD}${otp.at(T0)}"
+    assert run(store, mine, TOTP).totp_ok  # type: ignore[union-attr]
+    # the user logs in elsewhere with the next code
+    assert run(store, f"{PASSWORD}${otp.at(T0 + 30)}", TOTP, ip=OTHER_IP, now=T0 + 30).totp_ok  # type: ignore[union-attr]
+    # the first client's parallel connection still gets in; nobody else with its code
+    assert run(store, mine, TOTP, now=T0 + 31).totp_ok  # type: ignore[union-attr]
+    assert run(store, mine, TOTP, ip=OTHER_IP, now=T0 + 31) == Deny("totp_replay")
+
+
+def test_enrolment_code_logs_in_the_first_client_only(store: SqliteCredentialStore) -> None:
+    # enrol, confirm with the current code, put that same code into the mail client
+    secret, _ = store.enroll("bob", T0 - 20)
+    code = pyotp.TOTP(secret).at(T0 - 10)
+    assert store.verify_enrollment("bob", code, T0 - 10) == "ok"
+    saved = f"{PASSWORD}${code}"
+    forward = ForwardPassword("bob", PASSWORD, totp_ok=True, remember=False)
+    assert run(store, saved, TOTP, user="bob", client="Thunderbird") == forward
+    assert run(store, saved, TOTP, user="bob", client="Thunderbird", now=T0 + 5) == forward
+    # the code is now that client's: another client (or address) cannot claim it
+    assert run(store, saved, TOTP, user="bob", client="K-9 Mail") == Deny("totp_replay")
+    assert run(store, saved, TOTP, user="bob", ip=OTHER_IP) == Deny("totp_replay")
+
+
+def test_enrolment_code_once_its_validity_passed_is_stale(store: SqliteCredentialStore) -> None:
+    secret, _ = store.enroll("bob", T0)
+    code = pyotp.TOTP(secret).at(T0)
+    assert store.verify_enrollment("bob", code, T0) == "ok"
+    # configured two minutes later: the code left its ±1 step window; a fresh one is needed
+    assert run(store, f"{PASSWORD}${code}", TOTP, user="bob", now=T0 + 120) == Deny("totp_stale")
+    fresh = pyotp.TOTP(secret).at(T0 + 120)
+    assert run(store, f"{PASSWORD}${fresh}", TOTP, user="bob", now=T0 + 120).totp_ok  # type: ignore[union-attr]
+
+
+def test_remembered_device_ignores_a_saved_stale_code(
+    store: SqliteCredentialStore, otp: pyotp.TOTP
+) -> None:
+    saved = f"{PASSWORD}${otp.at(T0)}"
+    assert run(store, saved, TOTP_REMEMBER).remember  # type: ignore[union-attr]
+    store.remember("alice", IP, CLIENT, TOTP_REMEMBER.remember_device, T0)
+    remembered = ForwardPassword(
+        "alice", PASSWORD, totp_ok=False, remember=False, remembered_device=True
+    )
+    # hours later the client still sends password$<old code>: the password part goes on
+    later = T0 + 6 * 3600
+    assert run(store, saved, TOTP_REMEMBER, now=later) == remembered
+    # a neighbour in the same /24 with the same client name (same device key) while
+    # the code is still valid: spent for TOTP (another address), fine for the device
+    assert run(store, saved, TOTP_REMEMBER, ip="192.0.2.99", now=T0 + 5) == remembered
+    # not remembered there: the stale code is refused, and the log says why
+    assert run(store, saved, TOTP_REMEMBER, ip=OTHER_IP, now=later) == Deny("totp_stale")
+    # digits that are no code of alice's stay part of the password (see the test above)
+    used = {otp.at(T0), otp.at(T0 - 600)}  # this login's code, the enrolment's
+    never = next(c for c in ("000000", "111111", "222222") if c not in used)
+    assert run(store, f"{PASSWORD}${never}", TOTP_REMEMBER, now=later) == ForwardPassword(
+        "alice", f"{PASSWORD}${never}", totp_ok=False, remember=False, remembered_device=True
+    )
 
 
 def test_policy_none_forwards_whole_secret_even_with_a_code(
@@ -180,7 +263,7 @@ def test_plan_reprs_never_show_secrets(store: SqliteCredentialStore, otp: pyotp.
     plans = [
         run(store, app.password, STRONG),
         run(store, f"{PASSWORD}${code}", TOTP),
-        run(store, f"{PASSWORD}${code}", TOTP),  # replay -> Deny
+        run(store, f"{PASSWORD}${code}", TOTP, ip=OTHER_IP),  # replay -> Deny
         run(store, PASSWORD, NONE),
     ]
     assert [type(p) for p in plans] == [UseAppPassword, ForwardPassword, Deny, ForwardPassword]

@@ -147,6 +147,28 @@ def test_malformed_codes_never_match(code: object) -> None:
     assert f.totp_matching_step(SECRET, code, NOW) is None  # type: ignore[arg-type]
 
 
+def test_use_fingerprints_are_keyed_and_bound_to_user_address_and_client() -> None:
+    key = f.fingerprint_key(b"k" * 32)
+    assert key != b"k" * 32 and len(key) == 32
+    src = f.totp_source_fingerprint(key, "alice", "192.0.2.7", "mbsync")
+    assert src == f.totp_source_fingerprint(key, "alice", "::ffff:192.0.2.7", " mbsync ")
+    different = [
+        f.totp_source_fingerprint(key, "bob", "192.0.2.7", "mbsync"),
+        f.totp_source_fingerprint(key, "alice", "192.0.2.8", "mbsync"),
+        f.totp_source_fingerprint(key, "alice", "192.0.2.7", "neomutt"),
+        f.totp_source_fingerprint(key, "alice", "192.0.2.7", None),
+        f.totp_source_fingerprint(f.fingerprint_key(b"j" * 32), "alice", "192.0.2.7", "mbsync"),
+        # parts cannot run into each other: moving text between fields changes the result
+        f.totp_source_fingerprint(key, "alice192.0.2.7", "", "mbsync"),
+        f.totp_source_fingerprint(key, "alice", "192.0.2.7mbsync", ""),
+    ]
+    assert src not in different and len(set(different)) == len(different)
+    code = f.totp_code_fingerprint(key, "alice", "123456")
+    assert code != f.totp_code_fingerprint(key, "bob", "123456")
+    assert code != f.totp_code_fingerprint(key, "alice", "123457")
+    assert b"123456" not in code and b"192.0.2.7" not in src
+
+
 def test_uri_names_issuer_and_user() -> None:
     uri = f.totp_uri(SECRET, "alice@example.com")
     assert uri.startswith("otpauth://totp/imap-gateway:alice%40example.com?")

@@ -94,3 +94,24 @@ def test_unknown_option_is_a_usage_error(confdir: Path):
     done = run("app-password", "create", "alice", "--config", str(confdir / "gateway.toml"))
     assert done.returncode == 2
     assert "--label" in done.stderr
+
+
+def test_users_invite_prints_a_one_time_token(confdir: Path):
+    from gateway.config import load_config
+    from gateway.store import open_store
+
+    cfg = str(confdir / "gateway.toml")
+    done = run("users", "invite", "alice", "--expires", "48h", "--json", "--config", cfg)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["user"] == "alice" and len(out["token"]) >= 40
+    text = run("users", "invite", "bob", "--config", cfg)
+    assert text.returncode == 0, text.stderr
+    assert "Invitation for bob (one use, expires " in text.stdout
+    config = load_config(Path(cfg))
+    with open_store(config.store.path, config.store.key_file) as store:
+        invite = store.consume_invite(out["token"], out["expires"] - 1)
+        assert invite is not None and invite.user == "alice"
+        assert store.consume_invite(out["token"], out["expires"] - 1) is None
+    bad = run("users", "invite", "alice", "--expires", "soon", "--json", "--config", cfg)
+    assert bad.returncode == 2 and "bad duration" in json.loads(bad.stderr)["error"]

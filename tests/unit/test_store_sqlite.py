@@ -26,9 +26,9 @@ from gateway.store import (
     open_store,
 )
 from gateway.store.migrations import LATEST_VERSION, current_version
-from gateway.store.sqlite import MAX_APP_PASSWORDS_PER_USER
+from gateway.store.sqlite import MAX_APP_PASSWORDS_PER_USER, MAX_TOTP_CODES_PER_USER
 
-T0 = 1_700_000_015.0  # 15 s into a TOTP step
+T0 = 1_700_000_015.0  # 5 s into a TOTP step
 
 
 @pytest.fixture
@@ -222,6 +222,147 @@ def test_concurrent_use_of_one_code_accepts_exactly_one(store: SqliteCredentialS
         th.join()
     assert results.count(TotpResult.OK) == 1
     assert results.count(TotpResult.REPLAY) == 7
+
+
+def test_same_client_may_reuse_its_code_while_valid(store: SqliteCredentialStore) -> None:
+    secret = enroll_active(store, "alice")
+    t = T0 + 30
+    code = pyotp.TOTP(secret).at(t)
+    me = {"ip": "192.0.2.10", "client_name": "mbsync"}
+    assert store.check_totp("alice", code, t, **me) is TotpResult.OK
+    assert store.check_totp("alice", code, t + 1, **me) is TotpResult.OK
+    # IPv4-mapped IPv6 is the same address; surrounding blanks in the ID name are ignored
+    assert store.check_totp("alice", code, t + 2, ip="::ffff:192.0.2.10",
+                            client_name=" mbsync ") is TotpResult.OK
+    for other in ({"ip": "192.0.2.11", "client_name": "mbsync"},
+                  {"ip": "192.0.2.10", "client_name": "neomutt"},
+                  {"ip": "192.0.2.10", "client_name": None},
+                  {}):  # no client given: strictly single-use
+        assert store.check_totp("alice", code, t + 3, **other) is TotpResult.REPLAY, other
+    # the reuse is per user: bob's code for the step is his own business
+    bob = enroll_active(store, "bob")
+    assert store.check_totp("bob", pyotp.TOTP(bob).at(t), t, **me) is TotpResult.OK
+    # validity ends with the ±1 window: the end of the step after the code's
+    end = (int(t) // 30 + 2) * 30
+    assert store.check_totp("alice", code, end - 0.5, **me) is TotpResult.OK
+    assert store.check_totp("alice", code, end, **me) is TotpResult.STALE
+
+
+def test_reuse_and_enrolment_claim_survive_reopen(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    me = {"ip": "192.0.2.10", "client_name": "Thunderbird"}
+    with open_store(db, key, create_key=True) as s:
+        secret, _ = s.enroll("alice", T0)
+        confirm = pyotp.TOTP(secret).at(T0)
+        assert s.verify_enrollment("alice", confirm, T0) is TotpResult.OK
+        later = pyotp.TOTP(secret).at(T0 + 300)
+        assert s.check_totp("alice", later, T0 + 300, **me) is TotpResult.OK
+    with open_store(db, key) as s:
+        assert s.check_totp("alice", later, T0 + 301, **me) is TotpResult.OK
+        assert s.check_totp("alice", later, T0 + 301, ip="192.0.2.99") is TotpResult.REPLAY
+        assert s.check_totp("alice", confirm, T0 + 600, **me) is TotpResult.STALE
+
+
+def test_enrolment_code_is_claimed_by_the_first_client(paths: tuple[Path, Path]) -> None:
+    db, key = paths
+    with open_store(db, key, create_key=True) as s:
+        secret, _ = s.enroll("alice", T0)
+        code = pyotp.TOTP(secret).at(T0)
+        assert s.verify_enrollment("alice", code, T0) is TotpResult.OK
+    # claimed after a restart: the unclaimed state is in the database
+    with open_store(db, key) as s:
+        first = {"ip": "192.0.2.10", "client_name": "Thunderbird"}
+        assert s.check_totp("alice", code, T0 + 20, **first) is TotpResult.OK
+        assert s.check_totp("alice", code, T0 + 21, **first) is TotpResult.OK
+        assert s.check_totp("alice", code, T0 + 21, ip="192.0.2.10") is TotpResult.REPLAY
+        assert s.check_totp("alice", code, T0 + 21, ip="203.0.113.5",
+                            client_name="Thunderbird") is TotpResult.REPLAY
+    # without a client to record, it cannot be claimed (nobody could use it again)
+    with open_store(db, key) as s:
+        secret, _ = s.enroll("bob", T0)
+        code = pyotp.TOTP(secret).at(T0)
+        assert s.verify_enrollment("bob", code, T0) is TotpResult.OK
+        assert s.check_totp("bob", code, T0) is TotpResult.REPLAY
+        assert s.check_totp("bob", code, T0, ip="192.0.2.1") is TotpResult.OK
+
+
+def test_other_codes_of_an_older_step_stay_refused(store: SqliteCredentialStore) -> None:
+    secret = enroll_active(store, "alice")  # step(T0) - 1 consumed by the enrolment
+    otp = pyotp.TOTP(secret)
+    me = {"ip": "192.0.2.10", "client_name": "mbsync"}
+    assert store.check_totp("alice", otp.at(T0 + 30), T0 + 30, **me) is TotpResult.OK
+    # an unused code of an older step, from the client that used the newer one
+    assert store.check_totp("alice", otp.at(T0), T0 + 30, **me) is TotpResult.REPLAY
+
+
+def test_concurrent_use_same_client_all_get_in_different_clients_one(
+    store: SqliteCredentialStore,
+) -> None:
+    secret = enroll_active(store, "alice")
+    t = T0 + 30
+    code = pyotp.TOTP(secret).at(t)
+
+    def race(sources: list[dict[str, str]]) -> list[TotpResult]:
+        results: list[TotpResult] = []
+        barrier = threading.Barrier(len(sources))
+
+        def login(src: dict[str, str]) -> None:
+            barrier.wait()
+            results.append(store.check_totp("alice", code, t, **src))
+
+        threads = [threading.Thread(target=login, args=(src,)) for src in sources]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return results
+
+    same = race([{"ip": "192.0.2.10", "client_name": "mbsync"}] * 8)
+    assert same == [TotpResult.OK] * 8
+    code = pyotp.TOTP(secret).at(t + 30)
+    t += 30
+    others = race([{"ip": f"192.0.2.{i}", "client_name": "mbsync"} for i in range(20, 28)])
+    assert others.count(TotpResult.OK) == 1
+    assert others.count(TotpResult.REPLAY) == 7
+
+
+def test_stale_codes_are_recognised_bounded_and_forgotten_on_disable(
+    store: SqliteCredentialStore,
+) -> None:
+    secret = enroll_active(store, "alice")
+    otp = pyotp.TOTP(secret)
+    first = otp.at(T0 + 30)
+    assert store.check_totp("alice", first, T0 + 30, ip="192.0.2.1") is TotpResult.OK
+    assert store.check_totp("alice", first, T0 + 3600) is TotpResult.STALE
+    never = next(c for c in ("000000", "111111", "222222")
+                 if c not in {first, otp.at(T0 - 30), otp.at(T0 + 3600), otp.at(T0 + 3570),
+                              otp.at(T0 + 3630)})
+    assert store.check_totp("alice", never, T0 + 3600) is TotpResult.INVALID
+    # the newest MAX_TOTP_CODES_PER_USER steps are kept: 'first' is pushed out
+    for i in range(2, MAX_TOTP_CODES_PER_USER + 2):
+        t = T0 + 30 * i
+        assert store.check_totp("alice", otp.at(t), t, ip="192.0.2.1") is TotpResult.OK
+    (kept,) = store._db.execute("SELECT COUNT(*) FROM totp_codes WHERE user = 'alice'").fetchone()
+    assert kept == MAX_TOTP_CODES_PER_USER
+    later = T0 + 30 * (MAX_TOTP_CODES_PER_USER + 200)
+    if first not in {otp.at(T0 + 30 * i) for i in range(2, MAX_TOTP_CODES_PER_USER + 2)}:
+        assert store.check_totp("alice", first, later) is TotpResult.INVALID
+    store.disable("alice")
+    assert store._db.execute("SELECT COUNT(*) FROM totp_codes").fetchone() == (0,)
+
+
+def test_code_use_is_stored_only_as_keyed_fingerprints(
+    store: SqliteCredentialStore, paths: tuple[Path, Path]
+) -> None:
+    secret = enroll_active(store, "alice")
+    code = pyotp.TOTP(secret).at(T0 + 30)
+    assert store.check_totp("alice", code, T0 + 30, ip="203.0.113.77",
+                            client_name="VerySpecialClient") is TotpResult.OK
+    store.close()
+    db, _ = paths
+    raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("gateway.db"))
+    for plain in (b"203.0.113.77", b"VerySpecialClient", code.encode()):
+        assert plain not in raw
 
 
 def test_reenrollment_keeps_old_seed_until_confirmed_and_disable(
