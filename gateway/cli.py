@@ -164,8 +164,8 @@ def _admin(args: argparse.Namespace, action) -> int:
     A turned-off API or an unreadable token file is an error like any other: exit 1, and
     with --json a parseable {"error": ...} on stderr.
     """
-    from gateway.admin_api import AdminTokenError
     from gateway.admin_client import AdminDisabled, client_from_config
+    from gateway.web.token import AdminTokenError
 
     config = _load(args.config)
     try:

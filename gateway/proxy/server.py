@@ -8,7 +8,8 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
   closed with BYE;
 - credential watcher: every second, ends live sessions whose app password was revoked
   or has expired (the admin CLI writes the same store);
-- bans gauge, metrics endpoint, admin API.
+- bans gauge;
+- the HTTP listeners (admin API, metrics): ``gateway.web.serve``.
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
 SIGTERM/SIGINT stop accepting and close every session.
@@ -34,7 +35,6 @@ from gateway.limits.redis_state import open_state
 from gateway.limits.settings import AnomalySettings, LimitsSettings
 from gateway.limits.state import StateUnavailable
 from gateway.observability import metrics
-from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
@@ -43,6 +43,7 @@ from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
+from gateway.web.serve import serve_web
 
 log = get_logger()
 
@@ -269,14 +270,7 @@ async def serve(config: Config, runtime: Runtime) -> None:
                                "credential_watch")
             nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
                                "bans_gauge")
-            if config.metrics.address:
-                await nursery.start(serve_metrics, config.metrics.host, config.metrics.port,
-                                    lambda: ctx.ready)
-            if config.admin.address:
-                from gateway.admin_api import serve_admin
-
-                await nursery.start(serve_admin, ctx, config.admin.host, config.admin.port,
-                                    runtime.admin_token)
+            await nursery.start(serve_web, ctx)
             for listener in config.listeners:
                 sockets = await trio.open_tcp_listeners(listener.port, host=listener.host,
                                                         backlog=1024)

@@ -1,0 +1,139 @@
+"""Serve the web apps with Hypercorn's trio worker, in the gateway's nursery.
+
+One Hypercorn server per configured listener, each with the app of its role
+(``gateway.web.app``): ``[admin] address`` and ``[metrics] address`` in plain HTTP (they
+default to loopback). All of them run in one nursery
+that ``serve_web`` owns; cancelling it (SIGTERM) closes every listener.
+
+Choices and why:
+
+- Hypercorn's log lines go through structlog (``web.server`` events), like every other
+  line the gateway writes; its access log is off (the admin API logs what it changes).
+- No ``Server`` header: a version banner helps nobody but a scanner.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Protocol
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.logging import Logger as HypercornLogger
+from hypercorn.trio import serve as hypercorn_serve
+
+from gateway.observability.logs import get_logger
+from gateway.web.admin import AdminServices
+from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app
+from gateway.web.token import MIN_TOKEN_CHARS, AdminTokenError, check_admin_address
+
+__all__ = ["Gateway", "hypercorn_config", "serve_web"]
+
+log = get_logger()
+
+#: Seconds Hypercorn gives open requests to finish when the gateway stops.
+GRACEFUL_SECONDS = 1.0
+
+
+class _ContextSource(Protocol):
+    context: ssl.SSLContext
+
+
+class Gateway(AdminServices, Protocol):
+    """What the web layer needs from the running gateway (``GatewayContext``)."""
+
+    config: Any
+    runtime: Any  # .admin_token
+    tls: _ContextSource
+    ready: bool
+
+
+class _StructlogLogger(HypercornLogger):
+    """Hypercorn's logger, writing ``web.server`` events through structlog."""
+
+    async def access(self, request: Any, response: Any, request_time: float) -> None:
+        return None
+
+    async def critical(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.critical("web.server", detail=message % args if args else message)
+
+    async def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.error("web.server", detail=message % args if args else message)
+
+    async def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.warning("web.server", detail=message % args if args else message)
+
+    async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.debug("web.server", detail=message % args if args else message)
+
+    async def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.debug("web.server", detail=message % args if args else message)
+
+    async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+        log.exception("web.server", detail=message % args if args else message)
+
+    async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+        log.info("web.server", detail=message % args if args else message)
+
+
+class _Config(HypercornConfig):
+    """Hypercorn's config with the TLS context handed in rather than built from files."""
+
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.ssl_context is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.ssl_context
+
+
+def hypercorn_config(address: str, *, ssl_context: ssl.SSLContext | None = None,
+                     handshake_timeout: float = 10.0) -> HypercornConfig:
+    """Hypercorn settings for one listener on ``address`` ("host:port", IPv6 bracketed)."""
+    config = _Config()
+    config.bind = [address]
+    config.ssl_context = ssl_context
+    config.logger_class = _StructlogLogger
+    config.accesslog = None
+    config.errorlog = None
+    config.include_server_header = False
+    config.keep_alive_timeout = REQUEST_DEADLINE
+    config.read_timeout = int(REQUEST_DEADLINE)
+    config.ssl_handshake_timeout = handshake_timeout
+    config.graceful_timeout = GRACEFUL_SECONDS
+    config.websocket_max_message_size = MAX_BODY
+    return config
+
+
+async def serve_web(gateway: Gateway, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve every configured HTTP listener of ``gateway`` until cancelled.
+
+    Binds them all before ``task_status.started()`` (a port in use fails the start with
+    ``OSError``). Refuses a non-loopback ``[admin] address`` without an explicit token
+    file (``AdminAddressRefused``) and an admin API without a token (``AdminTokenError``).
+    """
+    config = gateway.config
+    servers: list[tuple[str, str, Any, HypercornConfig]] = []
+    if config.metrics.address:
+        app = metrics_app(lambda: gateway.ready)
+        servers.append(("metrics", config.metrics.address, app,
+                        hypercorn_config(config.metrics.address)))
+    if config.admin.address:
+        check_admin_address(config)
+        token = gateway.runtime.admin_token
+        if token is None or len(token) < MIN_TOKEN_CHARS:
+            raise AdminTokenError("the admin API needs a token; see load_admin_token")
+        servers.append(("admin", config.admin.address, admin_app(gateway, token),
+                        hypercorn_config(config.admin.address)))
+    async with trio.open_nursery() as nursery:
+        for role, address, app, hc in servers:
+            binds = await nursery.start(_serve_one, app, hc)
+            log.info(f"{role}.listening", address=address, bound=binds)
+        task_status.started()
+
+
+async def _serve_one(app: Any, config: HypercornConfig, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    await hypercorn_serve(app, config, task_status=task_status)
