@@ -9,7 +9,7 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
 - credential watcher: every second, ends live sessions whose app password was revoked
   or has expired (the admin CLI writes the same store);
 - bans gauge;
-- the HTTP listeners (admin API, metrics): ``gateway.web.serve``.
+- the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``.
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
 SIGTERM/SIGINT stop accepting and close every session.
@@ -73,6 +73,8 @@ class GatewayContext:
     tracker: ConnectionTracker
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     ready: bool = False
+    # [web] cert/key when set; None: the portal shares ``tls``. SIGHUP reloads both.
+    web_tls: TLSContextHolder | None = None
 
     def __post_init__(self) -> None:
         b = self.config.backend
@@ -220,11 +222,15 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                try:
-                    ctx.tls.reload()
-                    log.info("tls.reloaded", cert=str(ctx.config.tls.cert))
-                except TLSSetupError as exc:
-                    log.error("tls.reload_failed", error=str(exc))
+                holders = [(ctx.tls, ctx.config.tls.cert)]
+                if ctx.web_tls is not None:
+                    holders.append((ctx.web_tls, ctx.config.web.cert))
+                for holder, cert in holders:
+                    try:
+                        holder.reload()
+                        log.info("tls.reloaded", cert=str(cert))
+                    except TLSSetupError as exc:
+                        log.error("tls.reload_failed", error=str(exc))
                 await ctx.reload_policy(force=True)
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
@@ -253,6 +259,8 @@ async def _update_bans_gauge(ctx: GatewayContext) -> None:
 async def serve(config: Config, runtime: Runtime) -> None:
     """Run the gateway until SIGTERM/SIGINT."""
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
+    web_tls = (TLSContextHolder(config.web.cert, config.web.key, config.tls.min_version)
+               if config.web.address and config.web.cert is not None else None)
     limits = LimitsSettings.from_config(config.limits)
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
@@ -260,7 +268,7 @@ async def serve(config: Config, runtime: Runtime) -> None:
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
             limiter=Limiter(state, limits, AnomalySettings.from_config(config.anomaly)),
-            tracker=ConnectionTracker.from_settings(limits),
+            tracker=ConnectionTracker.from_settings(limits), web_tls=web_tls,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)
@@ -278,7 +286,7 @@ async def serve(config: Config, runtime: Runtime) -> None:
             ctx.ready = True
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
-                     admin=config.admin.address or None,
+                     admin=config.admin.address or None, web=config.web.address or None,
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
 
 

@@ -1,5 +1,5 @@
 """The ASGI apps, one per listener role, all Starlette: the admin API, the metrics and
-health endpoints.
+health endpoints, the portal.
 
 Rules of this module:
 
@@ -12,6 +12,8 @@ Rules of this module:
    answered 503. Routes map onto the pure handlers of ``gateway.web.admin``.
 3. Metrics: ``prometheus_client``'s own ASGI exposition (content negotiation, gzip) of
    the gateway's registry; ``/healthz`` and ``/readyz`` as load balancers expect.
+4. Portal: HTML rendered by Jinja2 (autoescaped) from ``templates/``, plain files from
+   ``static/``; ``SecurityHeaders`` and ``CSRFMiddleware`` wrap every request.
 """
 
 from __future__ import annotations
@@ -19,29 +21,39 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import trio
 from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.web import admin
 from gateway.web.admin import AdminServices, HttpError, Reply
+from gateway.web.csrf import CSRFMiddleware, csrf_of
+from gateway.web.headers import SecurityHeaders
 from gateway.web.token import is_authorized
 
 __all__ = [
     "MAX_BODY",
     "REQUEST_DEADLINE",
+    "STATIC_DIR",
+    "TEMPLATES_DIR",
     "BearerAuth",
     "admin_app",
     "metrics_app",
+    "portal_app",
     "read_body",
 ]
 
@@ -53,6 +65,9 @@ REQUEST_DEADLINE = 5.0
 #: 413 goes out: closing a socket with unread input makes the kernel send RST, and a
 #: client still uploading would lose our answer.
 _DRAIN_LIMIT = 4 * MAX_BODY
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 # ---------------------------------------------------------------------------
@@ -245,3 +260,28 @@ def metrics_app(ready: Callable[[], bool]) -> ASGIApp:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.router.redirect_slashes = False
     return app
+
+
+# ---------------------------------------------------------------------------
+# Portal
+
+
+def portal_app(web: Any, *, secret: bytes) -> ASGIApp:
+    """The portal on ``[web] address`` (``web`` is the ``[web]`` config section).
+
+    ``secret`` keys the CSRF tokens (``gateway.web.csrf``). For now one page: sign-in.
+    """
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+
+    async def signin(request: Request) -> Response:
+        return templates.TemplateResponse(
+            request, "signin.html", {"csrf_token": csrf_of(request).token},
+            headers={"Cache-Control": "no-store"})
+
+    routes = [
+        Route("/", signin, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(CSRFMiddleware, secret=secret)])
+    # Outside Starlette's error handling, so a 500 carries the headers too.
+    return SecurityHeaders(app)

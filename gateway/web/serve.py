@@ -2,11 +2,15 @@
 
 One Hypercorn server per configured listener, each with the app of its role
 (``gateway.web.app``): ``[admin] address`` and ``[metrics] address`` in plain HTTP (they
-default to loopback). All of them run in one nursery
+default to loopback), ``[web] address`` in HTTPS only. All of them run in one nursery
 that ``serve_web`` owns; cancelling it (SIGTERM) closes every listener.
 
 Choices and why:
 
+- TLS for ``[web]``: the gateway's own server context (``[tls] min_version``, its cipher
+  list), HTTP/1.1 only (no ALPN is offered, so Hypercorn speaks h11). The listening context picks, at each handshake, the current
+  context of a ``TLSContextHolder`` (an SNI callback), so the SIGHUP that renews the
+  IMAP certificate renews the portal's too without a restart.
 - Hypercorn's log lines go through structlog (``web.server`` events), like every other
   line the gateway writes; its access log is off (the admin API logs what it changes).
 - No ``Server`` header: a version banner helps nobody but a scanner.
@@ -14,7 +18,9 @@ Choices and why:
 
 from __future__ import annotations
 
+import secrets
 import ssl
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -23,11 +29,12 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.trio import serve as hypercorn_serve
 
 from gateway.observability.logs import get_logger
+from gateway.proxy.tls import server_context
 from gateway.web.admin import AdminServices
-from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app
+from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app, portal_app
 from gateway.web.token import MIN_TOKEN_CHARS, AdminTokenError, check_admin_address
 
-__all__ = ["Gateway", "hypercorn_config", "serve_web"]
+__all__ = ["Gateway", "hypercorn_config", "serve_web", "switching_context"]
 
 log = get_logger()
 
@@ -44,7 +51,8 @@ class Gateway(AdminServices, Protocol):
 
     config: Any
     runtime: Any  # .admin_token
-    tls: _ContextSource
+    tls: _ContextSource  # [tls]
+    web_tls: _ContextSource | None  # [web] cert/key when set; None: the portal uses [tls]
     ready: bool
 
 
@@ -107,6 +115,27 @@ def hypercorn_config(address: str, *, ssl_context: ssl.SSLContext | None = None,
     return config
 
 
+def switching_context(source: _ContextSource, cert: Path, key: Path,
+                      min_version: str) -> ssl.SSLContext:
+    """A listening TLS context that hands each handshake ``source.context`` as it is then.
+
+    OpenSSL runs the SNI callback for every ClientHello (with ``None`` as the name when
+    the client sent none, as for an IP address), and the callback may replace the
+    connection's context, whose certificate is then the one sent. Which settings
+    OpenSSL takes from which of the two contexts differs by setting (protocol versions
+    stay with the listening one), so both are built by the same ``server_context`` from
+    the same files: they differ only once ``source`` has reloaded a renewed certificate.
+    Raises ``TLSSetupError`` naming the files.
+    """
+
+    def pick(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        ssl_object.context = source.context
+
+    listening = server_context(cert, key, min_version)
+    listening.sni_callback = pick
+    return listening
+
+
 async def serve_web(gateway: Gateway, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve every configured HTTP listener of ``gateway`` until cancelled.
 
@@ -127,13 +156,19 @@ async def serve_web(gateway: Gateway, *, task_status=trio.TASK_STATUS_IGNORED) -
             raise AdminTokenError("the admin API needs a token; see load_admin_token")
         servers.append(("admin", config.admin.address, admin_app(gateway, token),
                         hypercorn_config(config.admin.address)))
+    if config.web.address:
+        web, tls = config.web, config.tls
+        own = gateway.web_tls
+        source, cert, key = ((own, web.cert, web.key) if own is not None
+                             else (gateway.tls, tls.cert, tls.key))
+        listening = switching_context(source, cert, key, tls.min_version)
+        app = portal_app(web, secret=secrets.token_bytes(32))
+        servers.append(("web", web.address, app, hypercorn_config(
+            web.address, ssl_context=listening,
+            handshake_timeout=config.limits.tls_handshake_timeout)))
     async with trio.open_nursery() as nursery:
         for role, address, app, hc in servers:
-            binds = await nursery.start(_serve_one, app, hc)
+            binds = await nursery.start(hypercorn_serve, app, hc)
             log.info(f"{role}.listening", address=address, bound=binds)
         task_status.started()
 
-
-async def _serve_one(app: Any, config: HypercornConfig, *,
-                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-    await hypercorn_serve(app, config, task_status=task_status)
