@@ -1,7 +1,7 @@
 """Client side of the admin API: ``imap-gateway sessions ...`` and ``bans ...``.
 
 Synchronous on purpose (the CLI is a short-lived command, stdlib ``http.client`` is
-enough). ``AdminClient`` speaks to ``gateway.admin_api``; the ``*_command`` functions
+enough). ``AdminClient`` speaks to the admin API (``gateway.web.admin``); the ``*_command`` functions
 turn its answers into the CLI's ``(exit code, text or dict)`` pair for ``cli._emit``.
 Every error message says what to do: start the gateway, fix ``[admin]``, list first.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from gateway.admin_api import AdminTokenError, admin_token_path, load_admin_token
+from gateway.web.token import AdminTokenError, admin_token_path, load_admin_token
 
 __all__ = [
     "AdminClient",
@@ -52,7 +52,7 @@ class AdminRequestError(Exception):
 
 @dataclass
 class AdminClient:
-    """One request per call, each on a new connection (the server closes after one).
+    """One request per call, each on a new connection (a CLI command makes one or two).
 
     ``where`` is the human description of the address ("... ([admin] address in FILE)")
     used in ``AdminUnreachable``; ``token_source`` names the token file for 401 hints.

@@ -66,11 +66,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.proxy.tls import TLSSetupError, server_context
 
     config = _load(args.config)
-    try:
-        server_context(config.tls.cert, config.tls.key, config.tls.min_version)
-    except TLSSetupError as exc:
-        print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
-        return 2
+    pairs = [("tls", config.tls.cert, config.tls.key)]
+    if config.web.cert is not None:
+        pairs.append(("web", config.web.cert, config.web.key))
+    for section, cert, key in pairs:
+        try:
+            server_context(cert, key, config.tls.min_version)
+        except TLSSetupError as exc:
+            print(f"imap-gateway: {config.source_path}: {section}: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"ok": True, "config": config.summary()}, indent=2, default=str))
     else:
@@ -178,8 +182,8 @@ def _admin(args: argparse.Namespace, action) -> int:
     A turned-off API or an unreadable token file is an error like any other: exit 1, and
     with --json a parseable {"error": ...} on stderr.
     """
-    from gateway.admin_api import AdminTokenError
     from gateway.admin_client import AdminDisabled, client_from_config
+    from gateway.web.token import AdminTokenError
 
     config = _load(args.config)
     try:

@@ -64,6 +64,7 @@ __all__ = [
     "StateConfig",
     "StoreConfig",
     "TLSConfig",
+    "WebConfig",
     "config_from_mapping",
     "load_config",
     "parse_address",
@@ -390,6 +391,40 @@ def _login_name(value: Any) -> str:
     return value
 
 
+def _public_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(f"must be a string like 'https://mail.example.org', got {_show(value)}")
+    if value == "":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme != "https":
+        raise _fail(f"must start with https:// (the portal is HTTPS only), got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _fail(f"invalid port in {value!r}") from None
+    if not parts.hostname:
+        raise _fail(f"no host in {value!r}; write e.g. 'https://mail.example.org'")
+    if parts.username is not None or parts.password is not None:
+        raise _fail("must not contain a user name or password")
+    if parts.query or parts.fragment:
+        raise _fail(f"must not have a query or fragment, got {value!r}")
+    return value
+
+
+def _admin_name(value: Any) -> str:
+    """A portal admin: a login name, or ``@group`` for every member of a group."""
+    if not isinstance(value, str):
+        raise _fail(f"must be a user name or '@group' in quotes, got {_show(value)}")
+    name = value[1:] if value.startswith("@") else value
+    if not name:
+        raise _fail(f"empty {'group' if value else 'user'} name; write e.g. 'alice' or '@admins'")
+    if any(c.isspace() or not c.isprintable() for c in name) or name.startswith("@"):
+        raise _fail(f"{value!r}: a name must not contain spaces, control characters or a "
+                    "second '@' at the start")
+    return value
+
+
 # ---------------------------------------------------------------------------
 # Sections
 
@@ -512,6 +547,25 @@ class MetricsConfig(_HasAddress, BaseModel):
     address: OptionalAddress = "127.0.0.1:9143"
 
 
+class WebConfig(_HasAddress, BaseModel):
+    """The web portal, HTTPS only; ``address = ""`` (the default) turns it off.
+
+    ``cert``/``key`` default to ``[tls]``'s; ``admins`` are login names or ``@group``.
+    """
+
+    model_config = _FROZEN
+    address: OptionalAddress = ""
+    cert: OptionalReadableFile = None
+    key: OptionalReadableFile = None
+    public_url: Annotated[str, BeforeValidator(_public_url)] = ""
+    enrollment: Annotated[Literal["invite", "password"], _one_of("invite", "password")] = (
+        "invite"
+    )
+    admins: tuple[Annotated[str, BeforeValidator(_admin_name)], ...] = Field((), strict=False)
+    session_ttl: Duration = 8 * 3600.0
+    activity_retention: Duration = 90 * 86400.0
+
+
 class LoggingConfig(BaseModel):
     model_config = _FROZEN
     format: Annotated[Literal["json", "console"], _one_of("json", "console")] = "json"
@@ -567,6 +621,7 @@ class Config(BaseModel):
     policy: PolicyConfig = _section()
     admin: AdminConfig = _section()
     metrics: MetricsConfig = _section()
+    web: WebConfig = _section()
     logging: LoggingConfig = _section()
     anomaly: AnomalyConfig = _section()
 
@@ -696,7 +751,25 @@ def _cross_checks(config: Config) -> tuple[tuple[str, str], ...]:
         )
     if config.admin.address and config.admin.address == config.metrics.address:
         problems.append(("admin.address", "same address as metrics.address; use another port"))
+    problems += _web_checks(config)
     return tuple(problems)
+
+
+def _web_checks(config: Config) -> list[tuple[str, str]]:
+    web = config.web
+    problems: list[tuple[str, str]] = []
+    if web.cert is not None and web.key is None:
+        problems.append(("web.key", "required when web.cert is set (or remove both to use [tls])"))
+    if web.key is not None and web.cert is None:
+        problems.append(("web.cert", "required when web.key is set (or remove both to use [tls])"))
+    if web.address:
+        endpoint = (web.host, web.port)
+        taken = [("admin.address", config.admin), ("metrics.address", config.metrics)]
+        taken += [(f"listener[{i}].address", lst) for i, lst in enumerate(config.listeners)]
+        for key, other in taken:
+            if other.address and (other.host, other.port) == endpoint:
+                problems.append(("web.address", f"same address as {key}; use another port"))
+    return problems
 
 
 # ---------------------------------------------------------------------------
@@ -706,7 +779,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "tls": TLSConfig, "listener": ListenerConfig, "backend": BackendConfig,
     "limits": LimitsConfig, "state": StateConfig, "store": StoreConfig,
     "policy": PolicyConfig, "admin": AdminConfig, "metrics": MetricsConfig,
-    "logging": LoggingConfig, "anomaly": AnomalyConfig,
+    "web": WebConfig, "logging": LoggingConfig, "anomaly": AnomalyConfig,
 }  # fmt: skip
 _NO_ECHO = {("state", "redis")}
 

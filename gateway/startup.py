@@ -10,18 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.admin_api import (
-    AdminAddressRefused,
-    AdminTokenError,
-    check_admin_address,
-    load_admin_token,
-)
 from gateway.config import Config
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
 from gateway.secretfile import SecretFileError, read_secret_file
 from gateway.store import open_store
 from gateway.store.base import CredentialStore
 from gateway.store.errors import StoreError
+from gateway.web.token import (
+    AdminAddressRefused,
+    AdminTokenError,
+    check_admin_address,
+    load_admin_token,
+)
 
 
 class StartupError(Exception):

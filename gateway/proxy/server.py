@@ -10,7 +10,8 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
   or has expired (the admin CLI writes the same store);
 - store pruning: every hour, login history past its retention, expired web sessions
   and invites;
-- bans gauge, metrics endpoint, admin API.
+- bans gauge;
+- the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``.
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
 SIGTERM/SIGINT stop accepting and close every session.
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -37,7 +39,6 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
 from gateway.observability import metrics
-from gateway.observability.http import serve_metrics
 from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
@@ -48,6 +49,7 @@ from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
 from gateway.store.base import DEFAULT_LOGIN_HISTORY_RETENTION, AppPasswordInfo, CredentialStore
+from gateway.web.serve import HttpSockets, serve_web
 
 log = get_logger()
 
@@ -78,6 +80,8 @@ class GatewayContext:
     tracker: ConnectionTracker
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     ready: bool = False
+    # [web] cert/key when set; None: the portal shares ``tls``. SIGHUP reloads both.
+    web_tls: TLSContextHolder | None = None
 
     def __post_init__(self) -> None:
         b = self.config.backend
@@ -228,11 +232,16 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                try:
-                    ctx.tls.reload()
-                    log.info("tls.reloaded", cert=str(ctx.config.tls.cert))
-                except TLSSetupError as exc:
-                    log.error("tls.reload_failed", error=str(exc))
+                holders: list[tuple[TLSContextHolder, Path | None]] = [
+                    (ctx.tls, ctx.config.tls.cert)]
+                if ctx.web_tls is not None:
+                    holders.append((ctx.web_tls, ctx.config.web.cert))
+                for holder, cert in holders:
+                    try:
+                        holder.reload()
+                        log.info("tls.reloaded", cert=str(cert))
+                    except TLSSetupError as exc:
+                        log.error("tls.reload_failed", error=str(exc))
                 await ctx.reload_policy(force=True)
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
@@ -279,29 +288,33 @@ async def serve(config: Config, runtime: Runtime) -> None:
     socket left open. Whatever ends the gateway, every socket is closed on the way out.
     """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
+    web_tls = None
+    if config.web.address and config.web.cert is not None and config.web.key is not None:
+        web_tls = TLSContextHolder(config.web.cert, config.web.key, config.tls.min_version)
     bound = await bind_all(_bind_requests(config))
     try:
-        await _run(config, runtime, tls, _BoundSockets.split(config, bound))
+        await _run(config, runtime, tls, web_tls, _BoundSockets.split(config, bound))
     finally:
         close_all(bound)
 
 
 def _bind_requests(config: Config) -> list[BindRequest]:
-    """Listeners first, then metrics and admin API when on; see _BoundSockets.split."""
+    """Listeners first, then metrics, admin API and portal when on; see _BoundSockets.split."""
     wanted = [BindRequest("[[listener]] address", lst.address, backlog=1024)
               for lst in config.listeners]
     if config.metrics.address:
         wanted.append(BindRequest("[metrics] address", config.metrics.address))
     if config.admin.address:
         wanted.append(BindRequest("[admin] address", config.admin.address))
+    if config.web.address:
+        wanted.append(BindRequest("[web] address", config.web.address))
     return wanted
 
 
 @dataclass(frozen=True, slots=True)
 class _BoundSockets:
     listeners: list[list[trio.SocketListener]]
-    metrics: list[trio.SocketListener] | None
-    admin: list[trio.SocketListener] | None
+    http: HttpSockets
 
     @classmethod
     def split(cls, config: Config, bound: list[list[trio.SocketListener]]) -> _BoundSockets:
@@ -309,20 +322,23 @@ class _BoundSockets:
         rest = iter(bound[len(config.listeners):])
         return cls(
             listeners=bound[:len(config.listeners)],
-            metrics=next(rest) if config.metrics.address else None,
-            admin=next(rest) if config.admin.address else None,
+            http=HttpSockets(
+                metrics=next(rest) if config.metrics.address else None,
+                admin=next(rest) if config.admin.address else None,
+                web=next(rest) if config.web.address else None,
+            ),
         )
 
 
 async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
-               sockets: _BoundSockets) -> None:
+               web_tls: TLSContextHolder | None, sockets: _BoundSockets) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with open_state(config.state.redis) as state:
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
             limiter=Limiter(state, config.limits, config.anomaly),
-            tracker=ConnectionTracker.from_config(config.limits),
+            tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)
@@ -334,23 +350,14 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                                "bans_gauge")
             nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
                                "store_prune")
-            if sockets.metrics is not None:
-                await nursery.start(serve_metrics, sockets.metrics, lambda: ctx.ready)
-            if sockets.admin is not None:
-                from gateway.admin_api import serve_admin
-
-                token = runtime.admin_token
-                assert token is not None  # prepare() loads it whenever the API is on
-                host, port = parse_address(config.admin.address)
-                await nursery.start(partial(serve_admin, ctx, host, port, token,
-                                            listeners=sockets.admin))
+            await nursery.start(partial(serve_web, ctx, sockets.http))
             for listener, listener_sockets in zip(config.listeners, sockets.listeners,
                                                   strict=True):
                 nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), listener_sockets)
             ctx.ready = True
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
-                     admin=config.admin.address or None,
+                     admin=config.admin.address or None, web=config.web.address or None,
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
 
 

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -44,12 +45,13 @@ def token(gw) -> str:
 
 
 def http_call(gw, method: str, path: str, *, body: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+              headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+    """(status, JSON body, headers); header names match in any case, as in HTTP."""
     conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read()), dict(resp.getheaders())
+        return resp.status, json.loads(resp.read()), resp.headers
     finally:
         conn.close()
 

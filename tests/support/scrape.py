@@ -20,7 +20,7 @@ class HttpReply:
 
 
 def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> HttpReply:
-    """One GET over a fresh connection (the endpoint serves one request per connection)."""
+    """One GET over a fresh connection, as a scraper or a health check makes it."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)

@@ -1,7 +1,8 @@
-"""Admin API pieces without a gateway: the HTTP request reader (fed byte by byte), the
-token file, the loopback rule, bearer checks, POST /bans decoding, CLI messages.
+"""The admin API without a gateway: the app on the web stack (bearer check before
+routing, 404/405/400/409/413/408/503/500 as JSON), the token file, the loopback rule,
+POST /bans decoding, CLI messages.
 
-The endpoints themselves run against a real gateway in tests/e2e/test_admin_api.py.
+The endpoints run against a real gateway in tests/e2e/test_admin_api.py.
 """
 
 from __future__ import annotations
@@ -9,25 +10,29 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import dataclass, field
 
 import pytest
+import trio
+from structlog.testing import capture_logs
 
-from gateway.admin_api import (
-    MAX_REQUEST,
-    AdminAddressRefused,
-    AdminTokenError,
-    HttpError,
-    Request,
-    RequestReader,
-    Response,
-    check_admin_address,
-    is_authorized,
-    load_admin_token,
-    parse_ban_request,
-)
 from gateway.admin_client import format_bans, format_sessions
 from gateway.cli import main
 from gateway.config import config_from_mapping
+from gateway.limits.limiter import Limiter
+from gateway.limits.state import MemoryState
+from gateway.web import app as web_app
+from gateway.web.admin import HttpError, parse_ban_request
+from gateway.web.app import MAX_BODY, admin_app
+from gateway.web.token import (
+    AdminAddressRefused,
+    AdminTokenError,
+    check_admin_address,
+    is_authorized,
+    load_admin_token,
+)
+from tests.support.asgi import AsgiClient
+from tests.support.limits import limits_config
 
 TOKEN = "a" * 64
 
@@ -52,77 +57,218 @@ def write_config(tmp_path, certs, **admin):
     return path
 
 
-# -- request reader -----------------------------------------------------------------------
+# -- the app: a fake gateway (sessions, a real in-memory limiter) -------------------------
 
-BODY = b'{"network":"192.0.2.7"}'
-RAW = (b"POST /bans?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t0k\r\n"
-       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+NOW = 1_000_000.0
 
 
-@pytest.mark.parametrize("split", range(1, len(RAW)))
-def test_reader_gives_the_same_request_for_every_split(split):
-    reader = RequestReader()
-    assert reader.feed(RAW[:split]) is None
-    req = reader.feed(RAW[split:])
-    assert req is not None
-    assert (req.method, req.path, req.target) == ("POST", "/bans", "/bans?x=1")
-    assert req.headers["authorization"] == "Bearer t0k"
-    assert req.body == BODY
+@dataclass
+class FakeSession:
+    session_id: str
+    user: str | None
+    client_ip: str = "192.0.2.7"
+    client_port: int = 5000
+    started_at: float = NOW - 60
+    factor: str | None = "totp"
+    app_password_label: str | None = None
+    bytes_in: int = 10
+    bytes_out: int = 20
+    cancel_scope: object | None = None
+    kill_reason: str | None = None
+    killed: list = field(default_factory=list)
+
+    @property
+    def listener(self):
+        return type("L", (), {"address": "0.0.0.0:993"})()
+
+    def kill(self, reason: str, message: str) -> None:
+        self.kill_reason = reason
+        self.killed.append((reason, message))
 
 
-def test_reader_byte_by_byte_answers_exactly_at_the_last_byte():
-    reader = RequestReader()
-    for i, byte in enumerate(RAW):
-        req = reader.feed(bytes([byte]))
-        assert (req is not None) == (i == len(RAW) - 1)
+@dataclass
+class FakeGateway:
+    sessions: dict = field(default_factory=dict)
+    limiter: object = field(
+        default_factory=lambda: Limiter(MemoryState(), limits_config(
+            allow_networks=["127.0.3.0/24"]), None))
 
 
-def test_request_repr_hides_the_token():
-    req = RequestReader().feed(RAW)
-    assert "t0k" not in repr(req)
+def client(gw=None) -> AsgiClient:
+    return AsgiClient(admin_app(gw if gw is not None else FakeGateway(), TOKEN,
+                                clock=lambda: NOW))
 
 
-@pytest.mark.parametrize("raw, status, words", [
-    (b"GET /bans\r\n\r\n", 400, "request line"),
-    (b"GET bans HTTP/1.1\r\n\r\n", 400, "request line"),
-    (b"GET /bans HTTP/1.1\r\nNoColon\r\n\r\n", 400, "header"),
-    (b"POST /bans HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length"),
-    (b"POST /bans HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "Content-Length"),
-    (b"GET /bans HTTP/1.1\r\nAuthorization: a\r\nauthorization: b\r\n\r\n", 400, "duplicate"),
-    (b"GET /b\xe4ns HTTP/1.1\r\n\r\n", 400, "ASCII"),
-    (b"POST /bans HTTP/1.1\r\nContent-Length: 70000\r\n\r\n", 413, "larger"),
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer " + "0" * 64},
+                                     {"Authorization": f"Basic {TOKEN}"}])
+@pytest.mark.parametrize("method, path", [("GET", "/sessions"), ("DELETE", "/bans/127.0.0.9"),
+                                          ("GET", "/no-such-path"), ("PUT", "/bans")])
+def test_no_or_wrong_token_is_401_before_routing(headers, method, path):
+    with capture_logs() as logs:
+        r = client().request(method, path, headers=headers)
+    assert r.status_code == 401, r.text
+    assert "token" in r.json()["error"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert r.headers["Cache-Control"] == "no-store"
+    assert [e["event"] for e in logs] == ["admin.unauthorized"]
+    assert logs[0]["path"] == path
+    assert TOKEN not in repr(logs)
+
+
+def test_two_authorization_headers_are_a_bad_request():
+    r = client().get("/sessions", headers=[("Authorization", f"Bearer {TOKEN}"),
+                                           ("Authorization", "Bearer x")])
+    assert r.status_code == 400 and "duplicate" in r.json()["error"]
+
+
+def test_the_app_repr_does_not_show_the_token():
+    assert TOKEN not in repr(admin_app(FakeGateway(), TOKEN))
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("PUT", "/bans", "GET, POST"), ("HEAD", "/sessions", "GET"),
+    ("POST", "/sessions", "GET"), ("GET", "/sessions/abc", "DELETE"),
+    ("POST", "/bans/192.0.2.7", "DELETE"),
 ])
-def test_reader_refuses_bad_requests_with_a_reason(raw, status, words):
-    with pytest.raises(HttpError) as err:
-        RequestReader().feed(raw)
-    assert err.value.status == status and words in err.value.message
+def test_wrong_method_is_405_with_exact_allow(method, path, allowed):
+    r = client().request(method, path, headers=AUTH)
+    assert r.status_code == 405
+    assert r.headers["Allow"] == allowed
+    if method != "HEAD":
+        assert f"use {allowed}" in r.json()["error"]
 
 
-def test_reader_bounds_a_head_that_never_ends():
-    reader = RequestReader()
-    chunk = b"GET /bans HTTP/1.1\r\nX: " + b"y" * 4096
-    with pytest.raises(HttpError) as err:
-        for _ in range(MAX_REQUEST // 4096 + 2):
-            reader.feed(chunk if not reader._buf else b"y" * 4096)
-    assert err.value.status == 413
-    assert len(reader._buf) <= MAX_REQUEST + 4096
+@pytest.mark.parametrize("path", ["/metrics", "/", "/sessionsx", "/bans/", "/sessions/"])
+def test_unknown_endpoint_is_404_naming_the_endpoints(path):
+    r = client().get(path, headers=AUTH)
+    assert r.status_code == 404, r.text
+    assert "/sessions, /bans" in r.json()["error"]
 
 
-def test_reader_incomplete_request_at_eof_is_400():
-    reader = RequestReader()
-    reader.feed(b"POST /bans HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}")
-    with pytest.raises(HttpError) as err:
-        reader.eof()
-    assert err.value.status == 400
+def test_sessions_list_is_sorted_and_shows_no_credential():
+    gw = FakeGateway(sessions={
+        "b": FakeSession("b", "bob", started_at=NOW - 5),
+        "a": FakeSession("a", None, started_at=NOW - 50),
+    })
+    r = client(gw).get("/sessions", headers=AUTH)
+    assert r.status_code == 200
+    sessions = r.json()["sessions"]
+    assert [s["id"] for s in sessions] == ["a", "b"]
+    assert sessions[0]["state"] == "preauth" and sessions[0]["factor"] is None
+    assert sessions[1] == {
+        "id": "b", "user": "bob", "client_ip": "192.0.2.7", "client_port": 5000,
+        "listener": "0.0.0.0:993", "started": NOW - 5, "factor": "totp", "app_password": None,
+        "bytes_in": 10, "bytes_out": 20, "state": "authenticated"}
 
 
-def test_response_is_json_with_length_and_close():
-    raw = Response(404, {"error": "no such thing"}, (("Allow", "GET"),)).to_bytes()
-    head, body = raw.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 404 Not Found\r\n")
-    assert b"Content-Length: %d" % len(body) in head and b"Connection: close" in head
-    assert b"Allow: GET" in head
-    assert json.loads(body) == {"error": "no such thing"}
+def test_kill_ends_a_logged_in_session_and_refuses_one_before_login():
+    live = FakeSession("live", "alice", cancel_scope=object())
+    early = FakeSession("early", None)
+    gw = FakeGateway(sessions={"live": live, "early": early})
+    c = client(gw)
+    r = c.delete("/sessions/live", headers=AUTH)
+    assert (r.status_code, r.json()) == (200, {"killed": "live", "user": "alice",
+                                               "state": "closing"})
+    assert live.killed == [("admin_kill", "Session terminated by administrator.")]
+    r = c.delete("/sessions/early", headers=AUTH)
+    assert r.status_code == 409 and "ban its address" in r.json()["error"]
+    assert early.killed == []
+    r = c.delete("/sessions/nope", headers=AUTH)
+    assert r.status_code == 404 and "sessions list" in r.json()["error"]
+
+
+def test_bans_add_list_remove_with_url_encoded_network():
+    c = client()
+    r = c.post("/bans", json={"network": "192.0.2.0/24", "ttl": "1h", "reason": "lab"},
+               headers=AUTH)
+    assert r.status_code == 201, r.text
+    ban = r.json()
+    assert (ban["network"], ban["scope"], ban["reason"], ban["source"]) == (
+        "192.0.2.0/24", "subnet", "lab", "admin")
+    assert ban["expires"] - ban["created"] == 3600
+    assert [b["network"] for b in c.get("/bans", headers=AUTH).json()["bans"]] == [
+        "192.0.2.0/24"]
+    r = c.delete("/bans/192.0.2.0%2F24", headers=AUTH)
+    assert (r.status_code, r.json()) == (200, {"removed": "192.0.2.0/24"})
+    r = c.delete("/bans/192.0.2.0%2F24", headers=AUTH)
+    assert r.status_code == 404 and "no ban of exactly 192.0.2.0/24" in r.json()["error"]
+    assert c.get("/bans", headers=AUTH).json() == {"bans": []}
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"network": "not-an-ip"}', "not an IP address"),
+    (b'{"network": "127.0.3.7"}', "allow_networks"),
+    (b'{"network": "127.0.0.9", "ttl": "5"}', "unit"),
+    (b'{"network": "127.0.0.9", "tll": "1h"}', "tll"),
+    (b"{", "JSON object"),
+    (b"", "JSON object"),
+])
+def test_bad_ban_requests_are_400_with_a_reason(body, words):
+    r = client().post("/bans", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+
+
+def test_a_body_over_the_limit_is_413_and_nothing_is_banned():
+    c = client()
+    big = json.dumps({"network": "192.0.2.7", "reason": "x" * MAX_BODY}).encode()
+    r = c.post("/bans", content=big, headers=AUTH)
+    assert r.status_code == 413 and str(MAX_BODY) in r.json()["error"]
+
+    async def chunks():  # no Content-Length: the limit holds while streaming too
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"x" * 1024
+
+    r = c.post("/bans", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    assert c.get("/bans", headers=AUTH).json() == {"bans": []}
+
+
+def test_a_crashing_handler_is_500_and_logged_without_the_token():
+    class Broken(FakeGateway):
+        @property
+        def sessions(self):
+            raise RuntimeError("boom")
+
+    with capture_logs() as logs:
+        r = client(Broken.__new__(Broken)).get("/sessions", headers=AUTH)
+    assert r.status_code == 500 and "gateway log" in r.json()["error"]
+    assert [e["event"] for e in logs] == ["admin.request_crashed"]
+    assert TOKEN not in repr(logs)
+
+
+def test_a_slow_handler_is_503(monkeypatch):
+    monkeypatch.setattr(web_app, "REQUEST_DEADLINE", 0.05)
+
+    class SlowLimiter:
+        async def list_bans(self, now):
+            await trio.sleep(5)
+
+    r = client(FakeGateway(limiter=SlowLimiter())).get("/bans", headers=AUTH)
+    assert r.status_code == 503 and "not answered" in r.json()["error"]
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(monkeypatch):
+    monkeypatch.setattr(web_app, "REQUEST_DEADLINE", 0.05)
+    app = admin_app(FakeGateway(), TOKEN)
+    sent: list[dict] = []
+
+    async def receive():
+        await trio.sleep(5)  # the client never sends its body
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/bans", "raw_path": b"/bans",
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "headers": [(b"authorization", f"Bearer {TOKEN}".encode()),
+                         (b"content-length", b"20")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 9144)}
+    trio.run(app, scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert "not received" in json.loads(sent[1]["body"])["error"]
 
 
 # -- bearer token ---------------------------------------------------------------------------
@@ -200,8 +346,8 @@ def test_public_admin_address_needs_an_explicit_token_file(tmp_path, certs, addr
 
 # -- POST /bans body -------------------------------------------------------------------------
 
-def _post(body: object) -> Request:
-    return Request("POST", "/bans", {}, json.dumps(body).encode())
+def _post(body: object) -> bytes:
+    return json.dumps(body).encode()
 
 
 def test_ban_request_defaults_and_ttl():
@@ -292,5 +438,5 @@ def test_tables_show_what_an_admin_reads():
 def test_deeply_nested_json_is_a_bad_request_not_a_crash():
     """60,000 '[' must not raise RecursionError (500 and a traceback in the log)."""
     with pytest.raises(HttpError) as err:
-        parse_ban_request(Request("POST", "/bans", {}, b"[" * 60000))
+        parse_ban_request(b"[" * 60000)
     assert err.value.status == 400

@@ -70,6 +70,16 @@ def test_check_config_names_file_and_key_and_exits_non_zero(confdir: Path):
     assert "Traceback" not in done.stderr
 
 
+def test_check_config_loads_the_portal_certificate_too(confdir: Path):
+    (confdir / "web.pem").write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n")
+    cfg = confdir / "gateway.toml"
+    cfg.write_text(GOOD + '\n[web]\naddress = "127.0.0.1:10443"\ncert = "web.pem"\n'
+                   'key = "key.pem"\n')
+    done = run("check-config", "--config", str(cfg))
+    assert done.returncode == 2
+    assert f"{cfg}: web: " in done.stderr and "web.pem" in done.stderr
+
+
 def test_serve_refuses_a_broken_policy_before_listening(confdir: Path):
     (confdir / "policies" / "10-bad.toml").write_text(
         '[[rule]]\nname = "typo"\nnetworks = ["ofice"]\naction = "allow"\nmfa = "none"\n')

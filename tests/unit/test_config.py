@@ -517,3 +517,65 @@ def test_required_sections(confdir: Path) -> None:
     assert (err.key, err.message) == ("listener", "at least one [[listener]] table is required")
     err = load_error(confdir, with_section("backend", "").replace('address = "127.0.0.1:143"', ""))
     assert (err.key, err.message) == ("backend.address", "required key is missing")
+
+
+# --- [web] ------------------------------------------------------------------------------
+
+
+def test_web_is_off_by_default_with_documented_defaults(confdir: Path) -> None:
+    web = load_config(write(confdir, MINIMAL)).web
+    assert (web.address, web.host, web.port) == ("", None, None)
+    assert (web.cert, web.key, web.public_url) == (None, None, "")
+    assert (web.enrollment, web.admins) == ("invite", ())
+    assert (web.session_ttl, web.activity_retention) == (8 * 3600.0, 90 * 86400.0)
+
+
+def test_web_section_with_every_key(confdir: Path) -> None:
+    cfg = load_config(write(confdir, with_section("web", "\n".join([
+        'address = "[::]:8443"',
+        'cert = "tls/cert.pem"',
+        'key = "tls/key.pem"',
+        'public_url = "https://mail.example.org:8443/portal"',
+        'enrollment = "password"',
+        'admins = ["alice", "@mail-admins"]',
+        'session_ttl = "12h"',
+        'activity_retention = "30d"',
+    ]))))
+    web = cfg.web
+    assert (web.host, web.port) == ("::", 8443)
+    assert web.cert == confdir / "tls" / "cert.pem" and web.key == confdir / "tls" / "key.pem"
+    assert web.public_url == "https://mail.example.org:8443/portal"
+    assert (web.enrollment, web.admins) == ("password", ("alice", "@mail-admins"))
+    assert (web.session_ttl, web.activity_retention) == (12 * 3600.0, 30 * 86400.0)
+    assert cfg.summary()["web"]["port"] == 8443
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ('address = "8443"', "web.address", "missing port"),
+        ('public_url = "http://mail.example.org"', "web.public_url", "https://"),
+        ('public_url = "https://"', "web.public_url", "no host"),
+        ('public_url = "https://u:p@mail.example.org"', "web.public_url", "user name"),
+        ('public_url = "https://mail.example.org/?a=1"', "web.public_url", "query"),
+        ('public_url = "https://mail.example.org:99999"', "web.public_url", "port"),
+        ('enrollment = "open"', "web.enrollment", "'invite', 'password'"),
+        ('admins = "alice"', "web.admins", "must be a list"),
+        ('admins = ["alice", "@"]', "web.admins[1]", "empty group"),
+        ('admins = ["bob smith"]', "web.admins[0]", "spaces"),
+        ("admins = [7]", "web.admins[0]", "user name or '@group'"),
+        ('session_ttl = "8"', "web.session_ttl", "unit"),
+        ('activity_retention = "0d"', "web.activity_retention", "longer than zero"),
+        ('cert = "tls/missing.pem"\nkey = "tls/key.pem"', "web.cert", "file not found"),
+        ('cert = "tls/cert.pem"', "web.key", "required when web.cert is set"),
+        ('key = "tls/key.pem"', "web.cert", "required when web.key is set"),
+        ('address = "0.0.0.0:993"', "web.address", "same address as listener[0]"),
+        ('address = "127.0.0.1:9143"', "web.address", "same address as metrics.address"),
+        ('adress = "0.0.0.0:8443"', "web.adress", "did you mean 'address'"),
+    ],
+)
+def test_web_errors_name_the_key(confdir: Path, body: str, key: str, words: str) -> None:
+    err = load_error(confdir, with_section("web", body))
+    assert err.key == key, err
+    assert words in err.message, err.message
+    assert str(confdir / "gateway.toml") in str(err)
