@@ -57,6 +57,7 @@ from .framing import (
 from .responses import READY_FOR_LITERAL, tagged, untagged
 from .tokens import (
     UNCLOSED_LIST,
+    ArgumentLexer,
     Atom,
     ListTok,
     ParseError,
@@ -87,6 +88,13 @@ __all__ = [
 #: else with BAD *without reading the literal*; the stream refuses it before the backend
 #: has to.
 BINARY_LITERAL_COMMANDS: Final = frozenset({"APPEND", "REPLACE", "UID REPLACE"})
+
+#: Commands Dovecot reads with a parser of their own that, after a syntax error, goes on
+#: reading the same line as a new command (probed on Dovecot 2.3.19: ``a APPEND INBOX
+#: {c SELECT Secret`` runs ``c SELECT Secret``). Every segment of these must tokenize
+#: before it is forwarded: a first segment that does not is refused, a later one ends
+#: the session.
+STRICT_COMMANDS: Final = frozenset({"APPEND", "SETMETADATA", "REPLACE", "UID REPLACE"})
 
 #: Commands whose handler reads a fixed number of arguments. Dovecot leaves any further
 #: argument unread -- and an unread literal's body then runs as commands (verified for each
@@ -296,6 +304,8 @@ class CommandStream:
         self._release: list[_HeldPiece] = []
         self._waiting: Literal | None = None  # the literal whose answer we wait for
         self._idle = False  # an IDLE was forwarded: the next line should be DONE
+        #: Checks every segment of a STRICT_COMMANDS command (None for other commands).
+        self._lexer: ArgumentLexer | None = None
         self._out: list[Action] = []
         self._pending: list[bytes] = []
         self._unchanged = True
@@ -315,7 +325,8 @@ class CommandStream:
         framer.receive_data(data)
         self._begin()
         self._pump()
-        if whole and self._unchanged and framer.buffered_len == 0:
+        if (whole and self._unchanged and framer.buffered_len == 0
+                and self._mode == "forward" and self._waiting is None):
             out: list[Action] = [a for a in self._out if isinstance(a, Command)]
             out.append(Forward(data))
             return out
@@ -426,6 +437,10 @@ class CommandStream:
                     self._binary_seen = True
                 self._collect_segment(seg)
                 return
+            if self._lexer is not None and not self._lexes(seg):
+                self.closed = True
+                self._act(Close("bad_syntax", untagged("BYE", "Invalid command syntax.")))
+                return
             if self._continuation_not_allowed(seg):
                 # Earlier segments already went to the backend: no clean refusal is
                 # possible any more, and forwarding would desynchronise us from it.
@@ -440,6 +455,11 @@ class CommandStream:
             if lit is None and strip_eol(seg.data).upper() == b"DONE":
                 self._forward_line(seg.data)
                 return
+            # The backend reads this line as IDLE's end (raw text, no literal) and refuses
+            # it; the gateway would read it as a command: end the session instead.
+            self.closed = True
+            self._act(Close("idle_not_done", untagged("BYE", "Expected DONE after IDLE.")))
+            return
         self._mode = "forward"
         info_or_reply = self._inspect(seg)
         if isinstance(info_or_reply, bytes):
@@ -449,6 +469,13 @@ class CommandStream:
             self._start_collect(seg)
             return
         self._decide(seg, info_or_reply)
+
+    def _lexes(self, seg: LineSegment) -> bool:
+        """The next segment of a STRICT_COMMANDS command tokenizes (with its literal)."""
+        assert self._lexer is not None
+        if self._lexer.feed(seg.text, b"" if seg.literal is not None else None) is not None:
+            return False
+        return seg.literal is not None or not isinstance(self._lexer.finish(), ParseError)
 
     def _continuation_not_allowed(self, seg: LineSegment) -> bool:
         """A later segment of a forwarded command that must not reach the backend."""
@@ -537,6 +564,7 @@ class CommandStream:
     # -- fixed-arity commands with literals: read whole, then decide ------------------------------
 
     def _start_collect(self, seg: LineSegment) -> None:
+        self._unchanged = False  # held, not forwarded as received
         self._mode = "collect"
         self._first_seg = seg
         self._collected = []
@@ -637,7 +665,17 @@ class CommandStream:
         tag, name, pos = head
         if name not in self.known_commands:
             return tagged(tag, "BAD", "Unknown command.")
-        if seg.literal is not None:
+        self._lexer = None
+        if name in STRICT_COMMANDS:
+            lexer = ArgumentLexer(after_name=True, keep=False)
+            error = lexer.feed(text, b"" if seg.literal is not None else None, start=pos)
+            if error is None and seg.literal is None:
+                done = lexer.finish()
+                error = done if isinstance(done, ParseError) else None
+            if error is not None:
+                return self._bad(tag, error.message)
+            self._lexer = lexer
+        elif seg.literal is not None:
             # Everything before the literal must tokenize, or the command goes no further
             # (the backend would refuse it too, and a refusal costs it nothing).
             checked = tokenize([(text, b"")], start=pos)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "ArgumentLexer",
     "Atom",
     "ListTok",
     "Nil",
@@ -98,11 +99,11 @@ class ParsedCommand:
 # (with % * ] and a leading backslash) and let the caller check what it needs: flags are
 # "\" atom, LIST patterns contain % and *, astrings may contain ].
 _ATOM_RE: Final = re.compile(rb'\\?[^\x00-\x20\x7f-\xff(){"\\]+')
-_TAG_RE: Final = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\\%*+]+')
+_TAG_RE: Final = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\\%*+\]]+')
 _ASTRING_ATOM_RE: Final = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\\%*]+\Z')
 _QUOTED_RE: Final = re.compile(rb'"((?:[^"\\\r\n\x00]|\\["\\])*)"')
 _UNESCAPE_RE: Final = re.compile(rb'\\(["\\])')
-_HEAD_RE: Final = re.compile(rb'([^\x00-\x20\x7f-\xff(){"\\%*+]+) ([A-Za-z0-9\-]+)(?= |\Z)')
+_HEAD_RE: Final = re.compile(rb'([^\x00-\x20\x7f-\xff(){"\\%*+\]]+) ([A-Za-z0-9\-]+)(?= |\Z)')
 _UID_SUB_RE: Final = re.compile(rb" ([A-Za-z]+)(?= |\Z)")
 
 _MAX_DEPTH: Final = 32
@@ -124,6 +125,124 @@ def _quoted_error(text: bytes, i: int) -> str:
     return "Unterminated quoted string."
 
 
+class ArgumentLexer:
+    """Tokenizes a command's arguments part by part: a line segment's text, then the
+    literal that follows it (if any), then the next segment, and so on.
+
+    ``after_name``: the first text follows the command name, so the first argument must
+    be preceded by exactly one space. ``max_tokens``: stop (successfully, :attr:`done`)
+    once that many top-level tokens are read and ignore the rest. ``keep=False``: only
+    check and count top-level tokens (:attr:`count`), so a command of many segments costs
+    no memory for the tokens already checked.
+    """
+
+    def __init__(self, *, after_name: bool = False, max_tokens: int | None = None,
+                 keep: bool = True) -> None:
+        self.top: list[Token] = []
+        self.count = 0
+        self.done = False
+        self._stack: list[list[Token]] = [self.top]
+        self._need_sep = after_name  # a token just ended: next must be SP, ")" or the end
+        self._after_space = False
+        self._max_tokens = max_tokens
+        self._keep = keep
+
+    def _add(self, tok: Token) -> None:
+        if len(self._stack) > 1:
+            self._stack[-1].append(tok)
+            return
+        self.count += 1
+        if self._keep:
+            self.top.append(tok)
+
+    def feed(self, text: bytes, literal: bytes | None = None, *, start: int = 0
+             ) -> ParseError | None:
+        """Check ``text[start:]``; then, when ``literal`` is not None, the literal (its
+        body, or ``b""`` when the body does not matter) as the next argument."""
+        stack = self._stack
+        need_sep = self._need_sep
+        i = start
+        n = len(text)
+        while i < n:
+            if (self._max_tokens is not None and len(stack) == 1
+                    and self.count >= self._max_tokens):
+                self.done = True
+                return None
+            c = text[i]
+            if need_sep:
+                if c == 0x20:
+                    need_sep = False
+                    self._after_space = True
+                    i += 1
+                    continue
+                if c == 0x29 and len(stack) > 1:  # ")"
+                    done = stack.pop()
+                    self._add(ListTok(tuple(done)))
+                    i += 1
+                    continue
+                if c >= 0x80:
+                    return ParseError("8-bit characters are only allowed in quoted strings.")
+                return ParseError("Missing space between arguments.")
+            self._after_space = False
+            if c == 0x20:
+                return ParseError("Unexpected space (arguments are separated by one space).")
+            if c == 0x28:  # "("
+                if len(stack) > _MAX_DEPTH:
+                    return ParseError("Lists nested too deeply.")
+                stack.append([])
+                i += 1
+                continue
+            if c == 0x29:  # ")"
+                if len(stack) == 1 or stack[-1]:
+                    return ParseError("Unexpected ')'.")
+                stack.pop()
+                self._add(ListTok(()))
+                need_sep = True
+                i += 1
+                continue
+            if c == 0x22:  # '"'
+                m = _QUOTED_RE.match(text, i)
+                if m is None:
+                    return ParseError(_quoted_error(text, i))
+                raw = m.group(1)
+                if not raw.isascii():
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return ParseError("Quoted string is not valid UTF-8.")
+                self._add(String(_UNESCAPE_RE.sub(rb"\1", raw)))
+                need_sep = True
+                i = m.end()
+                continue
+            m = _ATOM_RE.match(text, i)
+            if m is None:
+                if c >= 0x80:
+                    return ParseError("8-bit characters are only allowed in quoted strings.")
+                return ParseError(f"Invalid character 0x{c:02x} in command.")
+            value = m.group().decode("ascii")
+            self._add(Nil() if value.upper() == "NIL" else Atom(value))
+            need_sep = True
+            i = m.end()
+        if literal is not None:
+            if need_sep:
+                return ParseError("Missing space before literal.")
+            self._add(String(literal, literal=True))
+            need_sep = True
+            self._after_space = False
+        self._need_sep = need_sep
+        return None
+
+    def finish(self) -> list[Token] | ParseError:
+        """The top-level tokens, or why the command as a whole is not well formed."""
+        if self.done:
+            return self.top
+        if self._after_space:
+            return ParseError("Trailing space at end of command.")
+        if len(self._stack) > 1:
+            return ParseError(UNCLOSED_LIST)
+        return self.top
+
+
 def tokenize(
     parts: Sequence[tuple[bytes, bytes | None]],
     *,
@@ -138,82 +257,14 @@ def tokenize(
     With ``max_tokens``, stop (successfully) once that many top-level tokens are read and
     ignore the rest of the command -- the post-auth relay reads only the leading arguments.
     """
-    top: list[Token] = []
-    stack: list[list[Token]] = [top]
-    need_sep = start > 0  # a token just ended: next must be SP, ")" or the end
-    after_space = False
+    lexer = ArgumentLexer(after_name=start > 0, max_tokens=max_tokens)
     for index, (text, literal) in enumerate(parts):
-        i = start if index == 0 else 0
-        n = len(text)
-        while i < n:
-            if max_tokens is not None and len(stack) == 1 and len(top) >= max_tokens:
-                return top
-            c = text[i]
-            if need_sep:
-                if c == 0x20:
-                    need_sep = False
-                    after_space = True
-                    i += 1
-                    continue
-                if c == 0x29 and len(stack) > 1:  # ")"
-                    done = stack.pop()
-                    stack[-1].append(ListTok(tuple(done)))
-                    i += 1
-                    continue
-                if c >= 0x80:
-                    return ParseError("8-bit characters are only allowed in quoted strings.")
-                return ParseError("Missing space between arguments.")
-            after_space = False
-            if c == 0x20:
-                return ParseError("Unexpected space (arguments are separated by one space).")
-            if c == 0x28:  # "("
-                if len(stack) > _MAX_DEPTH:
-                    return ParseError("Lists nested too deeply.")
-                stack.append([])
-                i += 1
-                continue
-            if c == 0x29:  # ")"
-                if len(stack) == 1 or stack[-1]:
-                    return ParseError("Unexpected ')'.")
-                stack.pop()
-                stack[-1].append(ListTok(()))
-                need_sep = True
-                i += 1
-                continue
-            if c == 0x22:  # '"'
-                m = _QUOTED_RE.match(text, i)
-                if m is None:
-                    return ParseError(_quoted_error(text, i))
-                raw = m.group(1)
-                if not raw.isascii():
-                    try:
-                        raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return ParseError("Quoted string is not valid UTF-8.")
-                stack[-1].append(String(_UNESCAPE_RE.sub(rb"\1", raw)))
-                need_sep = True
-                i = m.end()
-                continue
-            m = _ATOM_RE.match(text, i)
-            if m is None:
-                if c >= 0x80:
-                    return ParseError("8-bit characters are only allowed in quoted strings.")
-                return ParseError(f"Invalid character 0x{c:02x} in command.")
-            value = m.group().decode("ascii")
-            stack[-1].append(Nil() if value.upper() == "NIL" else Atom(value))
-            need_sep = True
-            i = m.end()
-        if literal is not None:
-            if need_sep:
-                return ParseError("Missing space before literal.")
-            stack[-1].append(String(literal, literal=True))
-            need_sep = True
-            after_space = False
-    if after_space:
-        return ParseError("Trailing space at end of command.")
-    if len(stack) > 1:
-        return ParseError(UNCLOSED_LIST)
-    return top
+        error = lexer.feed(text, literal, start=start if index == 0 else 0)
+        if error is not None:
+            return error
+        if lexer.done:
+            return lexer.top
+    return lexer.finish()
 
 
 def parse_head(text: bytes) -> tuple[bytes, str, int] | ParseError:
@@ -221,7 +272,7 @@ def parse_head(text: bytes) -> tuple[bytes, str, int] | ParseError:
 
     Returns ``(tag, NAME, offset just after the name)``: arguments, if any, start with a
     space there (pass the offset to :func:`tokenize` as ``start``). Commands are case-insensitive;
-    tags are astring characters without ``+``.
+    tags are astring characters without ``+`` and ``]`` (Dovecot refuses a tag with either).
     """
     m = _HEAD_RE.match(text)
     if m is None:

@@ -215,3 +215,47 @@ def test_a_longest_rfc2971_id_is_answered_before_login(gw):
         assert c.command("n", "NOOP")[-1].startswith(b"n OK")
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("line", [
+    "a APPEND INBOX {{c SELECT {box}",   # Dovecot's APPEND parser resumes mid-line
+    'a APPEND INBOX "c SELECT {box}',
+])
+def test_an_append_that_does_not_parse_cannot_open_another_mailbox(gw, dovecot, line):
+    secret = f"ap-{uuid.uuid4().hex[:8]}"
+    assert dovecot.populate("alice", secret, 1, 500, tag=secret) == 1
+    c = _session(gw, "--mailboxes", "INBOX")
+    try:
+        c.send(line.format(box=secret).encode() + b"\r\nz NOOP\r\n")
+        seen = c.read_until_tagged("z", timeout=10)
+        assert not any(x.startswith(b"c ") for x in seen), seen
+        assert any(x.startswith(b"a BAD") for x in seen), seen
+    finally:
+        c.close()
+
+
+def test_a_tag_dovecot_refuses_cannot_hide_a_literal(gw, dovecot):
+    made = f"tg-{uuid.uuid4().hex[:8]}".encode()
+    hidden = b"c2 CREATE " + made + b"\r\n"
+    c = _session(gw)
+    try:
+        c.send(b"g1] SEARCH SUBJECT {%d+}\r\n" % len(hidden) + hidden + b"\r\nz NOOP\r\n")
+        seen = c.read_until_tagged("z", timeout=10)
+        assert not any(x.startswith(b"c2 ") for x in seen), seen
+    finally:
+        c.close()
+    assert made not in _mailboxes(dovecot)
+
+
+def test_a_line_after_idle_other_than_done_ends_the_session(gw, dovecot):
+    made = f"id-{uuid.uuid4().hex[:8]}".encode()
+    c = _session(gw)
+    try:
+        assert c.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
+        c.send(b"i IDLE\r\n")
+        assert c.read_line(timeout=5).startswith(b"+ ")
+        c.send(b'g2 LIST "" {%d+}\r\nc3 CREATE ' % (len(made) + 12) + made + b"\r\n\r\n")
+        assert b"BYE" in c.expect_close(timeout=5)
+    finally:
+        c.close()
+    assert made not in _mailboxes(dovecot)

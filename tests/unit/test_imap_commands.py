@@ -169,10 +169,47 @@ def test_idle_done_is_not_a_command():
     assert [a.info.name for a in other] == ["IDLE", "NOOP"]
 
 
-def test_line_after_idle_that_is_not_done_is_parsed_as_a_command():
-    backend, client, _ = run(stream(), [b"a IDLE\r\nDONE {5+}\r\nb COMPRESS DEFLATE\r\n"])
+def test_a_line_after_idle_that_is_not_done_ends_the_session():
+    # Dovecot reads it as raw text (no literal) and refuses it; the gateway would parse it as
+    # a command with a literal -- the two would disagree, so the session ends.
+    backend, _client, other = run(stream(), [b"a IDLE\r\ng2 LIST \"\" {9+}\r\ns1 NOOP\r\n"])
     assert backend == b"a IDLE\r\n"
-    assert client.startswith(b"DONE BAD ")  # "{5+}" is no command name; its body dropped
+    assert other[-1] == Close("idle_not_done", b"* BYE Expected DONE after IDLE.\r\n")
+
+
+def test_a_tag_dovecot_refuses_is_refused_here_too():
+    backend, client, _ = same_in_every_split(b"g1] SEARCH SUBJECT {9+}\r\ns1 NOOP\r\n\r\n")
+    assert b"g1]" not in backend and b"s1 NOOP" not in backend
+    assert client.startswith(b"* BAD ")
+
+
+@pytest.mark.parametrize("line", [
+    b"a APPEND INBOX {c SELECT Secret\r\n",
+    b'a APPEND INBOX "c SELECT Secret\r\n',
+    b"a APPEND INBOX (\\Seen) ) {3+}\r\nabc\r\n",
+])
+def test_append_that_does_not_tokenize_never_reaches_the_backend(line):
+    # Dovecot's APPEND parser goes on reading the same line as a new command after an error.
+    backend, client, _ = same_in_every_split(line + b"z NOOP\r\n")
+    assert backend == b"z NOOP\r\n"
+    assert client.startswith(b"a BAD ")
+
+
+def test_a_later_append_segment_that_does_not_tokenize_ends_the_session():
+    backend, _client, other = run(stream(), [b"a APPEND INBOX {5+}\r\nhello {c SELECT Secret\r\n"])
+    assert b"SELECT" not in backend
+    assert other[-1] == Close("bad_syntax", b"* BYE Invalid command syntax.\r\n")
+
+
+def test_a_held_command_is_never_forwarded_as_received():
+    # The first line of a fixed-arity command with a literal arrives alone: it is held, not
+    # passed on by the "chunk unchanged" shortcut (and then again when complete).
+    refuse = lambda info: (Verdict.REFUSE(info.tag + b" NO [NOPERM] no\r\n")  # noqa: E731
+                           if info.name == "DELETE" else Verdict.FORWARD)
+    backend, client, _ = run(stream(command_filter=refuse),
+                             [b"g1 DELETE {6+}\r\n", b"xxxxxx\r\n", b"v NOOP\r\n"])
+    assert backend == b"v NOOP\r\n"
+    assert client == b"g1 NO [NOPERM] no\r\n"
 
 
 def test_builtin_refusals():
