@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench import procstat, rig, workloads
 from bench.imapclient import Credentials, client_context
-from bench.stats import LOGIN_ONLY, TARGETS, median, ratio_note, short_error, table
+from bench.stats import BASELINE, LOGIN_ONLY, TARGETS, median, ratio_note, short_error, table
 
 WORKLOADS = ("logins", "noop", "fetch", "memory")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -52,7 +52,8 @@ class Settings:
     fetch_messages: int = 1000
     message_size: int = 100 * 1024
     only: tuple[str, ...] = WORKLOADS
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = tuple(t for t in TARGETS if t != BASELINE)
+    baseline: Path | None = None
     keep: bool = False
     output: Path = RESULTS
 
@@ -85,8 +86,13 @@ def parse_args(argv: list[str] | None) -> Settings:
     )
     p.add_argument(
         "--targets",
-        default=",".join(TARGETS),
+        default=",".join(t for t in TARGETS if t != BASELINE),
         help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    p.add_argument(
+        "--baseline", type=Path, metavar="TREE",
+        help="also run the gateway of another source tree (e.g. a git worktree of the commit "
+             f"before a change) as target {BASELINE}, in the same rounds",
     )
     p.add_argument(
         "--keep", action="store_true", help="keep the temp dir (configs, logs) afterwards"
@@ -108,6 +114,12 @@ def parse_args(argv: list[str] | None) -> Settings:
             setattr(s, name, getattr(a, name))
     s.only = _subset(p, "--only", a.only, WORKLOADS)
     s.targets = _subset(p, "--targets", a.targets, TARGETS)
+    if a.baseline is not None:
+        if not (a.baseline / "gateway" / "__main__.py").exists():
+            p.error(f"--baseline {a.baseline}: no gateway/__main__.py there")
+        s.baseline = a.baseline.resolve()
+        if BASELINE not in s.targets:
+            s.targets = (*s.targets, BASELINE)
     s.keep, s.output = a.keep, a.output
     if (
         min(s.rounds, s.sessions, s.clients, s.noop_count, s.fetch_messages) < 1
@@ -225,7 +237,7 @@ class Bench:
             )
         if "haproxy" in self.settings.targets:
             self._start_proxy("haproxy")
-        for name in ("gateway", "gateway-app-password"):
+        for name in ("gateway", "gateway-app-password", BASELINE):
             if name in self.settings.targets:
                 why_not = rig.gateway_available()
                 if why_not:
@@ -254,6 +266,9 @@ class Bench:
                 server = rig.start_haproxy(self.rd, self.ports.proxy, self.server_cpus, self.ctx)
             elif name == "gateway":
                 server = rig.start_gateway(self.rd, self.ports.imap, self.server_cpus, self.ctx)
+            elif name == BASELINE:
+                server = rig.start_gateway(self.rd, self.ports.imap, self.server_cpus, self.ctx,
+                                           source=self.settings.baseline, name=BASELINE)
             else:
                 server = rig.start_gateway(
                     self.rd, self.ports.imap, self.server_cpus, self.ctx, app_password_user=BOB.user
@@ -552,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     pair = ratio_note([r for r in rows if r[0].startswith(("TLS logins/s", "login: proxy CPU"))])
     if pair:
         notes.insert(0, pair)
+    if bench.settings.baseline is not None:
+        against = ratio_note(rows, numerator="gateway", denominator=BASELINE,
+                             label=f"change ({bench.settings.baseline})")
+        if against:
+            notes.insert(0, against)
     print(text)
     for note in notes:
         print(note)

@@ -398,13 +398,16 @@ def start_gateway(
     cpus: set[int] | None,
     ctx,
     app_password_user: str | None = None,
+    source: Path | None = None,
+    name: str | None = None,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
 
     Forward mode by default (the client's password goes to Dovecot). With ``app_password_user``
     the gateway also gets the Dovecot master user, an app password is created for that user, and
     the returned server's ``creds`` hold it: logins then cost one scrypt in the gateway plus a
-    master-user login to Dovecot.
+    master-user login to Dovecot. ``source``: run the gateway package of that source tree
+    instead of this one (same interpreter and dependencies).
     """
     port = free_port()
     gdir = rd.path / f"gateway-{port}"
@@ -428,15 +431,18 @@ def start_gateway(
     )
     creds = create_app_password(cfg, app_password_user) if app_password_user else None
     stderr_path = gdir / "stderr.log"
+    tree = source or REPO
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     with open(stderr_path, "ab") as out:
         proc = subprocess.Popen(
             taskset(cpus, [sys.executable, "-m", "gateway", "serve", "--config", str(cfg)]),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            cwd=REPO,
+            cwd=tree,
+            env=env,
         )
-    name = "gateway-app-password" if app_password_user else "gateway"
+    name = name or ("gateway-app-password" if app_password_user else "gateway")
     server = Server(name, proc, ("127.0.0.1", port), stderr_path, creds=creds)
     try:
         wait_greeting(server, ctx, timeout=20)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-TARGETS = ("dovecot-direct", "haproxy", "gateway", "gateway-app-password")
+TARGETS = ("dovecot-direct", "haproxy", "gateway", "gateway-app-password", "gateway-baseline")
+#: runs only with ``--baseline TREE``: the gateway of another source tree (e.g. the commit
+#: before a change), in the same rounds, so "did the change cost anything" is one run's ratio
+BASELINE = "gateway-baseline"
 #: the second gateway target only differs in how a login is authenticated, so only logins run on it
 LOGIN_ONLY = frozenset({"gateway-app-password"})
 
@@ -76,11 +79,13 @@ def table(rows: list[tuple[str, dict[str, float | None]]], errors: dict[str, str
 
     A target that failed shows 'error' in its column (the reason is listed under the table).
     """
-    head = ["metric", *TARGETS, "gateway/haproxy"]
+    shown = [t for t in TARGETS if t != BASELINE or any(BASELINE in v for _, v in rows)
+             or BASELINE in errors]
+    head = ["metric", *shown, "gateway/haproxy"]
     body = []
     for metric, values in rows:
         cells = [metric]
-        for t in TARGETS:
+        for t in shown:
             v = values.get(t)
             cells.append("error" if v is None and t in errors else fmt(v))
         r = ratio(values.get("gateway"), values.get("haproxy"))

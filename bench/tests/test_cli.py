@@ -1,13 +1,13 @@
 import pytest
 
 from bench.cli import WORKLOADS, parse_args, split_cpus
-from bench.stats import TARGETS
+from bench.stats import BASELINE, TARGETS
 
 
 def test_defaults_are_the_documented_full_run():
     s = parse_args([])
     assert (s.rounds, s.sessions, s.clients, s.fetch_messages) == (5, 2000, 32, 1000)
-    assert s.only == WORKLOADS and s.targets == TARGETS
+    assert s.only == WORKLOADS and s.targets == tuple(t for t in TARGETS if t != BASELINE)
 
 
 def test_quick_is_small_and_flags_override_it():
@@ -34,3 +34,10 @@ def test_targets_include_the_app_password_gateway_and_accept_it_alone():
         "gateway",
         "gateway-app-password",
     )
+
+
+def test_baseline_adds_the_other_trees_gateway_as_a_target(tmp_path):
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "__main__.py").write_text("")
+    s = parse_args(["--baseline", str(tmp_path)])
+    assert s.baseline == tmp_path.resolve() and s.targets[-1] == BASELINE
