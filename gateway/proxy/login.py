@@ -240,9 +240,11 @@ class Authenticator:
                 # Also a session the backend opened: this login is refused all the same.
                 await backend.aclose()
         if result is None:
-            client.log.warning("device.approval_check_unfinished",
-                               detail="the backend did not answer the password check "
-                               "within the uniform failure delay; the device was not noted")
+            # Expected for a wrong password when the backend delays refusals longer than
+            # the gateway's delay (Dovecot's default is 2 s); a right one is retried.
+            client.log.info("device.approval_check_unfinished",
+                            detail="the backend had not answered the password check when the "
+                            "answer was due; nothing was noted")
             outcome.reason = "approval_check_unfinished"
             return outcome
         if not result.ok:
