@@ -163,6 +163,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
     with _open_store(config) as store:
         if args.devices_command == "list":
             return _emit(admin.devices_list(store, args.user, as_json=args.json), args.json)
+        if args.devices_command == "pending":
+            return _emit(admin.devices_pending(store, args.user, as_json=args.json), args.json)
+        if args.devices_command == "approve":
+            return _emit(admin.devices_approve(store, args.user, args.id, expires=args.expires,
+                                               as_json=args.json), args.json)
         return _emit(admin.devices_forget(store, args.user, args.id, all_devices=args.all,
                                           as_json=args.json), args.json)
 
@@ -276,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("label")
     p.set_defaults(func=cmd_app_password)
 
-    p = sub.add_parser("devices", parents=[common], help="remembered devices (TOTP skipped)")
+    p = sub.add_parser("devices", parents=[common],
+                       help="remembered devices (TOTP skipped) and devices awaiting approval")
     dsub = p.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     d = dsub.add_parser("list", parents=[common])
     d.add_argument("user")
@@ -284,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("user")
     d.add_argument("id", nargs="?", help="device id from 'devices list'")
     d.add_argument("--all", action="store_true", help="forget every device of the user")
+    d = dsub.add_parser("pending", parents=[common],
+                        help="devices that asked for approval (a login with the right "
+                        "password, no second factor)")
+    d.add_argument("user")
+    d = dsub.add_parser("approve", parents=[common],
+                        help="let the device's next password login in and remember it")
+    d.add_argument("user")
+    d.add_argument("id", help="device id from 'devices pending'")
+    d.add_argument("--expires", help="how long the approval waits for that login "
+                   "(default: 24h)")
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("users", parents=[common], help="user accounts (self-service portal)")

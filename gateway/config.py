@@ -396,6 +396,10 @@ def _public_url(value: Any) -> str:
         raise _fail(f"must be a string like 'https://mail.example.org', got {_show(value)}")
     if value == "":
         return value
+    # It is shown in IMAP responses (a new device's ALERT), which carry ASCII text only.
+    if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        raise _fail(f"must be ASCII without spaces (an international host name in its "
+                    f"xn-- form), got {value!r}")
     parts = urlsplit(value)
     if parts.scheme != "https":
         raise _fail(f"must start with https:// (the portal is HTTPS only), got {value!r}")

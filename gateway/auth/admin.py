@@ -22,6 +22,7 @@ from typing import Any, Literal
 import qrcode
 
 from gateway import durations
+from gateway.auth.approval import DEFAULT_APPROVAL_VALIDITY, approval_until, describe_device
 from gateway.auth.factors import InvalidScopeError, TotpResult
 from gateway.store.base import CredentialStore
 from gateway.store.errors import (
@@ -309,6 +310,92 @@ def devices_forget(
         return _fail(EXIT_FAILED, str(exc), as_json)
     msg = f"Forgot {count} remembered device(s) of {user}."
     return EXIT_OK, ({"user": user, "forgotten": count} if as_json else msg)
+
+
+# --- devices waiting for approval ------------------------------------------------------------
+
+
+def devices_pending(
+    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None
+) -> Result:
+    """`imap-gateway devices pending USER [--json]`: devices that asked for approval.
+
+    Pending ones and approved ones not used yet (an approved device that logs in
+    becomes a remembered device and leaves this list).
+    """
+    t = _now(now)
+    try:
+        devices = store.list_pending_devices(user)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {
+            "user": user,
+            "devices": [
+                {
+                    "id": d.id,
+                    "address": d.address,
+                    "client_name": d.client_name,
+                    "first_seen": d.first_seen,
+                    "last_seen": d.last_seen,
+                    "state": d.state.value,
+                    "approved_until": d.approved_until,
+                    "approved": d.is_approved(t),
+                    "description": describe_device(d, t),
+                }
+                for d in devices
+            ],
+        }
+    if not devices:
+        return EXIT_OK, f"{user} has no devices waiting for approval."
+    lines = [f"{'ID':>5} {'STATE':9} {'FIRST SEEN':21} DEVICE (LAST SEEN)"]
+    for d in devices:
+        state = d.state.value
+        if d.state.value == "approved" and not d.is_approved(t):
+            state = "ended"
+        lines.append(f"{d.id:>5} {state:9} {_fmt_time(d.first_seen):21} {describe_device(d, t)}")
+    lines.append(f"Approve one with: imap-gateway devices approve {user} ID")
+    return EXIT_OK, "\n".join(lines)
+
+
+def devices_approve(
+    store: CredentialStore,
+    user: str,
+    device_id: int | str,
+    *,
+    expires: str | None = None,
+    as_json: bool = False,
+    now: float | None = None,
+) -> Result:
+    """`imap-gateway devices approve USER ID [--expires 24h] [--json]`.
+
+    The device's next login with the password (within ``expires``, default 24h) is let
+    in and remembers it for the policy rule's ``remember_device``.
+    """
+    t = _now(now)
+    try:
+        target = int(device_id)
+    except ValueError:
+        return _fail(EXIT_USAGE, f"device ID must be a number, got {device_id!r}", as_json)
+    try:
+        validity = DEFAULT_APPROVAL_VALIDITY if not expires else parse_duration(expires)
+        until = approval_until(t, validity)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, str(exc), as_json)
+    try:
+        device = store.approve_device(user, target, until, t)
+    except DeviceNotFound as exc:
+        return _fail(EXIT_FAILED, f"{exc}; see `imap-gateway devices pending {user}`", as_json)
+    except StoreError as exc:
+        return _fail(EXIT_FAILED, str(exc), as_json)
+    if as_json:
+        return EXIT_OK, {"user": user, "approved": device.id, "approved_until": until,
+                         "description": describe_device(device, t)}
+    return EXIT_OK, (
+        f"Approved device {device.id} of {user}: {describe_device(device, t)}.\n"
+        f"Its next login with the password until {_fmt_time(until)} gets in, and the device "
+        "is then remembered for as long as the policy's remember_device says."
+    )
 
 
 # --- invites ---------------------------------------------------------------------------------

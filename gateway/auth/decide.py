@@ -17,7 +17,7 @@ Order (from the issue):
      (whatever the policy asks: an app password is itself a strong factor), unless
      no master user is configured, since the backend login needs it.
      Matches an expired one -> Deny("app_password_expired").
-  b. Policy ``app-password`` -> Deny.
+  b. Policy ``none`` -> ForwardPassword with the whole secret; ``app-password`` -> Deny.
   c. Policy ``totp``/``strong``: a good ``$123456`` suffix -> ForwardPassword with the
      suffix stripped (and remember the device if the policy says so). "Good" is the
      store's rule (``check_totp``): a fresh code, or the same code again from the
@@ -26,8 +26,14 @@ Order (from the issue):
      device -> ForwardPassword with the suffix stripped if it is a code of the user
      that is spent (``stale``: logged in with before; ``replay``: valid but used),
      since that is a mail client's saved ``password$123456``; with the *whole*
-     secret otherwise (the digits may be part of the password). Else Deny(totp_*).
-  d. Policy ``none`` -> ForwardPassword with the whole secret.
+     secret otherwise (the digits may be part of the password). Else a code that was
+     given -> Deny(totp_*); an app-password-shaped secret -> Deny.
+  d. Still ``totp``/``strong``, device approval (``gateway.auth.approval``; only when
+     the caller turns it on and the rule qualifies): a device the user approved ->
+     ForwardPassword as a remembered device, which the shell remembers on success
+     (``approval_id``); any other device -> NeedsApproval (the shell checks the
+     password, notes the device only if it is right, and refuses with the approval
+     ALERT either way). Else Deny(totp_required / totp_not_enrolled).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.auth.approval import approved_device, qualifies
 from gateway.auth.factors import TOTP_SUFFIX_SEPARATOR, TotpResult, split_totp_suffix
 from gateway.store.base import AppPasswordStatus, CredentialStore, TotpStatus
 
@@ -107,7 +114,8 @@ class ForwardPassword:
     """Send ``password`` to the backend as the user's own password.
 
     On backend success and ``remember`` the shell calls
-    ``store.remember(user, ip, client_name, requirement.remember_device, now)``.
+    ``store.remember(user, ip, client_name, requirement.remember_device, now)``, and
+    with ``approval_id`` set then removes that approved device (the approval is used).
     """
 
     user: str
@@ -115,6 +123,8 @@ class ForwardPassword:
     totp_ok: bool
     remember: bool
     remembered_device: bool = False
+    #: The user's approval (``store.list_pending_devices`` id) this login uses.
+    approval_id: int | None = None
 
     @property
     def factor(self) -> str:
@@ -124,13 +134,30 @@ class ForwardPassword:
 
 
 @dataclass(frozen=True)
+class NeedsApproval:
+    """A device that needs the user's approval: refuse with the approval ALERT.
+
+    Before refusing, the shell has the backend check ``password`` (within
+    ``gateway.auth.approval.check_deadline``) and, only if it is right, notes the device
+    (``store.note_device``) for the user to approve. The answer is the same either way.
+    """
+
+    user: str
+    password: str = field(repr=False)
+
+    @property
+    def factor(self) -> str:
+        return FACTOR_NONE
+
+
+@dataclass(frozen=True)
 class Deny:
     """Refuse the login; ``reason`` is for logs and metrics only, never the client."""
 
     reason: str
 
 
-AuthPlan = UseAppPassword | ForwardPassword | Deny
+AuthPlan = UseAppPassword | ForwardPassword | NeedsApproval | Deny
 
 
 def decide(
@@ -142,6 +169,8 @@ def decide(
     store: CredentialStore,
     now: float,
     master_user_configured: bool,
+    *,
+    device_approval: bool = False,
 ) -> AuthPlan:
     """Decide how this login proceeds (see the module docstring for the order).
 
@@ -151,7 +180,8 @@ def decide(
     a stolen code is then spent even if the password was wrong, which is the safe
     side) and recorded with this client (``client_ip`` + ``client_name``) so that
     client may reuse it while it is valid, an accepted app password's last use/IP is
-    recorded, and a remembered device's last-seen time is updated.
+    recorded, and a remembered device's last-seen time is updated. ``device_approval``
+    turns step d on (the shell does when the web portal is; see gateway.auth.approval).
     """
     check = store.verify_app_password(username, secret, now)
     if check.status is AppPasswordStatus.OK and check.info is not None:
@@ -204,6 +234,23 @@ def decide(
         return Deny(_TOTP_DENY[totp])
     if check.shaped:
         return Deny(DENY_APP_PASSWORD_INVALID)  # looked like an app password, matched none
+    if qualifies(requirement, device_approval):
+        # No code, no app password, not remembered: only the user's approval can let this
+        # device in. Whether the user exists or enrolled TOTP does not matter here, so the
+        # answer does not tell.
+        approval = approved_device(
+            store.list_pending_devices(username), client_ip, client_name, now
+        )
+        if approval is None:
+            return NeedsApproval(user=username, password=secret)
+        return ForwardPassword(
+            user=username,
+            password=secret,
+            totp_ok=False,
+            remember=True,
+            remembered_device=True,
+            approval_id=approval.id,
+        )
     if store.totp_status(username) is not TotpStatus.ACTIVE:
         return Deny(DENY_TOTP_NOT_ENROLLED)
     return Deny(DENY_TOTP_REQUIRED)

@@ -354,9 +354,19 @@ class PreauthConnection:
         self._reset_command()
         return []
 
-    def login_failed(self) -> list[Event]:
-        """The shell refused the LoginRequest. Same reply whatever failed."""
-        return self._end_login(AUTH_FAILED)
+    def login_failed(self, alert: str | None = None) -> list[Event]:
+        """The shell refused the LoginRequest. Same reply whatever failed.
+
+        ``alert`` replaces the uniform reply with ``NO [ALERT] <alert>``, a text the
+        client must show its user (RFC 3501 §7.1): the shell's one other refusal, for a
+        device waiting for approval. It comes from the configuration, never from the
+        client, and must be printable ASCII (a bad one is a ValueError, not a reply).
+        """
+        if alert is None:
+            return self._end_login(AUTH_FAILED)
+        if not alert or not all(" " <= c <= "~" for c in alert):
+            raise ValueError(f"alert text must be printable ASCII: {alert!r}")
+        return self._end_login(b" NO [ALERT] " + alert.encode("ascii") + b"\r\n")
 
     def login_unavailable(self) -> list[Event]:
         """The backend could not be reached: the client may retry later (RFC 5530 UNAVAILABLE).

@@ -9,32 +9,37 @@ The order matters and each step can only narrow:
    without touching the store or the backend.
 3. ``gateway.auth.decide`` (in a worker thread: it may run scrypt) turns the secret
    into a plan: an app password (log in to Dovecot as the user via the master user),
-   a password to forward (after a good TOTP code, or from a remembered device), or a
-   refusal with a reason.
+   a password to forward (after a good TOTP code, or from a remembered or approved
+   device), a device that needs the user's approval, or a refusal with a reason.
 4. The policy is asked again with the factor actually presented, so a rule can never
    be satisfied by a weaker factor than it names.
 5. The backend verifies the password (forwarded plans) or the master login.
 
 Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
-the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only.
+the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only. The one
+other answer is for a device that needs approval (``gateway.auth.approval``, only with
+the web portal on): ``NO [ALERT]`` naming the portal, the same text after the same delay
+whether the password was right (then the device is noted for the user to approve) or not.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.auth.approval import alert_text, check_deadline
 from gateway.auth.cache import RecentSecrets
-from gateway.auth.decide import Deny, ForwardPassword, UseAppPassword, decide
+from gateway.auth.decide import Deny, ForwardPassword, NeedsApproval, UseAppPassword, decide
 from gateway.auth.factors import normalize_app_password
 from gateway.observability import metrics
 from gateway.policy import LoginContext
 from gateway.proxy.backend import BackendUnavailable
-from gateway.proxy.values import LoginClient, LoginOutcome, LoginServices
-from gateway.store.errors import StoreError
+from gateway.proxy.values import BackendLoginResult, LoginClient, LoginOutcome, LoginServices
+from gateway.store.errors import DeviceNotFound, StoreError
 
 if TYPE_CHECKING:
     from gateway.imap.preauth import LoginRequest
@@ -70,7 +75,13 @@ class Authenticator:
     def master_configured(self) -> bool:
         return bool(self.ctx.config.backend.master_user) and self.ctx.master_password is not None
 
+    @property
+    def device_approval(self) -> bool:
+        """Devices may ask for approval: the web portal, where users approve, is on."""
+        return bool(self.ctx.config.web.address)
+
     async def login(self, client: LoginClient, req: LoginRequest) -> LoginOutcome:
+        started = trio.current_time() if client.started is None else client.started
         user = req.username
         if req.authzid and req.authzid != user:
             return LoginOutcome(reason="authzid_not_allowed")
@@ -87,19 +98,20 @@ class Authenticator:
             return LoginOutcome(reason=requirement.reason)
 
         now = time.time()
-        args = (user, req.password, client.endpoint.ip, client.client_name,
-                requirement, self.ctx.store, now, self.master_configured)
+        run_decide = functools.partial(
+            decide, user, req.password, client.endpoint.ip, client.client_name, requirement,
+            self.ctx.store, now, self.master_configured, device_approval=self.device_approval)
         canonical = normalize_app_password(req.password)
-        plan: UseAppPassword | ForwardPassword | Deny | None
+        plan: UseAppPassword | ForwardPassword | NeedsApproval | Deny | None
         try:
             if canonical is None:
                 # Not shaped like an app password: no scrypt, only a few small SQLite
                 # queries, cheaper inline than a thread hop.
-                plan = decide(*args)
+                plan = run_decide()
             else:
                 plan = self._recently_verified(user, canonical, client.endpoint.ip, now)
                 if plan is None:
-                    plan = await trio.to_thread.run_sync(decide, *args)
+                    plan = await trio.to_thread.run_sync(run_decide)
                     if isinstance(plan, UseAppPassword):
                         self.verified.put(user, canonical, plan.app_password_id, now)
         except StoreError as exc:
@@ -107,6 +119,9 @@ class Authenticator:
             return LoginOutcome(reason="store_error")
         if isinstance(plan, Deny):
             return LoginOutcome(reason=plan.reason)
+        if isinstance(plan, NeedsApproval):
+            # Refused whatever the password: the policy's second look has nothing to add.
+            return await self._ask_for_approval(client, plan, started, now)
 
         final = policy.decide(LoginContext(user=user, ip=client_ip, factor=plan.factor))
         if not final.allowed:
@@ -150,14 +165,7 @@ class Authenticator:
 
         if not result.ok:
             await backend.aclose()
-            if result.code == "UNAVAILABLE":
-                return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            if result.code == "PRIVACYREQUIRED":
-                client.log.error(
-                    "backend.misconfigured",
-                    detail="the backend refused plaintext auth from the gateway: add the "
-                    "gateway to Dovecot's login_trusted_networks, or use client_ip = \"proxy-v2\"",
-                )
+            if _not_a_verdict(client, result):
                 return LoginOutcome(reason="backend_unavailable", unavailable=True)
             if isinstance(plan, UseAppPassword):
                 client.log.error("backend.master_login_failed", code=result.code)
@@ -176,6 +184,95 @@ class Authenticator:
                     self.ctx.store.remember, user, client.endpoint.ip,
                     client.client_name, requirement.remember_device, now,
                 )
+                if plan.approval_id is not None:
+                    await self._use_approval(client, user, plan.approval_id)
             except StoreError as exc:
                 client.log.error("store.error", error=str(exc))
         return outcome
+
+    async def _use_approval(self, client: LoginClient, user: str, approval_id: int) -> None:
+        """The approved device is remembered now: its approval is used up."""
+        try:
+            await trio.to_thread.run_sync(
+                self.ctx.store.remove_pending_device, user, approval_id)
+        except DeviceNotFound:
+            pass  # a parallel login of the same device used it first
+        client.log.info("device.approval_used", user=user, device_id=approval_id,
+                        client_name=client.client_name)
+
+    async def _ask_for_approval(
+        self, client: LoginClient, plan: NeedsApproval, started: float, now: float
+    ) -> LoginOutcome:
+        """Refuse a device that needs approval; note it for the user only if the backend
+        accepts the password (see ``gateway.auth.approval``).
+
+        The answer is the ALERT whatever happens here, except a backend that cannot be
+        reached (``[UNAVAILABLE]``, which says nothing about the password either). The
+        check must end by ``check_deadline``: a backend that delays its refusals would
+        otherwise make a wrong password answer later than a right one; a check cut short
+        notes nothing (the client retries; a slow backend is logged).
+        """
+        outcome = LoginOutcome(reason="device_not_approved",
+                               alert=alert_text(self.ctx.config.web.public_url))
+        if self.rejected.get(plan.user, plan.password, now):
+            outcome.reason = "password_known_bad"
+            return outcome
+        cfg = self.ctx.config
+        deadline = check_deadline(started, cfg.limits.auth_failure_delay,
+                                  cfg.backend.login_timeout)
+        result: BackendLoginResult | None = None
+        with trio.move_on_at(deadline):
+            try:
+                backend = await self.ctx.connect_backend(client.endpoint)
+            except BackendUnavailable as exc:
+                client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            try:
+                result = await backend.login_plain(
+                    authzid="", authcid=plan.user, password=plan.password,
+                    timeout=cfg.backend.login_timeout,
+                )
+            except BackendUnavailable as exc:
+                metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
+                client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            finally:
+                # Also a session the backend opened: this login is refused all the same.
+                await backend.aclose()
+        if result is None:
+            # Expected for a wrong password when the backend delays refusals longer than
+            # the gateway's delay (Dovecot's default is 2 s); a right one is retried.
+            client.log.info("device.approval_check_unfinished",
+                            detail="the backend had not answered the password check when the "
+                            "answer was due; nothing was noted")
+            outcome.reason = "approval_check_unfinished"
+            return outcome
+        if not result.ok:
+            if _not_a_verdict(client, result):
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            self.rejected.put(plan.user, plan.password, 1, now)
+            outcome.reason = "backend_rejected"
+            return outcome
+        try:
+            device = await trio.to_thread.run_sync(
+                self.ctx.store.note_device, plan.user, client.endpoint.ip,
+                client.client_name, now)
+        except StoreError as exc:
+            client.log.error("store.error", error=str(exc))
+        else:
+            client.log.info("device.approval_requested", user=plan.user, device_id=device.id,
+                            client_name=device.client_name, state=device.state.value)
+        return outcome
+
+
+def _not_a_verdict(client: LoginClient, result: BackendLoginResult) -> bool:
+    """A backend refusal that says nothing about the password (the client gets
+    ``[UNAVAILABLE]``); a misconfigured backend is logged."""
+    if result.code == "PRIVACYREQUIRED":
+        client.log.error(
+            "backend.misconfigured",
+            detail="the backend refused plaintext auth from the gateway: add the "
+            "gateway to Dovecot's login_trusted_networks, or use client_ip = \"proxy-v2\"",
+        )
+        return True
+    return result.code == "UNAVAILABLE"

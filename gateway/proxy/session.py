@@ -328,7 +328,8 @@ class ClientSession:
                 outcome.counted = False
         else:
             outcome = await self.ctx.authenticator.login(
-                LoginClient(self.endpoint(), self.client_id.get("name"), self.log), req)
+                LoginClient(self.endpoint(), self.client_id.get("name"), self.log,
+                            started=started), req)
         metrics.auth_decision_seconds.observe(trio.current_time() - started)
         await self._record_attempt(req.username, outcome)
         if outcome.backend is not None:
@@ -337,7 +338,8 @@ class ClientSession:
         reason_label = outcome.reason.split(":")[0]
         metrics.auth_attempts_total.labels("failure", reason_label, mechanism).inc()
         self.log.info("login.denied", user=req.username, mechanism=req.mechanism,
-                      reason=outcome.reason)
+                      reason=outcome.reason,
+                      **({"alert": "device_approval"} if outcome.alert else {}))
         if outcome.unavailable:
             return None, conn.login_unavailable()
         tarpit = 0.0
@@ -351,9 +353,10 @@ class ClientSession:
                     metrics.tarpit_delay_seconds.observe(tarpit)
                 self._report(failure.anomalies, failure.new_bans)
         # Every failure looks the same and takes at least the same time (no user
-        # enumeration), plus the limiter's tarpit for repeat offenders.
+        # enumeration), plus the limiter's tarpit for repeat offenders. A device waiting
+        # for approval gets its ALERT instead, also whatever failed (gateway.auth.approval).
         await trio.sleep_until(started + self.ctx.config.limits.auth_failure_delay + tarpit)
-        return None, conn.login_failed()
+        return None, conn.login_failed(alert=outcome.alert)
 
     async def _record_attempt(self, user: str, outcome: LoginOutcome) -> None:
         """One row of the user's login history (the portal shows it). ``reason`` is the

@@ -47,6 +47,9 @@ class LoginClient:
     #: The ``name`` the client sent in IMAP ID (remembered devices key on it), or None.
     client_name: str | None
     log: Log = field(repr=False, compare=False)
+    #: ``trio.current_time()`` when the session began deciding this login (the uniform
+    #: failure delay counts from it); None: when the login step is called.
+    started: float | None = None
 
 
 @dataclass(slots=True)
@@ -95,6 +98,9 @@ class LoginOutcome:
     app_password_label: str | None = None
     #: False when the failure must not feed the limiter (e.g. the source is banned already).
     counted: bool = True
+    #: A failure answered with ``NO [ALERT] <alert>`` instead of the uniform
+    #: AUTHENTICATIONFAILED (a device waiting for approval); the same text whatever failed.
+    alert: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

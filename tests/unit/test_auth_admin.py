@@ -180,6 +180,58 @@ def test_devices_forget_usage_errors(
     assert len(store.list_devices("alice")) == 1
 
 
+# --- devices waiting for approval ----------------------------------------------------------------
+
+
+def test_devices_pending_and_approve(store: SqliteCredentialStore) -> None:
+    assert admin.devices_pending(store, "alice", now=T0) == (
+        0, "alice has no devices waiting for approval.")
+    phone = store.note_device("alice", "203.0.113.9", "iPhone Mail", T0)
+    store.note_device("alice", "2001:db8::7", "", T0 + 30)
+    code, out = admin.devices_pending(store, "alice", as_json=True, now=T0 + 150)
+    assert code == 0 and json.dumps(out)
+    assert [(d["id"], d["address"], d["client_name"], d["state"], d["approved"],
+             d["description"]) for d in out["devices"]] == [  # type: ignore[index]
+        (phone.id, "203.0.113.9", "iPhone Mail", "pending", False,
+         "iPhone Mail from 203.0.113.9, 2 min ago"),
+        (phone.id + 1, "2001:db8::7", "", "pending", False,
+         "Unnamed mail client from 2001:db8::7, 2 min ago"),
+    ]
+    code, text = admin.devices_pending(store, "alice", now=T0 + 150)
+    assert code == 0 and "iPhone Mail from 203.0.113.9, 2 min ago" in text  # type: ignore[operator]
+    assert "imap-gateway devices approve alice ID" in text  # type: ignore[operator]
+
+    code, out = admin.devices_approve(store, "alice", str(phone.id), as_json=True, now=T0 + 200)
+    assert code == 0 and out == {  # the default: the approval waits 24 h for the login
+        "user": "alice", "approved": phone.id, "approved_until": T0 + 200 + 86400,
+        "description": "iPhone Mail from 203.0.113.9, 3 min ago"}
+    [approved] = [d for d in store.list_pending_devices("alice") if d.id == phone.id]
+    assert approved.is_approved(T0 + 200 + 86399) and not approved.is_approved(T0 + 200 + 86400)
+    code, text = admin.devices_approve(store, "alice", phone.id + 1, expires="1h", now=T0)
+    assert code == 0 and f"Approved device {phone.id + 1} of alice" in text  # type: ignore[operator]
+    assert "remember_device" in text  # type: ignore[operator]
+    code, text = admin.devices_pending(store, "alice", now=T0 + 7200)
+    assert "approved" in text and "ended" in text  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expires", "code", "message"),
+    [("x1", None, 2, "must be a number"), ("1", "soon", 2, "bad duration"),
+     ("1", "0s", 2, "validity"), ("99", None, 1, "devices pending alice")],
+)
+def test_devices_approve_errors(
+    store: SqliteCredentialStore, device_id: str, expires: str | None, code: int, message: str
+) -> None:
+    store.note_device("alice", "203.0.113.9", "iPhone Mail", T0)
+    result = admin.devices_approve(store, "alice", device_id, expires=expires, as_json=True,
+                                   now=T0)
+    assert result[0] == code and message in result[1]["error"]  # type: ignore[index]
+    # another user's device is not found either
+    bob = admin.devices_approve(store, "bob", "1", now=T0)
+    assert bob[0] == 1
+    assert all(not d.is_approved(T0) for d in store.list_pending_devices("alice"))
+
+
 # --- invites ------------------------------------------------------------------------------------
 
 

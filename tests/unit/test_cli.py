@@ -125,3 +125,28 @@ def test_users_invite_prints_a_one_time_token(confdir: Path):
         assert store.consume_invite(out["token"], out["expires"] - 1) is None
     bad = run("users", "invite", "alice", "--expires", "soon", "--json", "--config", cfg)
     assert bad.returncode == 2 and "bad duration" in json.loads(bad.stderr)["error"]
+
+
+def test_devices_pending_and_approve(confdir: Path):
+    from gateway.config import load_config
+    from gateway.store import open_store
+
+    cfg = str(confdir / "gateway.toml")
+    config = load_config(Path(cfg))
+    config.store.path.parent.mkdir(parents=True, exist_ok=True)
+    with open_store(config.store.path, config.store.key_file, create_key=True) as store:
+        noted = store.note_device("alice", "203.0.113.9", "iPhone Mail", 1_700_000_000.0)
+    done = run("devices", "pending", "alice", "--json", "--config", cfg)
+    assert done.returncode == 0, done.stderr
+    [device] = json.loads(done.stdout)["devices"]
+    assert (device["id"], device["client_name"], device["state"]) == (
+        noted.id, "iPhone Mail", "pending")
+    assert device["description"].startswith("iPhone Mail from 203.0.113.9, ")
+    done = run("devices", "approve", "alice", str(device["id"]), "--expires", "2h", "--json",
+               "--config", cfg)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["approved"] == noted.id
+    text = run("devices", "pending", "alice", "--config", cfg)
+    assert text.returncode == 0 and " approved " in text.stdout
+    missing = run("devices", "approve", "alice", "999", "--json", "--config", cfg)
+    assert missing.returncode == 1 and "999" in json.loads(missing.stderr)["error"]

@@ -559,6 +559,8 @@ def test_web_section_with_every_key(confdir: Path) -> None:
         ('public_url = "https://u:p@mail.example.org"', "web.public_url", "user name"),
         ('public_url = "https://mail.example.org/?a=1"', "web.public_url", "query"),
         ('public_url = "https://mail.example.org:99999"', "web.public_url", "port"),
+        ('public_url = "https://mail.example.org/a b"', "web.public_url", "without spaces"),
+        ('public_url = "https://mäil.example.org"', "web.public_url", "xn--"),
         ('enrollment = "open"', "web.enrollment", "'invite', 'password'"),
         ('admins = "alice"', "web.admins", "must be a list"),
         ('admins = ["alice", "@"]', "web.admins[1]", "empty group"),

@@ -187,6 +187,23 @@ def test_login_refusal_is_uniform_and_pipelined_commands_run_after():
     assert c.bad_commands == 0 and c.state is PreauthState.NOT_AUTHENTICATED
 
 
+def test_login_refusal_with_an_alert_for_a_device_awaiting_approval():
+    c = conn()
+    run(c, [b"a LOGIN user pw\r\nb NOOP\r\n"])
+    text = "New device: approve it at https://mail-gw.example.org:8443 after signing in"
+    assert c.login_failed(alert=text) == [
+        SendData(b"a NO [ALERT] " + text.encode() + b"\r\n"),
+        SendData(b"b OK NOOP completed.\r\n"),
+    ]
+    assert c.state is PreauthState.NOT_AUTHENTICATED
+    # the text comes from the configuration; one that would break the line is refused
+    run(c, [b"c LOGIN user pw\r\n"])
+    for bad in ("", "two\r\nlines", "caf\u00e9"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            c.login_failed(alert=bad)
+    assert c.state is PreauthState.LOGGING_IN
+
+
 def test_login_success_hands_over_pipelined_bytes():
     c = conn()
     run(c, [b"a LOGIN user pw\r\nb SELECT INBOX\r\nc FE"])
