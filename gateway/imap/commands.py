@@ -686,6 +686,8 @@ class CommandStream:
                 # Refuse before answering "+" when the literal is already one too many.
                 early = self._info_from_parts([(text, b"")], partial=True)
                 return early if isinstance(early, bytes) else ("collect",)
+            if pos == len(text):  # the common case: no argument at all (NOOP, CHECK, ...)
+                return CommandInfo(tag, name)
             return self._info_from_parts([(text, None)])
         index = _MAILBOX_ARG.get(name)
         if index is None and name not in _LIST_COMMANDS:

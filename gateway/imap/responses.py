@@ -48,6 +48,8 @@ _EXPUNGE_RE: Final = re.compile(rb"\* [0-9]+ EXPUNGE\Z", re.IGNORECASE)
 _VANISHED_RE: Final = re.compile(rb"\* VANISHED (?:\(EARLIER\) )?([0-9:,]+)\Z", re.IGNORECASE)
 _TAGGED_RE: Final = re.compile(rb"([^\x00-\x20\x7f-\xff(){\"\\%*+]+) (OK|NO|BAD)(?: |\Z)", re.I)
 _MAX_SET_RANGES: Final = 10_000
+#: Shared empty list for results without continuation requests (never appended to).
+_NONE: Final[list[tuple[int, int]]] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class ResponseScanner:
         framer.receive_data(data)
         expunged = 0
         completed: list[tuple[bytes, str]] = []
-        continuations: list[tuple[int, int]] = []
+        continuations: list[tuple[int, int]] = _NONE
         while True:
             ev = framer.next_event()
             if ev is NEED_DATA:
@@ -128,6 +130,8 @@ class ResponseScanner:
                     elif (v := _VANISHED_RE.match(body)) is not None:
                         expunged += _uid_set_size(v.group(1))
                 elif body.startswith(b"+"):
+                    if continuations is _NONE:
+                        continuations = []
                     continuations.append((start, self.position))
                 elif (t := _TAGGED_RE.match(body)) is not None:
                     completed.append((t.group(1), t.group(2).decode("ascii").upper()))

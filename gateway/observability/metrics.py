@@ -105,6 +105,11 @@ preauth_disconnects_total = Counter(
     "preauth_disconnects", "Connections closed by the gateway before login.", ["reason"],
     namespace=_NS, registry=REGISTRY,
 )
+login_history_dropped_total = Counter(
+    "login_history_dropped",
+    "Login attempts not written to the login history (the store was down or far behind).",
+    namespace=_NS, registry=REGISTRY,
+)
 state_unavailable_total = Counter(
     "state_unavailable",
     "Limiter, detector or ban calls that found the shared state ([state] redis) down.",

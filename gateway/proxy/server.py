@@ -19,6 +19,7 @@ SIGTERM/SIGINT stop accepting and close every session.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -48,7 +49,13 @@ from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
-from gateway.store.base import DEFAULT_LOGIN_HISTORY_RETENTION, AppPasswordInfo, CredentialStore
+from gateway.store.base import (
+    DEFAULT_LOGIN_HISTORY_RETENTION,
+    AppPasswordInfo,
+    CredentialStore,
+    LoginRecord,
+)
+from gateway.store.errors import StoreError
 from gateway.web.serve import HttpSockets, serve_web
 
 log = get_logger()
@@ -57,6 +64,10 @@ POLICY_POLL_SECONDS = 2.0
 CREDENTIAL_POLL_SECONDS = 1.0
 BANS_GAUGE_SECONDS = 5.0
 STORE_PRUNE_SECONDS = 3600.0
+HISTORY_FLUSH_SECONDS = 1.0
+#: Login attempts waiting to be written; past this (the store is down or far too slow)
+#: the oldest are dropped and counted rather than held without bound.
+HISTORY_BACKLOG = 10000
 
 _REFUSALS = {
     "per_ip_limit": b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n",
@@ -94,7 +105,27 @@ class GatewayContext:
         # Keys the limiter's attempt fingerprints: per process, never stored, so a
         # fingerprint cannot be brute-forced back into a password offline.
         self._fingerprint_key = secrets.token_bytes(32)
+        self._history: collections.deque[LoginRecord] = collections.deque(maxlen=HISTORY_BACKLOG)
         metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
+
+    def record_login(self, record: LoginRecord) -> None:
+        """Queue one login attempt for the history; written in batches by flush_history."""
+        if len(self._history) == HISTORY_BACKLOG:
+            metrics.login_history_dropped_total.inc()
+        self._history.append(record)
+
+    async def flush_history(self) -> None:
+        """Write the queued attempts in one transaction (one disk flush a second, not one a
+        login); trouble is logged and the batch dropped: a history row never fails a login."""
+        if not self._history:
+            return
+        batch = list(self._history)
+        self._history.clear()
+        try:
+            await trio.to_thread.run_sync(self.store.record_logins, batch)
+        except StoreError as exc:
+            metrics.login_history_dropped_total.inc(len(batch))
+            log.error("store.error", error=str(exc), dropped=len(batch))
 
     @property
     def policy(self) -> PolicyReloader:
@@ -348,6 +379,7 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                                "credential_watch")
             nursery.start_soon(_every, BANS_GAUGE_SECONDS, lambda: _update_bans_gauge(ctx),
                                "bans_gauge")
+            nursery.start_soon(_every, HISTORY_FLUSH_SECONDS, ctx.flush_history, "history")
             nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
                                "store_prune")
             await nursery.start(partial(serve_web, ctx, sockets.http))

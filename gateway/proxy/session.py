@@ -47,7 +47,6 @@ from gateway.proxy.values import (
     SessionServices,
 )
 from gateway.store.base import LoginProtocol, LoginRecord, LoginResult
-from gateway.store.errors import StoreError
 
 if TYPE_CHECKING:
     from gateway.anomaly.model import Anomaly
@@ -306,7 +305,7 @@ class ClientSession:
         metrics.auth_attempts_total.labels("failure", "plaintext", mechanism.lower()).inc()
         self.log.warning("login.plaintext_blocked", mechanism=mechanism, user=username)
         if username:
-            await self._record_attempt(username, LoginOutcome(reason="plaintext"))
+            self._record_attempt(username, LoginOutcome(reason="plaintext"))
         await self._observe(self.ctx.limiter.anomalies.observe_plaintext_attempt(
             self.client_ip, time.time(), user=username,
             subnet=self.ctx.limiter.subnet(self.client_ip)))
@@ -331,7 +330,7 @@ class ClientSession:
                 LoginClient(self.endpoint(), self.client_id.get("name"), self.log,
                             started=started), req)
         metrics.auth_decision_seconds.observe(trio.current_time() - started)
-        await self._record_attempt(req.username, outcome)
+        self._record_attempt(req.username, outcome)
         if outcome.backend is not None:
             return await self._logged_in(conn, req, outcome), conn.login_succeeded()
 
@@ -358,19 +357,16 @@ class ClientSession:
         await trio.sleep_until(started + self.ctx.config.limits.auth_failure_delay + tarpit)
         return None, conn.login_failed(alert=outcome.alert)
 
-    async def _record_attempt(self, user: str, outcome: LoginOutcome) -> None:
-        """One row of the user's login history (the portal shows it). ``reason`` is the
-        internal label, never a secret; trouble writing it is logged, the login goes on."""
+    def _record_attempt(self, user: str, outcome: LoginOutcome) -> None:
+        """One row of the user's login history (the portal shows it), queued: the gateway
+        writes them in batches. ``reason`` is the internal label, never a secret."""
         record = LoginRecord(
             time=time.time(), user=user, address=self.client_ip,
             client_name=self.client_id.get("name") or "", factor=outcome.factor,
             result=LoginResult.SUCCESS if outcome.backend is not None else LoginResult.FAILURE,
             protocol=LoginProtocol.IMAP, reason=outcome.reason or "ok",
         )
-        try:
-            await trio.to_thread.run_sync(self.ctx.store.record_login, record)
-        except StoreError as exc:
-            self.log.error("store.error", error=str(exc))
+        self.ctx.record_login(record)
 
     async def _logged_in(
         self, conn: pa.PreauthConnection, req: pa.LoginRequest, outcome: LoginOutcome

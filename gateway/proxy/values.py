@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gateway.imap.responses import ServerResponse
     from gateway.limits.limiter import Limiter
     from gateway.policy import PolicyReloader
-    from gateway.store.base import CredentialStore
+    from gateway.store.base import CredentialStore, LoginRecord
 
 #: A structlog logger with the session's fields bound (``gateway.observability.logs``).
 Log = Any
@@ -157,3 +157,5 @@ class SessionServices(LoginServices, Protocol):
     def authenticator(self) -> Authenticating: ...
 
     def attempt_fingerprint(self, user: str, password: str) -> bytes: ...
+
+    def record_login(self, record: LoginRecord) -> None: ...

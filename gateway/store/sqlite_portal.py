@@ -107,27 +107,40 @@ class SqlitePortalTables:
     # --- login history ------------------------------------------------------------------
 
     def record_login(self, record: LoginRecord) -> None:
-        """Append one attempt. Fields are bounded, never refused: a history row must not
-        fail a login. Unknown ``result``/``protocol`` values raise ValueError (a bug);
-        database trouble (disk full, locked too long) raises StoreError, which the
-        caller logs and lets the login go on."""
-        result = LoginResult(record.result)
-        protocol = LoginProtocol(record.protocol)
-        with self._lock, _as_store_error("cannot record a login in the history"):
-            self._db.execute(
-                "INSERT INTO login_history (time, user, address, client_name, factor, result, "
-                "protocol, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.time,
-                    record.user[:_USER_MAX],
-                    _address(record.address),
-                    device_client_name(record.client_name),
-                    record.factor[:_LABEL_MAX],
-                    result.value,
-                    protocol.value,
-                    record.reason[:_LABEL_MAX],
-                ),
+        """Append one attempt (see :meth:`record_logins`)."""
+        self.record_logins([record])
+
+    def record_logins(self, records: Sequence[LoginRecord]) -> None:
+        """Append attempts, in one transaction (the gateway writes its sessions' attempts
+        in batches: one commit, so one disk flush, a second rather than one a login).
+        Fields are bounded, never refused: a history row must not fail a login. Unknown
+        ``result``/``protocol`` values raise ValueError (a bug); database trouble (disk
+        full, locked too long) raises StoreError, which the caller logs."""
+        rows = [
+            (
+                record.time,
+                record.user[:_USER_MAX],
+                _address(record.address),
+                device_client_name(record.client_name),
+                record.factor[:_LABEL_MAX],
+                LoginResult(record.result).value,
+                LoginProtocol(record.protocol).value,
+                record.reason[:_LABEL_MAX],
             )
+            for record in records
+        ]
+        if not rows:
+            return
+        with self._lock, _as_store_error("cannot record logins in the history"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO login_history (time, user, address, client_name, factor, "
+                    "result, protocol, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def recent_logins(self, user: str, limit: int = 50) -> list[LoginRecord]:
         """The user's newest attempts first, at most ``limit`` (capped at MAX_HISTORY_LIST)."""

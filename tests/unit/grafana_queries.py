@@ -88,6 +88,7 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_preauth_disconnects_total": _m(
         "counter", "reason", reason="timeout too_many_bad_commands line_too_long literal_too_large"
     ),
+    "imap_gateway_login_history_dropped_total": _m("counter"),
     "imap_gateway_state_unavailable_total": _m(
         "counter",
         "operation",
