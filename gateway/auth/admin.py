@@ -203,6 +203,7 @@ def app_password_list(
                     "created": i.created,
                     "last_used": i.last_used,
                     "last_ip": i.last_ip,
+                    "last_client": i.last_client,
                     "expires": i.expires,
                     "expired": i.is_expired(t),
                 }
