@@ -78,7 +78,8 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
     password = out["password"]  # type: ignore[index]
     assert re.fullmatch(r"([a-z2-9]{5}-){3}[a-z2-9]{5}", password)
     assert store.verify_app_password("alice", password, T0).status is AppPasswordStatus.OK
-    store.record_app_password_use(store.list_app_passwords("alice")[0].id, "192.0.2.5", T0 + 60)
+    store.record_app_password_use(store.list_app_passwords("alice")[0].id, "192.0.2.5", T0 + 60,
+                                  "K-9 Mail")
 
     code, listing = admin.app_password_list(store, "alice", as_json=True, now=T0 + 120)
     assert code == 0
@@ -89,6 +90,7 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
         "created": T0,
         "last_used": T0 + 60,
         "last_ip": "192.0.2.5",
+        "last_client": "K-9 Mail",
         "expires": T0 + 90 * 86400,
         "expired": False,
     }
