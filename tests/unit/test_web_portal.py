@@ -636,3 +636,19 @@ def test_no_secret_reaches_the_log(services, clock):
     text = str(logs)
     for secret_text in (PASSWORDS["alice"], secret, password, c.session_cookie):
         assert secret_text not in text
+
+
+def test_store_trouble_is_a_plain_503_page(services, clock, monkeypatch):
+    from gateway.store.errors import StoreError
+
+    c, _ = signed_in_full(services, clock)
+
+    def broken(user):
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(services.store, "list_app_passwords", broken)
+    with capture_logs() as logs:
+        r = c.page("/app-passwords")
+    assert r.status_code == 503 and "cannot be shown right now" in r.text
+    assert "content-security-policy" in r.headers
+    assert [e for e in logs if e["event"] == "store.error"]
