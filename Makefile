@@ -5,6 +5,7 @@
 #   make typecheck  mypy over gateway/ (config: [tool.mypy]; strict for imap and proxy)
 #   make demo       a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
 #   make bench      benchmarks (bench/)
+#   make screenshots  docs/screenshots/*.png of the portal (Dovecot + gateway + headless Chromium)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: venv deps imaptest test demo bench lint typecheck
+.PHONY: venv deps imaptest test demo bench lint typecheck screenshots
 
 # Reinstall only when pyproject.toml changed (the stamp lives inside the venv).
 venv: $(STAMP)
@@ -41,6 +42,9 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench
+
+screenshots: deps venv
+	$(PY) scripts/portal_screenshots.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

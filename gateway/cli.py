@@ -178,6 +178,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     config = _load(args.config)
     with _open_store(config) as store:
         return _emit(admin.users_invite(store, args.user, expires=args.expires,
+                                        public_url=config.web.public_url,
                                         as_json=args.json), args.json)
 
 
@@ -305,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("users", parents=[common], help="user accounts (self-service portal)")
     usub = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     u = usub.add_parser("invite", parents=[common],
-                        help="a one-time invitation token; it is shown only once")
+                        help="a one-time invitation link to the portal ([web] public_url); "
+                             "it is shown only once")
     u.add_argument("user")
     u.add_argument("--expires", help="lifetime, e.g. 72h or 7d (default: 72h)")
     p.set_defaults(func=cmd_users)

@@ -9,9 +9,11 @@ set -euo pipefail
 
 PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
-  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest
+  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest; third: the
+  # browser the portal's end-to-end tests drive (tests/support/browser.py)
   PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv
-            dovecot-dev autoconf automake libtool pkg-config gcc make patch)
+            dovecot-dev autoconf automake libtool pkg-config gcc make patch
+            chromium)
 fi
 
 missing=()

@@ -8,7 +8,7 @@ store/key trouble), 2 bad arguments (duration, scope, label). Errors with
 
 Secrets appear in output exactly three times, on purpose: ``totp enroll`` (seed, URI,
 QR code), ``app-password create`` (the password) and ``users invite`` (the one-time
-token). Listings never show them.
+link or token). Listings never show them.
 ``now`` defaults to the wall clock here, at the edge, and nowhere deeper.
 """
 
@@ -204,6 +204,7 @@ def app_password_list(
                     "created": i.created,
                     "last_used": i.last_used,
                     "last_ip": i.last_ip,
+                    "last_client": i.last_client,
                     "expires": i.expires,
                     "expired": i.is_expired(t),
                 }
@@ -403,19 +404,26 @@ def devices_approve(
 DEFAULT_INVITE_TTL = "72h"
 
 
+def invite_url(public_url: str, token: str) -> str:
+    """The portal link of an invitation: ``<[web] public_url>/invite/<token>``."""
+    return public_url.rstrip("/") + "/invite/" + token
+
+
 def users_invite(
     store: CredentialStore,
     user: str,
     *,
     expires: str | None = None,
+    public_url: str = "",
     as_json: bool = False,
     now: float | None = None,
 ) -> Result:
     """`imap-gateway users invite USER [--expires 72h] [--json]`: a one-time invitation.
 
-    Prints the token once; the store keeps only its hash. The self-service portal
-    turns it into a link once ``[web] public_url`` exists; until then the token is
-    what the user is given.
+    Prints the link (``public_url``, the ``[web] public_url``, + ``/invite/<token>``)
+    once; the store keeps only the token's hash. The user opens the link and signs in
+    with the mail password there to set up the authenticator. Without a public URL the
+    token alone is printed, with what to configure.
     """
     t = _now(now)
     try:
@@ -427,11 +435,20 @@ def users_invite(
         return _fail(EXIT_USAGE, str(exc), as_json)
     except StoreError as exc:
         return _fail(EXIT_FAILED, str(exc), as_json)
+    url = invite_url(public_url, new.token) if public_url else None
     if as_json:
-        return EXIT_OK, {"user": user, "token": new.token, "expires": new.info.expires}
-    text = (
+        return EXIT_OK, {"user": user, "token": new.token, "url": url,
+                         "expires": new.info.expires}
+    if url is not None:
+        return EXIT_OK, (
+            f"Invitation for {user} (one use, expires {_fmt_time(new.info.expires)}):\n\n"
+            f"    {url}\n\n"
+            "It is shown only this once: send the link to the user over a channel you trust.\n"
+            "They open it and sign in with their mail password to set up the authenticator."
+        )
+    return EXIT_OK, (
         f"Invitation for {user} (one use, expires {_fmt_time(new.info.expires)}):\n\n"
         f"    {new.token}\n\n"
-        "It is shown only this once: hand it to the user over a channel you trust."
+        "It is shown only this once: hand it to the user over a channel you trust.\n"
+        "Set [web] public_url to print it as a link; the link is <portal URL>/invite/<token>."
     )
-    return EXIT_OK, text

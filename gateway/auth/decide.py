@@ -187,7 +187,7 @@ def decide(
     if check.status is AppPasswordStatus.OK and check.info is not None:
         if not master_user_configured:
             return Deny(DENY_MASTER_USER_MISSING)
-        store.record_app_password_use(check.info.id, client_ip, now)
+        store.record_app_password_use(check.info.id, client_ip, now, client_name)
         return UseAppPassword(
             user=username,
             app_password_id=check.info.id,

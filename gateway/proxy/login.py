@@ -55,7 +55,7 @@ class Authenticator:
         self.rejected = RecentSecrets(ttl=300.0)
 
     def _recently_verified(
-        self, user: str, canonical: str, ip: str, now: float
+        self, user: str, canonical: str, ip: str, client_name: str | None, now: float
     ) -> UseAppPassword | None:
         """A plan for an app password verified within the cache TTL that is still valid."""
         if not self.master_configured:
@@ -67,7 +67,7 @@ class Authenticator:
         info = next((i for i in store.list_app_passwords(user) if i.id == app_password_id), None)
         if info is None or info.is_expired(now):
             return None  # revoked or expired since: decide() gives the reason
-        store.record_app_password_use(info.id, ip, now)
+        store.record_app_password_use(info.id, ip, now, client_name)
         return UseAppPassword(user=user, app_password_id=info.id, scopes=info.scopes,
                               label=info.label)
 
@@ -109,7 +109,8 @@ class Authenticator:
                 # queries, cheaper inline than a thread hop.
                 plan = run_decide()
             else:
-                plan = self._recently_verified(user, canonical, client.endpoint.ip, now)
+                plan = self._recently_verified(user, canonical, client.endpoint.ip,
+                                                client.client_name, now)
                 if plan is None:
                     plan = await trio.to_thread.run_sync(run_decide)
                     if isinstance(plan, UseAppPassword):

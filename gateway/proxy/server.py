@@ -8,8 +8,8 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
   closed with BYE;
 - credential watcher: every second, ends live sessions whose app password was revoked
   or has expired (the admin CLI writes the same store);
-- store pruning: every hour, login history past its retention, expired web sessions
-  and invites;
+- store pruning: every hour, login history past ``[web] activity_retention``, expired
+  web sessions and invites;
 - bans gauge;
 - the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``.
 
@@ -50,7 +50,6 @@ from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
 from gateway.startup import Runtime
 from gateway.store.base import (
-    DEFAULT_LOGIN_HISTORY_RETENTION,
     AppPasswordInfo,
     CredentialStore,
     LoginRecord,
@@ -303,7 +302,7 @@ async def _prune_store(ctx: GatewayContext) -> None:
 
     def prune() -> tuple[int, int]:
         store = ctx.store
-        return (store.prune_login_history(now, DEFAULT_LOGIN_HISTORY_RETENTION),
+        return (store.prune_login_history(now, ctx.config.web.activity_retention),
                 store.prune_expired(now))
 
     history, expired = await trio.to_thread.run_sync(prune)

@@ -62,6 +62,8 @@ class AppPasswordInfo:
     expires: float | None
     last_used: float | None
     last_ip: str | None
+    #: The IMAP ID name the client sent at its last use ("" when it sent none).
+    last_client: str | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
@@ -256,7 +258,9 @@ class CredentialStore(Protocol):
         now: float,
     ) -> NewAppPassword: ...
     def verify_app_password(self, user: str, secret: str, now: float) -> AppPasswordCheck: ...
-    def record_app_password_use(self, app_password_id: int, ip: str, now: float) -> None: ...
+    def record_app_password_use(
+        self, app_password_id: int, ip: str, now: float, client_name: str | None = None
+    ) -> None: ...
     def list_app_passwords(self, user: str) -> list[AppPasswordInfo]: ...
     def revoke_app_password(self, user: str, label: str) -> None: ...
 

@@ -149,10 +149,17 @@ def _v3_portal(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (user)")
 
 
+def _v4_app_password_client(db: sqlite3.Connection) -> None:
+    # The IMAP ID name of the client that last used an app password, next to last_ip:
+    # the portal lists it so a user can tell which device a password is in.
+    db.execute("ALTER TABLE app_passwords ADD COLUMN last_client TEXT")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_totp_codes),
     (3, _v3_portal),
+    (4, _v4_app_password_client),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -74,7 +74,7 @@ LABEL_MAX = 64
 # makes that client's saved code unknown again (its login then needs a fresh code).
 MAX_TOTP_CODES_PER_USER = 100
 
-_APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip"
+_APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip, last_client"
 _DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
 
 
@@ -438,11 +438,15 @@ class SqliteCredentialStore(SqlitePortalTables):
                 return AppPasswordCheck(status, info, shaped=True, hashes_checked=checked)
         return AppPasswordCheck(AppPasswordStatus.NO_MATCH, shaped=True, hashes_checked=checked)
 
-    def record_app_password_use(self, app_password_id: int, ip: str, now: float) -> None:
+    def record_app_password_use(
+        self, app_password_id: int, ip: str, now: float, client_name: str | None = None
+    ) -> None:
+        """Note a successful use: when, from which address, by which client (IMAP ID name,
+        bounded like a device's)."""
         with self._lock:
             self._db.execute(
-                "UPDATE app_passwords SET last_used = ?, last_ip = ? WHERE id = ?",
-                (now, ip, app_password_id),
+                "UPDATE app_passwords SET last_used = ?, last_ip = ?, last_client = ? WHERE id = ?",
+                (now, ip, device_client_name(client_name), app_password_id),
             )
 
     def list_app_passwords(self, user: str) -> list[AppPasswordInfo]:
@@ -569,7 +573,7 @@ def _prune_totp_codes(db: sqlite3.Connection, user: str) -> None:
 
 
 def _app_info(row: Sequence[object]) -> AppPasswordInfo:
-    id_, user, label, scopes, created, expires, last_used, last_ip = row
+    id_, user, label, scopes, created, expires, last_used, last_ip, last_client = row
     return AppPasswordInfo(
         id=int(id_),  # type: ignore[call-overload]
         user=str(user),
@@ -579,6 +583,7 @@ def _app_info(row: Sequence[object]) -> AppPasswordInfo:
         expires=None if expires is None else float(expires),  # type: ignore[arg-type]
         last_used=None if last_used is None else float(last_used),  # type: ignore[arg-type]
         last_ip=None if last_ip is None else str(last_ip),
+        last_client=None if last_client is None else str(last_client),
     )
 
 

@@ -11,8 +11,11 @@ its role, so a route can never leak onto another port):
 
 Modules: ``token`` (the admin bearer token and bind-address rule, shared with the CLI),
 ``admin`` (the admin API's handlers: pure functions of the gateway's services), ``csrf``
-and ``headers`` (middleware every portal response passes), ``app`` (the app factories),
-``serve`` (Hypercorn configuration, TLS, logging; the only module that opens sockets).
+and ``headers`` (middleware every portal response passes; ``csrf`` also resolves the web
+session cookie), ``auth`` (portal sign-in: password, second factor, session stages),
+``portal`` (the portal's pages), ``qr`` (QR codes as inline SVG), ``app`` (the app
+factories), ``serve`` (Hypercorn configuration, TLS, logging; the only module that opens
+sockets).
 
 This ``__init__`` imports nothing: the CLI reads the token through ``gateway.web.token``
 without loading Starlette or Hypercorn.

@@ -12,8 +12,9 @@ Rules of this module:
    answered 503. Routes map onto the pure handlers of ``gateway.web.admin``.
 3. Metrics: ``prometheus_client``'s own ASGI exposition (content negotiation, gzip) of
    the gateway's registry; ``/healthz`` and ``/readyz`` as load balancers expect.
-4. Portal: HTML rendered by Jinja2 (autoescaped) from ``templates/``, plain files from
-   ``static/``; ``SecurityHeaders`` and ``CSRFMiddleware`` wrap every request.
+4. Portal: the pages of ``gateway.web.portal``, HTML rendered by Jinja2 (autoescaped)
+   from ``templates/``, plain files from ``static/``; ``SecurityHeaders`` and
+   ``CSRFMiddleware`` (which also resolves the web session) wrap every request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 from prometheus_client import make_asgi_app
@@ -32,17 +32,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
+from gateway.store.errors import StoreError
 from gateway.web import admin
 from gateway.web.admin import AdminServices, HttpError, Reply
-from gateway.web.csrf import CSRFMiddleware, csrf_of
+from gateway.web.auth import PortalServices
+from gateway.web.csrf import CSRFMiddleware
 from gateway.web.headers import SecurityHeaders
+from gateway.web.portal import Portal
 from gateway.web.token import is_authorized
 
 __all__ = [
@@ -266,22 +269,24 @@ def metrics_app(ready: Callable[[], bool]) -> ASGIApp:
 # Portal
 
 
-def portal_app(web: Any, *, secret: bytes) -> ASGIApp:
-    """The portal on ``[web] address`` (``web`` is the ``[web]`` config section).
+def portal_app(services: PortalServices, *, secret: bytes,
+               clock: Callable[[], float] = time.time) -> ASGIApp:
+    """The self-service portal on ``[web] address`` over ``services`` (the running
+    ``GatewayContext``): pages of ``gateway.web.portal``, plain files from ``static/``.
 
-    ``secret`` keys the CSRF tokens (``gateway.web.csrf``). For now one page: sign-in.
+    ``secret`` keys the CSRF tokens of browsers not signed in (``gateway.web.csrf``);
+    signed-in sessions are looked up in the credential store. ``clock`` gives wall-clock
+    seconds (sessions and history are stored on that clock).
     """
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
-
-    async def signin(request: Request) -> Response:
-        return templates.TemplateResponse(
-            request, "signin.html", {"csrf_token": csrf_of(request).token},
-            headers={"Cache-Control": "no-store"})
-
-    routes = [
-        Route("/", signin, methods=["GET"]),
+    portal = Portal(services, templates, clock=clock)
+    routes: list[BaseRoute] = [
+        *portal.routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(CSRFMiddleware, secret=secret)])
+    app = Starlette(routes=routes, middleware=[
+        Middleware(CSRFMiddleware, secret=secret, sessions=services.store.get_web_session,
+                   clock=clock)], exception_handlers={StoreError: portal.store_unavailable})
+    app.router.redirect_slashes = False
     # Outside Starlette's error handling, so a 500 carries the headers too.
     return SecurityHeaders(app)

@@ -78,7 +78,8 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
     password = out["password"]  # type: ignore[index]
     assert re.fullmatch(r"([a-z2-9]{5}-){3}[a-z2-9]{5}", password)
     assert store.verify_app_password("alice", password, T0).status is AppPasswordStatus.OK
-    store.record_app_password_use(store.list_app_passwords("alice")[0].id, "192.0.2.5", T0 + 60)
+    store.record_app_password_use(store.list_app_passwords("alice")[0].id, "192.0.2.5", T0 + 60,
+                                  "K-9 Mail")
 
     code, listing = admin.app_password_list(store, "alice", as_json=True, now=T0 + 120)
     assert code == 0
@@ -89,6 +90,7 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
         "created": T0,
         "last_used": T0 + 60,
         "last_ip": "192.0.2.5",
+        "last_client": "K-9 Mail",
         "expires": T0 + 90 * 86400,
         "expired": False,
     }
@@ -239,7 +241,8 @@ def test_users_invite_prints_the_token_once_and_stores_its_hash(
     store: SqliteCredentialStore,
 ) -> None:
     code, out = admin.users_invite(store, "alice", as_json=True, now=T0)
-    assert code == 0 and set(out) == {"user", "token", "expires"}  # type: ignore[arg-type]
+    assert code == 0 and set(out) == {"user", "token", "url", "expires"}  # type: ignore[arg-type]
+    assert out["url"] is None  # type: ignore[index]  # no [web] public_url
     assert out["expires"] == T0 + 72 * 3600  # type: ignore[index]  # the default: 72h
     [info] = store.list_invites("alice")
     assert info.consumed is None and info.expires == T0 + 72 * 3600
@@ -250,6 +253,22 @@ def test_users_invite_prints_the_token_once_and_stores_its_hash(
     token = text.split("\n\n")[1].strip()
     assert store.consume_invite(token, T0 + 6 * 86400).user == "bob"  # type: ignore[union-attr]
     assert "expires 2023-11-21 22:13:35Z" in text and "shown only this once" in text
+    assert "[web] public_url" in text
+
+
+def test_users_invite_prints_the_portal_link_with_a_public_url(
+    store: SqliteCredentialStore,
+) -> None:
+    code, text = admin.users_invite(store, "alice", public_url="https://mail.example.org:8443/",
+                                    now=T0)
+    assert code == 0 and isinstance(text, str)
+    link = text.split("\n\n")[1].strip()
+    prefix = "https://mail.example.org:8443/invite/"
+    assert link.startswith(prefix)
+    assert store.consume_invite(link[len(prefix):], T0 + 1).user == "alice"  # type: ignore[union-attr]
+    code, out = admin.users_invite(store, "bob", public_url="https://mail.example.org",
+                                   as_json=True, now=T0)
+    assert out["url"] == "https://mail.example.org/invite/" + out["token"]  # type: ignore[index,operator]
 
 
 @pytest.mark.parametrize("expires", ["72", "soon", "0s", "-1h"])

@@ -67,7 +67,7 @@ def test_app_password_wins_under_any_policy_and_records_use(store: SqliteCredent
         assert plan == UseAppPassword("alice", new.info.id, ("read-only",), "phone")
         assert plan.factor == "app-password"
     [info] = store.list_app_passwords("alice")
-    assert (info.last_used, info.last_ip) == (T0, IP)
+    assert (info.last_used, info.last_ip, info.last_client) == (T0, IP, CLIENT)
 
 
 def test_app_password_without_master_user_is_denied(store: SqliteCredentialStore) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,13 @@ def test_users_invite_prints_a_one_time_token(confdir: Path):
         assert store.consume_invite(out["token"], out["expires"] - 1) is None
     bad = run("users", "invite", "alice", "--expires", "soon", "--json", "--config", cfg)
     assert bad.returncode == 2 and "bad duration" in json.loads(bad.stderr)["error"]
+    # with [web] public_url the output is the portal link
+    (confdir / "gateway.toml").write_text(
+        GOOD + '\n[web]\npublic_url = "https://mail.example.org:8443"\n')
+    linked = run("users", "invite", "carol", "--config", cfg)
+    assert linked.returncode == 0, linked.stderr
+    assert re.search(r"^    https://mail\.example\.org:8443/invite/[A-Za-z0-9_-]{43}$",
+                     linked.stdout, re.M), linked.stdout
 
 
 def test_devices_pending_and_approve(confdir: Path):

@@ -80,7 +80,7 @@ def test_migration_appends_the_portal_tables_to_a_version_1_database(
         assert len(s.list_devices("alice")) == 1
         s.record_login(attempt(T0))
     conn = sqlite3.connect(db)
-    assert current_version(conn) == LATEST_VERSION == 3
+    assert current_version(conn) == LATEST_VERSION == 4
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"totp_codes", "login_history", "recovery_codes", "invites", "pending_devices",
             "web_sessions"} <= tables

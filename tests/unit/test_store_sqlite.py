@@ -403,9 +403,11 @@ def test_app_password_create_verify_and_metadata(
     assert store.verify_app_password("alice", typed, T0 + 1).status is AppPasswordStatus.OK
     # another user's app password does not verify for alice, and vice versa
     assert store.verify_app_password("bob", new.password, T0).status is AppPasswordStatus.NO_MATCH
-    store.record_app_password_use(new.info.id, "192.0.2.9", T0 + 5)
+    assert store.list_app_passwords("alice")[0].last_client is None  # never used
+    store.record_app_password_use(new.info.id, "192.0.2.9", T0 + 5, " K-9 Mail " + "x" * 100)
     [listed] = store.list_app_passwords("alice")
     assert (listed.last_used, listed.last_ip, listed.created) == (T0 + 5, "192.0.2.9", T0)
+    assert listed.last_client == ("K-9 Mail " + "x" * 100)[:64]  # bounded like a device name
     store.close()
     db, _ = paths
     raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("gateway.db"))

@@ -26,7 +26,7 @@ from trio_websocket import open_websocket_url
 from gateway.web.app import metrics_app, portal_app
 from gateway.web.csrf import (
     CSRF_HEADER,
-    SESSION_COOKIE,
+    PRESESSION_COOKIE,
     CSRFMiddleware,
     check_token,
     csrf_of,
@@ -36,13 +36,14 @@ from gateway.web.csrf import (
 from gateway.web.headers import SECURITY_HEADERS, SecurityHeaders
 from gateway.web.serve import hypercorn_config, switching_context
 from tests.support.asgi import AsgiClient
-
-SECRET = b"k" * 32
-PORTAL = "https://portal.test"
+from tests.support.portal import PORTAL, SECRET, Clock, make_services
 
 
-def portal() -> AsgiClient:
-    return AsgiClient(portal_app(SimpleNamespace(), secret=SECRET), base_url=PORTAL)
+@pytest.fixture
+def portal(tmp_path):
+    services = make_services(tmp_path)
+    yield lambda: AsgiClient(portal_app(services, secret=SECRET, clock=Clock()), base_url=PORTAL)
+    services.store.close()
 
 
 def assert_security_headers(response) -> None:
@@ -60,7 +61,7 @@ def assert_security_headers(response) -> None:
 # -- the portal page ---------------------------------------------------------------------
 
 
-def test_signin_page_is_rendered_with_a_csrf_token_for_its_session_cookie():
+def test_signin_page_is_rendered_with_a_csrf_token_for_its_presession_cookie(portal):
     c = portal()
     r = c.get("/")
     assert r.status_code == 200
@@ -73,10 +74,10 @@ def test_signin_page_is_rendered_with_a_csrf_token_for_its_session_cookie():
     assert '<button type="submit">Sign in</button>' in page
     assert 'src="/static/portal.js"' in page and "<script>" not in page  # no inline script
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"{SESSION_COOKIE}=")
-    for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=Lax"):
+    assert cookie.startswith(f"{PRESESSION_COOKIE}=")
+    for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=Strict"):
         assert attribute in cookie
-    session_id = c.cookies[SESSION_COOKIE]
+    session_id = c.cookies[PRESESSION_COOKIE]
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     assert token == make_token(SECRET, session_id)
     # the browser keeps its cookie: same session, same token, no new cookie
@@ -85,7 +86,7 @@ def test_signin_page_is_rendered_with_a_csrf_token_for_its_session_cookie():
     assert f'value="{token}"' in again.text
 
 
-def test_static_files_and_errors_carry_the_headers_too():
+def test_static_files_and_errors_carry_the_headers_too(portal):
     c = portal()
     css = c.get("/static/portal.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
@@ -98,10 +99,10 @@ def test_static_files_and_errors_carry_the_headers_too():
         assert_security_headers(r)
 
 
-def test_a_post_without_the_token_is_refused_with_403():
+def test_a_post_without_the_token_is_refused_with_403(portal):
     c = portal()
     c.get("/")
-    r = c.post("/", data={"username": "alice", "password": "x"})
+    r = c.post("/signin", data={"username": "alice", "password": "x"})
     assert r.status_code == 403 and "CSRF" in r.text
     assert_security_headers(r)
 
@@ -156,9 +157,9 @@ def test_state_changing_requests_need_the_token_of_their_own_session_cookie():
 
 def test_another_browsers_cookie_value_is_not_trusted_unless_well_formed():
     c = csrf_echo()
-    c.cookies.set(SESSION_COOKIE, "short", domain="portal.test")
+    c.cookies.set(PRESESSION_COOKIE, "short", domain="portal.test")
     r = c.get("/")
-    assert SESSION_COOKIE in r.headers["set-cookie"]  # replaced by a fresh id
+    assert PRESESSION_COOKIE in r.headers["set-cookie"]  # replaced by a fresh id
 
 
 def test_security_headers_replace_a_handlers_own():
