@@ -170,12 +170,14 @@ def report(results: dict[str, dict], names: list[str], wall: float, out: Path) -
             chunks = tg.chunks_of(data, split)
             base = failures_dir / f"{name}-{k}"
             base.with_suffix(".bin").write_bytes(blob)
-            text = _failure_text(name, f, blob, target, describe_blob(target, blob))
+            text = _failure_text(name, f, blob, target, describe_blob(target, blob), base)
             base.with_suffix(".txt").write_text(text)
             print(f"  reproducer ({describe_blob(target, blob)}):")
             print(f"    data = {data!r}")
             if len(chunks) > 1:
                 print(f"    chunks = {chunks!r}")
+            for line in _other_splits(f, data):
+                print(f"    {line}")
             print(f"  saved: {base}.txt, {base}.bin "
                   f"(replay: python -m fuzz --replay {base}.bin --target {name})")
     print()
@@ -185,18 +187,29 @@ def report(results: dict[str, dict], names: list[str], wall: float, out: Path) -
     return 1 if fails else 0
 
 
-def _failure_text(name: str, f: dict, blob: bytes, target, desc: str) -> str:  # type: ignore[no-untyped-def]
+def _other_splits(f: dict, data: bytes) -> list[str]:
+    """For a split dependence: the chunks of the splits the input is compared with."""
+    from fuzz import targets as tg
+
+    if "split_dependent" not in f["signature"]:
+        return []
+    return [f"compared with {tg.split_name(s)}: {tg.chunks_of(data, s)!r}"
+            for s in tg._RESPLITS]
+
+
+def _failure_text(name: str, f: dict, blob: bytes, target, desc: str, base: Path) -> str:  # type: ignore[no-untyped-def]
     from fuzz import targets as tg
 
     flags, split, data = tg.decode(blob)
+    others = "".join(line + "\n" for line in _other_splits(f, data))
     return (
         f"target: {name}\nsignature: {f['signature']}\nkind: {f['kind']}\n"
         f"message: {f['message']}\nminimized input's message: {f.get('min_message', '')}\n"
         f"inputs that hit it: {f['count']}\n"
         f"minimized input: {desc} (ddmin tries: {f['min_tries']})\n"
-        f"data = {data!r}\nchunks = {tg.chunks_of(data, split)!r}\n"
+        f"data = {data!r}\nchunks = {tg.chunks_of(data, split)!r}\n{others}"
         f"original input (hex): {f['blob']}\n\n"
-        f"replay: python -m fuzz --replay {name}-N.bin --target {name}\n\n"
+        f"replay: python -m fuzz --replay {base}.bin --target {name}\n\n"
         f"# reproducer (the harness also plays the shell and checks invariants):\n"
         f"{target.reproducer(blob)}\n\n# traceback of the first input that hit it:\n"
         f"{f['traceback']}"

@@ -23,7 +23,7 @@ from gateway.auth import scopes
 from gateway.imap import commands as cm
 from gateway.imap import preauth as pa
 from gateway.imap import sasl
-from gateway.imap.framing import MAX_LITERAL_NUMBER, parse_response_line
+from gateway.imap.framing import parse_response_line
 from gateway.imap.listfilter import MAX_HELD, ListResponseFilter
 from gateway.imap.responses import (
     ResponseScanner,
@@ -500,7 +500,7 @@ class PreauthDriver:
                 if self.delay:
                     self.pending.append("tls_started")
                 else:
-                    queue.extend(self._tls_started(handle=False))
+                    self._tls_started()
             elif cls is pa.LoginRequest:
                 self._check_login(ev)
                 if self.delay:
@@ -545,15 +545,15 @@ class PreauthDriver:
         self.transcript.append(("login", ev.tag, ev.mechanism, ev.username, ev.password,
                                 ev.authzid))
 
-    def _tls_started(self, handle: bool = True) -> list:
+    def _tls_started(self) -> None:
         events = self.conn.tls_started()
         if events:
             _fail("preauth.greeting_after_starttls", repr(events))
         if not self.conn.tls_active or self.conn.state is not pa.PreauthState.NOT_AUTHENTICATED:
             _fail("preauth.tls_started_state", self.conn.state.value)
-        return []
 
     def _answer_login(self, handle: bool = True) -> list:
+        """Give the shell's verdict; ``handle=False``: return the events instead."""
         verdict = self.verdict
         if verdict == "fail-then-succeed":
             verdict = "succeed" if self.logins else "fail"
@@ -1043,5 +1043,3 @@ TARGETS: dict[str, Target] = {
                "independent parser)", _proxy_source),
     )
 }
-
-assert MAX_LITERAL_NUMBER == 2**63 - 1  # the dictionary's number64 edge values assume it

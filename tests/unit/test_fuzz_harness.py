@@ -71,11 +71,11 @@ def test_exceptions_and_violations_are_recorded_minimized_and_counted():
 
 
 def test_slow_inputs_are_failures(monkeypatch):
-    monkeypatch.setattr(engine, "SLOW_SECONDS", 0.005)
+    monkeypatch.setattr(engine, "SLOW_SECONDS", 0.02)
 
     def run(blob: bytes, features: set) -> None:
         if b"Z" in blob[2:]:
-            time.sleep(0.01)
+            time.sleep(0.04)
 
     runner = engine.Runner(_fake(run), watchdog=True)
     runner.run_one(b"\x00\x00abc")
