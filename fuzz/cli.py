@@ -16,10 +16,14 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from fuzz import worker
 
 TARGET_NAMES = ("preauth", "commands", "commands-scoped", "responses", "sasl", "proxyproto")
 WEIGHTS = {"preauth": 0.25, "commands": 0.20, "commands-scoped": 0.20, "responses": 0.15,
@@ -60,15 +64,32 @@ def _no_aslr() -> None:
 
 
 def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONHASHSEED"] = "0"
-    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
+    """A fixed environment (not the caller's): see fuzz.worker's docstring."""
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0",
+            "LC_ALL": "C.UTF-8"}
+
+
+def _run_dir() -> Path:
+    """The workers' directory, ``/tmp/fuzz-XXXXXXXX``: its path has the same length in
+    every run, whatever ``--out`` is (see fuzz.worker's docstring)."""
+    base = "/tmp" if os.path.isdir("/tmp") else None
+    run = Path(tempfile.mkdtemp(prefix="fuzz-", dir=base))
+    (run / "artifacts").mkdir()
+    return run
 
 
 def run_workers(jobs: list[dict], parallel: int, out: Path) -> dict[str, dict]:
     """Run one worker process per target config, ``parallel`` at a time."""
+    import fuzz.targets  # noqa: F401  (bytecode caches written now, not by the first worker)
+
+    run = _run_dir()
+    try:
+        return _run_workers(jobs, parallel, out, run)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _run_workers(jobs: list[dict], parallel: int, out: Path, run: Path) -> dict[str, dict]:
     results: dict[str, dict] = {}
     waiting = list(jobs)
     running: list[tuple[subprocess.Popen, dict, object, float]] = []
@@ -76,12 +97,11 @@ def run_workers(jobs: list[dict], parallel: int, out: Path) -> dict[str, dict]:
     while waiting or running:
         while waiting and len(running) < parallel:
             cfg = waiting.pop(0)
-            cfg_path = out / "work" / f"{cfg['target']}.json"
-            cfg_path.write_text(json.dumps(cfg))
+            (run / f"{cfg['target']}.json").write_text(json.dumps(cfg))
             log = open(out / "logs" / f"{cfg['target']}.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fuzz.worker", str(cfg_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(out / "work"),
+                [sys.executable, "-c", worker.LAUNCH, f"{cfg['target']}.json"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(run),
                 preexec_fn=_no_aslr,
             )
             running.append((proc, cfg, log, time.monotonic()))
@@ -92,17 +112,21 @@ def run_workers(jobs: list[dict], parallel: int, out: Path) -> dict[str, dict]:
                 continue
             running.remove(item)
             log.close()  # type: ignore[attr-defined]
-            results[cfg["target"]] = _collect(proc.returncode, cfg, out, time.monotonic() - started)
-            r = results[cfg["target"]]
+            for art in run.glob(f"artifacts/{cfg['target']}-*"):
+                shutil.move(str(art), str(out / "artifacts" / art.name))
+            r = _collect(proc.returncode, cfg, out, run, time.monotonic() - started)
+            results[cfg["target"]] = r
             print(f"  {cfg['target']}: {r['inputs']} inputs in {r['seconds']:.1f} s, "
                   f"{len(r['failures'])} failure(s)", flush=True)
     return results
 
 
-def _collect(code: int, cfg: dict, out: Path, elapsed: float) -> dict:
-    path = Path(cfg["result"])
+def _collect(code: int, cfg: dict, out: Path, run: Path, elapsed: float) -> dict:
+    path = run / worker.result_name(cfg["target"])
     if code == 0 and path.exists():
-        return json.loads(path.read_text())
+        r = json.loads(path.read_text())
+        shutil.copy(path, out / "work" / path.name)
+        return r
     log = (out / "logs" / f"{cfg['target']}.log").read_text(errors="replace")
     tail = "\n".join(log.splitlines()[-40:])
     artifacts = sorted(str(p) for p in out.glob(f"artifacts/{cfg['target']}-*"))
@@ -276,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     for sub in ("work", "logs", "failures", "artifacts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for old in list((out / "failures").iterdir()) + list((out / "work").iterdir()):
-        old.unlink()
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     jobs = [
         {"target": n, "inputs": share[n], "seed": args.seed, "engine": engine,
-         "minimize": not args.no_minimize, "result": str(out / "work" / f"{n}.result.json"),
-         "artifacts": str(out / "artifacts" / f"{n}-")}
+         "minimize": not args.no_minimize}
         for n in sorted(names, key=lambda n: -share[n])
     ]
     print(f"fuzz: engine={engine} seed={args.seed} total={args.total} jobs={args.jobs} "

@@ -15,6 +15,7 @@ import signal
 import time
 import traceback
 import tracemalloc
+from array import array
 from dataclasses import asdict, dataclass, field
 
 from . import targets as _targets
@@ -32,6 +33,7 @@ MEM_PER_BYTE = 64
 #: Largest input the mutator builds (the atheris engine uses -max_len with the same value).
 MAX_LEN = 4096
 _GATEWAY_ROOT = os.sep + "gateway" + os.sep
+_HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Hang(BaseException):
@@ -45,7 +47,7 @@ def _on_alarm(signum, frame):  # type: ignore[no-untyped-def]
 @dataclass
 class Failure:
     signature: str
-    kind: str  # exception | invariant | slow | hang | memory
+    kind: str  # exception | invariant | slow | hang | memory | harness
     message: str
     traceback: str
     blob: bytes
@@ -81,6 +83,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return f"invariant {exc.check}", "invariant"
     if isinstance(exc, Hang):
         return "hang", "hang"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and os.path.dirname(os.path.abspath(frames[-1].filename)) == _HARNESS_DIR:
+        # raised by the harness itself, e.g. a private attribute the bound checks read
+        # was renamed in gateway/: not (necessarily) a gateway bug
+        where = f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno} {frames[-1].name}"
+        return f"harness error {type(exc).__name__} at fuzz/{where}", "harness"
     return f"{type(exc).__name__} at {_where(exc)}", "exception"
 
 
@@ -111,6 +119,12 @@ class Runner:
         self.features: set = set()
         self._digest = hashlib.blake2b(digest_size=8)
         self.stats = Stats()
+        # Timing-dependent values live in preallocated arrays, never in new Python objects:
+        # which objects stay alive must not depend on timing, since atheris' choice of
+        # inputs depends on the memory layout (see fuzz.worker).
+        self._slow = array("d", [0.0, 0.0])  # slowest input's seconds; first slow input's
+        self._slow_n = array("q", [0, 0, 0, 0])  # slowest's length; slow count; first's #, len
+        self._slow_blob = bytearray(2 * MAX_LEN + 16)
         if watchdog:
             signal.signal(signal.SIGALRM, _on_alarm)
 
@@ -146,13 +160,14 @@ class Runner:
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
         st = self.stats
-        if dt > st.slowest:
-            st.slowest, st.slowest_len = dt, len(blob)
+        if dt > self._slow[0]:
+            self._slow[0] = dt
+            self._slow_n[0] = len(blob)
         if err is not None:
             sig, kind = classify(err)
             self._record(sig, kind, err, blob, n)
         elif dt > SLOW_SECONDS and not traced:
-            self._record("slow", "slow", None, blob, n, f"{dt:.2f} s for {len(blob)} bytes")
+            self._note_slow(blob, dt, n)
         if traced:
             st.traced += 1
             if peak > st.traced_peak:
@@ -165,6 +180,25 @@ class Runner:
             self.features |= new
             return True
         return False
+
+    def _note_slow(self, blob: bytes, dt: float, n: int) -> None:
+        """Count a slow input; keep the first one in the preallocated buffer."""
+        self._slow_n[1] += 1
+        if self._slow_n[1] == 1:
+            size = min(len(blob), len(self._slow_blob))
+            memoryview(self._slow_blob)[:size] = memoryview(blob)[:size]
+            self._slow[1] = dt
+            self._slow_n[2] = n
+            self._slow_n[3] = size
+
+    def collect_timing(self) -> None:
+        """Turn the timing arrays into stats and a "slow" failure (after the run)."""
+        self.stats.slowest, self.stats.slowest_len = self._slow[0], self._slow_n[0]
+        if self._slow_n[1] and "slow" not in self.failures:
+            blob = bytes(self._slow_blob[: self._slow_n[3]])
+            self._record("slow", "slow", None, blob, self._slow_n[2],
+                         f"{self._slow[1]:.2f} s for a {len(blob)}-byte input")
+            self.failures["slow"].count = self._slow_n[1]
 
     def _record(self, sig: str, kind: str, err: BaseException | None, blob: bytes, n: int,
                 message: str = "") -> None:
@@ -199,7 +233,7 @@ class Runner:
         _targets.FORCE_RESPLIT = "split_dependent" in failure.signature
         try:
             self._minimize(failure, budget_s, max_tries)
-            if failure.minimized is not None and failure.kind in ("exception", "invariant"):
+            if failure.minimized is not None and failure.kind not in ("slow", "hang", "memory"):
                 err, _ = self._run(failure.minimized, set())
                 failure.min_message = f"{type(err).__name__}: {err}" if err else ""
         finally:
@@ -439,6 +473,7 @@ def run_mutator(target: Target, inputs: int, seed: int) -> Runner:
 
 def finish(runner: Runner, minimize: bool = True) -> Stats:
     """Minimize the failures and fill in the stats."""
+    runner.collect_timing()
     st = runner.stats
     st.inputs = runner.count
     st.features = len(runner.features)

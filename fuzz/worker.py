@@ -1,6 +1,13 @@
-"""One fuzz worker process: one target, one engine; results as JSON (``python -m fuzz.worker
-CONFIG.json``, started by :mod:`fuzz.cli`). A process per target gives per-target peak RSS,
-and atheris (libFuzzer) ends its process when done."""
+"""One fuzz worker process: one target, one engine; results as JSON. Started by
+:mod:`fuzz.cli` as ``python -c <LAUNCH> <target>.json`` in a run directory
+``/tmp/fuzz-XXXXXXXX``. A process per target gives per-target peak RSS, and atheris
+(libFuzzer) ends its process when done.
+
+Every path the worker uses is relative and named after the target, its environment is
+fixed (PYTHONPATH = the checkout, PYTHONHASHSEED=0) and the run directory's path always has
+the same length, so the process, and its memory layout, are the same whatever ``--out`` or
+the caller's environment. That matters: atheris' choice of inputs depends on the layout (a
+working directory of another length gave other inputs for the same seed)."""
 
 from __future__ import annotations
 
@@ -9,18 +16,28 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
+
+#: The ``-c`` program that runs a worker (with ``-c``, sys.path[0] is "" whatever the cwd).
+LAUNCH = "import sys; from fuzz.worker import main; sys.exit(main(sys.argv))"
+
+
+def result_name(target: str) -> str:
+    return f"{target}.result.json"
+
+
+def artifact_prefix(target: str) -> str:
+    return f"artifacts/{target}-"
 
 
 def _write(cfg: dict, stats) -> None:  # type: ignore[no-untyped-def]
     data = asdict(stats)
     data.update(target=cfg["target"], engine=cfg["engine"], seed=cfg["seed"])
-    tmp = cfg["result"] + ".tmp"
-    with open(tmp, "w") as fh:
+    result = result_name(cfg["target"])
+    with open(result + ".tmp", "w") as fh:
         json.dump(data, fh)
-    os.replace(tmp, cfg["result"])
+    os.replace(result + ".tmp", result)
 
 
 def run_mutator(cfg: dict) -> int:
@@ -41,10 +58,11 @@ def run_atheris(cfg: dict) -> int:
     name, n = cfg["target"], cfg["inputs"]
     target = targets.TARGETS[name]
     runner = engine.Runner(target, watchdog=False)
-    work = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
+    work = f"atheris-{name}"  # relative: see the module docstring
+    shutil.rmtree(work, ignore_errors=True)
     corpus, seeddir = os.path.join(work, "corpus"), os.path.join(work, "seeds")
-    os.mkdir(corpus)
-    os.mkdir(seeddir)
+    os.makedirs(corpus)
+    os.makedirs(seeddir)
     for i, blob in enumerate(engine.seed_blobs(target, engine.seed_rng(cfg["seed"], name))):
         with open(os.path.join(seeddir, f"seed-{i:04d}"), "wb") as fh:
             fh.write(blob)
@@ -58,7 +76,7 @@ def run_atheris(cfg: dict) -> int:
         "-rss_limit_mb=2048",
         "-reload=0",  # no timer-driven corpus reloads: determinism
         "-print_final_stats=0",
-        f"-artifact_prefix={cfg['artifacts']}",
+        f"-artifact_prefix={artifact_prefix(name)}",
     ]
     if target.tokens:
         dict_path = os.path.join(work, "tokens.dict")

@@ -80,7 +80,11 @@ def test_slow_inputs_are_failures(monkeypatch):
     runner = engine.Runner(_fake(run), watchdog=True)
     runner.run_one(b"\x00\x00abc")
     runner.run_one(b"\x00\x00aZc")
-    assert list(runner.failures) == ["slow"]
+    runner.run_one(b"\x00\x00ZZ")
+    assert not runner.failures  # timing is kept aside until the run ends
+    runner.collect_timing()
+    assert list(runner.failures) == ["slow"] and runner.failures["slow"].count == 2
+    assert runner.failures["slow"].blob == b"\x00\x00aZc"
     runner.minimize(runner.failures["slow"], budget_s=2)
     assert runner.failures["slow"].minimized == b"\x00\x00Z"
 
@@ -139,6 +143,14 @@ def test_a_login_request_before_tls_is_caught(monkeypatch):
     monkeypatch.setattr(pa.PreauthConnection, "_execute", careless)
     with pytest.raises(tg.Violation, match="credential_before_tls"):
         tg.run_preauth(b"\x02\x00a LOGIN alice secret\r\n", set())
+
+
+def test_an_error_raised_by_the_harness_itself_is_labelled_so():
+    try:
+        tg.decode(5)  # type: ignore[arg-type]
+    except TypeError as e:
+        sig, kind = engine.classify(e)
+    assert kind == "harness" and sig.startswith("harness error TypeError at fuzz/targets.py")
 
 
 def test_proxy_reference_parser_rejects_a_bad_length():
