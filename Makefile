@@ -6,6 +6,8 @@
 #   make demo       a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
 #   make bench      benchmarks (bench/)
 #   make screenshots  docs/screenshots/*.png of the portal (Dovecot + gateway + headless Chromium)
+#   make fuzz       1,000,000 fuzz inputs over the protocol core, the long differential run
+#                   against Dovecot, imaptest's stress mode through the gateway (docs/fuzzing.md)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -16,7 +18,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: venv deps imaptest test demo bench lint typecheck screenshots
+FUZZ_TOTAL ?= 1000000
+FUZZ_SEED ?= 1
+FUZZ_STAMP := $(VENV)/.installed-fuzz
+
+.PHONY: venv deps imaptest test demo bench lint typecheck screenshots fuzz
 
 # Reinstall only when pyproject.toml changed (the stamp lives inside the venv).
 venv: $(STAMP)
@@ -51,3 +57,13 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy
+
+# atheris (coverage-guided) when it installs; otherwise python -m fuzz uses its own mutator.
+$(FUZZ_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,fuzz]' \
+	  || echo "fuzz: atheris did not install; python -m fuzz uses its built-in mutator"
+	touch $@
+
+fuzz: deps venv imaptest $(FUZZ_STAMP)
+	$(PY) -m fuzz --total $(FUZZ_TOTAL) --seed $(FUZZ_SEED)
+	$(PY) scripts/imaptest_stress.py

@@ -62,9 +62,14 @@ def decode_b64(data: bytes) -> bytes | SaslError:
     if data == b"=":
         return b""
     try:
-        return base64.b64decode(data, validate=True)
+        decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         return SaslError("Invalid base64 data.")
+    # b64decode ignores "=" after a complete block ("QUJD=" decodes): only the canonical
+    # encoding of what was decoded is accepted.
+    if base64.b64encode(decoded) != data:
+        return SaslError("Invalid base64 data.")
+    return decoded
 
 
 def _text(raw: bytes) -> str:
