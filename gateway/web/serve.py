@@ -31,6 +31,7 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.trio import serve as hypercorn_serve
 
 from gateway.config import Config
+from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
 from gateway.proxy.tls import server_context
 from gateway.startup import Runtime
@@ -56,6 +57,8 @@ class Gateway(AdminServices, Protocol):
 
     @property
     def config(self) -> Config: ...
+    @property
+    def feed(self) -> EventFeed: ...
     @property
     def runtime(self) -> Runtime: ...  # .admin_token
     @property
@@ -186,7 +189,8 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         token = gateway.runtime.admin_token
         if token is None or len(token) < MIN_TOKEN_CHARS:
             raise AdminTokenError("the admin API needs a token; see load_admin_token")
-        servers.append(("admin", config.admin.address, admin_app(gateway, token),
+        app = admin_app(gateway, token, feed=gateway.feed)
+        servers.append(("admin", config.admin.address, app,
                         hypercorn_config(config.admin.address, sockets=bound.admin)))
     if config.web.address:
         web, tls = config.web, config.tls
