@@ -35,7 +35,7 @@ from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
 from gateway.proxy.tls import server_context
 from gateway.startup import Runtime
-from gateway.web.admin import AdminServices
+from gateway.web.admin_pages import AdminPortalServices, admin_routes
 from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app, portal_app
 from gateway.web.token import MIN_TOKEN_CHARS, AdminTokenError, check_admin_address
 
@@ -52,7 +52,7 @@ class _ContextSource(Protocol):
     def context(self) -> ssl.SSLContext: ...
 
 
-class Gateway(AdminServices, Protocol):
+class Gateway(AdminPortalServices, Protocol):
     """What the web layer needs from the running gateway (``GatewayContext``)."""
 
     @property
@@ -199,7 +199,7 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         if own is not None and web.cert is not None and web.key is not None:
             source, cert, key = own, web.cert, web.key  # [web] has its own certificate
         listening = switching_context(source, cert, key, tls.min_version)
-        app = portal_app(web, secret=secrets.token_bytes(32))
+        app = portal_app(web, secret=secrets.token_bytes(32), routes=admin_routes(gateway))
         servers.append(("web", web.address, app, hypercorn_config(
             web.address, ssl_context=listening,
             handshake_timeout=config.limits.tls_handshake_timeout, sockets=bound.web)))
