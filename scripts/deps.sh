@@ -9,9 +9,10 @@ set -euo pipefail
 
 PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
-  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest
+  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest; chromium: the
+  # browser tests (Playwright drives it; it cannot download a browser of its own here)
   PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv
-            dovecot-dev autoconf automake libtool pkg-config gcc make patch)
+            dovecot-dev autoconf automake libtool pkg-config gcc make patch chromium)
 fi
 
 missing=()
