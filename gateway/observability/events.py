@@ -149,7 +149,8 @@ def feed_event(event_dict: Mapping[str, Any], instance: str) -> FeedEvent | None
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
+    """Now, written as the log pipeline writes ``ts`` (structlog's TimeStamper, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------

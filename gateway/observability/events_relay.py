@@ -101,6 +101,8 @@ class RedisRelay:
 
     def receive(self, data: object) -> None:
         """One message from the channel: another instance's event, or something to skip."""
+        if not self.feed.subscribers:
+            return  # nobody here to show it to: not worth decoding
         if not isinstance(data, str) or len(data) > MAX_MESSAGE:
             return
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -141,6 +142,7 @@ def test_a_full_queue_drops_the_oldest_and_the_next_read_says_how_many():
         assert sub.pending() == 3
         lost, *kept = drain(sub)
         assert lost["kind"] == "lost" and lost["lost"] == 7 and lost["instance"] == "i"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", lost["ts"])
         assert [e["seq"] for e in kept] == [7, 8, 9]
         feed.publish(ok(10))
         assert [e["seq"] for e in drain(sub)] == [10]  # told once, then events again
