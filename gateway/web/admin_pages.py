@@ -89,6 +89,8 @@ INVITE_PATH = "/invite/"
 #: How long an invitation made on the users page stays usable.
 INVITE_TTL = 72 * 3600.0
 _MAX_FIELD = 320
+#: As the admin API allows (gateway.web.admin): a ban's reason shows in lists and logs.
+MAX_REASON_CHARS = 200
 _REASON = "admin (portal)"
 
 
@@ -132,6 +134,10 @@ async def signed_in(conn: HTTPConnection, store: CredentialStore, now: float
     """
     session_id = conn.cookies.get(SESSION_COOKIE)
     if not session_id:
+        return None
+    if conn.scope["type"] == "http" and csrf_of(conn).session_id != session_id:
+        # The CSRF check read another session cookie than this (several Cookie headers):
+        # the form's token would belong to another session than the one acting.
         return None
     session = await trio.to_thread.run_sync(store.get_web_session, session_id, now)
     return None if session is None else SignedIn(session.user, session.mfa_done)
@@ -325,7 +331,15 @@ def admin_routes(services: AdminPortalServices, *, who: WhoIsSignedIn = signed_i
         except FilterError as exc:
             await refuse(websocket, 400, str(exc))
             return
-        await stream(websocket, services.feed, flt, door="portal", admin=user)
+
+        async def still_admin() -> bool:
+            try:
+                return await _admin_of(websocket, services, who, clock()) == user
+            except _Refused:
+                return False
+
+        await stream(websocket, services.feed, flt, door="portal", admin=user,
+                     recheck=still_admin)
 
     # -- bans ----------------------------------------------------------------------------
 
@@ -368,9 +382,11 @@ def admin_routes(services: AdminPortalServices, *, who: WhoIsSignedIn = signed_i
         if not network:
             return await bans_view(request, user, error="Give an address or a CIDR network.",
                                    status=400, form=kept)
-        if not reason.isprintable():
-            return await bans_view(request, user, error="The reason must be printable text.",
-                                   status=400, form=kept)
+        if not reason.isprintable() or len(reason) > MAX_REASON_CHARS:
+            return await bans_view(
+                request, user, status=400, form=kept,
+                error=f"The reason must be printable text of at most {MAX_REASON_CHARS} "
+                      "characters.")
         now = clock()
         try:
             ban = await services.limiter.add_ban(network, now, ttl=ttl, reason=reason)

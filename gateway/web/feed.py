@@ -16,7 +16,8 @@ feed or a refused caller is answered before the handshake completes, with an HTT
 status and a message (the ASGI WebSocket denial response; Hypercorn supports it),
 never with an open socket that says nothing.
 
-A subscriber that reads slowly loses events (its queue drops the oldest; it is sent a
+A portal subscriber's session is checked again every ``RECHECK_SECONDS``: signing out
+(or losing admin rights) also ends an open feed. A subscriber that reads slowly loses events (its queue drops the oldest; it is sent a
 ``lost`` notice with the count); one that reads nothing for ``SEND_DEADLINE`` seconds
 while an event waits is closed (code 1013, try again later).
 """
@@ -47,6 +48,8 @@ log = get_logger()
 
 #: Seconds one message may take to go out before the subscriber counts as gone.
 SEND_DEADLINE = 30.0
+#: How often a portal subscriber's right to the feed is checked again.
+RECHECK_SECONDS = 15.0
 #: "Try again later": the close code for a subscriber that stopped reading.
 CLOSE_TRY_AGAIN = 1013
 #: "Policy violation": the close code when the server cannot send an HTTP refusal.
@@ -70,9 +73,15 @@ def filter_of(websocket: WebSocket) -> FeedFilter:
 
 
 async def stream(websocket: WebSocket, feed: EventFeed, flt: FeedFilter, *, door: str,
-                 admin: str | None = None) -> None:
+                 admin: str | None = None,
+                 recheck: Callable[[], Awaitable[bool]] | None = None) -> None:
     """Accept ``websocket`` and send it the feed's events that ``flt`` lets through, until
-    the client goes away or the gateway stops. The caller has checked who is asking."""
+    the client goes away or the gateway stops. The caller has checked who is asking.
+
+    ``recheck``: asked every ``RECHECK_SECONDS`` whether the caller may still read the
+    feed (a portal session can end or lose its admin rights while the socket is open);
+    on False the socket is closed (1008).
+    """
     if feed.full():
         await refuse(websocket, 503, f"{feed.max_subscribers} feed subscribers already; "
                                      "try again later")
@@ -85,16 +94,19 @@ async def stream(websocket: WebSocket, feed: EventFeed, flt: FeedFilter, *, door
         try:
             await websocket.accept()
             log.info("feed.subscribed", **where)
-            await _send_events(websocket, sub, where)
+            await _send_events(websocket, sub, where, recheck)
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the client went away mid-send: what _until_closed would have seen next
         finally:
             log.info("feed.unsubscribed", **where, delivered=sub.delivered, lost=sub.lost_total)
 
 
-async def _send_events(websocket: WebSocket, sub: Subscription, where: dict[str, Any]) -> None:
+async def _send_events(websocket: WebSocket, sub: Subscription, where: dict[str, Any],
+                       recheck: Callable[[], Awaitable[bool]] | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_closed, websocket, nursery.cancel_scope)
+        if recheck is not None:
+            nursery.start_soon(_keep_checking, websocket, recheck, where, nursery.cancel_scope)
         while True:
             event = await sub.receive()
             with trio.move_on_after(SEND_DEADLINE) as sending:
@@ -105,6 +117,18 @@ async def _send_events(websocket: WebSocket, sub: Subscription, where: dict[str,
                     await websocket.close(CLOSE_TRY_AGAIN, "not reading")
                 nursery.cancel_scope.cancel()
                 return
+
+
+async def _keep_checking(websocket: WebSocket, recheck: Callable[[], Awaitable[bool]],
+                         where: dict[str, Any], done: trio.CancelScope) -> None:
+    while True:
+        await trio.sleep(RECHECK_SECONDS)
+        if not await recheck():
+            break
+    log.info("feed.revoked", **where)
+    with trio.move_on_after(1):
+        await websocket.close(CLOSE_POLICY, "no longer allowed")
+    done.cancel()
 
 
 async def _until_closed(websocket: WebSocket, done: trio.CancelScope) -> None:

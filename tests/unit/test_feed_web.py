@@ -19,7 +19,7 @@ import structlog
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 from structlog.testing import capture_logs
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from gateway.config import config_from_mapping
 from gateway.limits.limiter import Limiter
@@ -27,6 +27,7 @@ from gateway.limits.state import MemoryState
 from gateway.observability.events import EventFeed
 from gateway.policy import PolicyReloader, load_policy
 from gateway.store import open_store
+from gateway.web import feed as web_feed
 from gateway.web.admin_pages import (
     SignedIn,
     admin_routes,
@@ -438,6 +439,8 @@ def test_bans_add_with_ttl_capped_list_and_remove(services):
     ({"network": "192.0.2.9", "ttl": "forever"}, "TTL:"),
     ({"network": "192.0.2.9", "ttl": "0s"}, "longer than 0s"),
     ({"network": "0.0.0.0/0"}, "wider than"),
+    ({"network": "192.0.2.9", "reason": "x" * 201}, "at most 200 characters"),
+    ({"network": "192.0.2.9", "reason": "tab\there"}, "printable text"),
 ])
 def test_bad_ban_forms_are_explained_and_kept(services, data, message):
     r = Browser(portal(services), ROOT).post("/admin/bans", data)
@@ -501,7 +504,7 @@ def test_signed_in_reads_the_stores_web_session_from_the_cookie(services):
     async def who(cookie: str | None, now: float = NOW):
         headers = [(b"cookie", f"{SESSION_COOKIE}={cookie}".encode())] if cookie else []
         conn = SimpleNamespace(cookies={SESSION_COOKIE: cookie} if cookie else {},
-                               headers=headers)
+                               headers=headers, scope={"type": "websocket"})
         return await signed_in(conn, store, now)
 
     assert trio.run(who, mfa.session_id) == SignedIn("root", True)
@@ -513,3 +516,43 @@ def test_signed_in_reads_the_stores_web_session_from_the_cookie(services):
     app = portal(services, who=signed_in)
     assert Browser(app, mfa.session_id).get("/admin").status_code == 200
     assert Browser(app, password_only.session_id).get("/admin").status_code == 403
+    # two session cookies in one header: the CSRF check and signed_in read the same one
+    # (the last), so the form's token always belongs to the session that acts
+    for first, last, status in [(mfa.session_id, "y" * 43, 303), ("y" * 43, mfa.session_id, 200)]:
+        r = AsgiClient(app, base_url=PUBLIC_URL).get(
+            "/admin", headers={"Cookie": f"{SESSION_COOKIE}={first}; {SESSION_COOKIE}={last}"},
+            follow_redirects=False)
+        assert r.status_code == status, (first, last)
+
+
+def test_an_open_portal_feed_ends_when_the_session_stops_being_an_admins(services,
+                                                                         monkeypatch):
+    monkeypatch.setattr(web_feed, "RECHECK_SECONDS", 0.05)
+    allowed = {"yes": True}
+
+    async def who(conn, store, now):
+        return SignedIn("root", True) if allowed["yes"] else None
+
+    async def main() -> tuple[int | None, float]:
+        async with trio.open_nursery() as nursery:
+            services.feed = EventFeed("gw:1")
+            base = await serving(nursery, portal(services, who=who))
+            async with open_websocket_url(base + "/admin/events",
+                                          extra_headers=ws_headers(ROOT, ORIGIN)) as ws:
+                with trio.fail_after(5):
+                    while services.feed.subscribers == 0:
+                        await trio.sleep(0.01)
+                services.feed.publish(EVENTS[0])
+                assert json.loads(await ws.get_message())["event"] == "login.ok"
+                allowed["yes"] = False  # signed out elsewhere
+                started = trio.current_time()
+                with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                took = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        return closed.value.reason.code, took
+
+    with capture_logs() as logs:
+        code, took = trio.run(main)
+    assert code == 1008 and took < 1
+    assert [e["admin"] for e in logs if e["event"] == "feed.revoked"] == ["root"]
