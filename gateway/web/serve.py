@@ -144,6 +144,11 @@ def hypercorn_config(address: str, *, ssl_context: ssl.SSLContext | None = None,
     config.ssl_handshake_timeout = handshake_timeout
     config.graceful_timeout = GRACEFUL_SECONDS
     config.websocket_max_message_size = MAX_BODY
+    # Hypercorn closes a connection that sends nothing for read_timeout, a WebSocket
+    # included; a feed reader only listens. Pinging it twice as often keeps a live reader's
+    # pongs coming (browsers and trio-websocket answer on their own), and still ends one
+    # that stopped answering within read_timeout.
+    config.websocket_ping_interval = REQUEST_DEADLINE / 2
     return config
 
 

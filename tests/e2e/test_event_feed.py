@@ -118,6 +118,9 @@ def follow(followers: list[Follower], gw, *args: str) -> Follower:
 def test_events_follow_json_prints_an_imap_login_within_a_second(gateway, followers):
     gw = admin_gateway(gateway)
     f = follow(followers, gw, "--json")
+    # a follower only listens: longer than the listener's read timeout (5 s) without a
+    # word from it must not end the feed (the server's pings keep its pongs coming)
+    time.sleep(6)
 
     m = imaps(gw)
     m.login("alice", "alicepass")

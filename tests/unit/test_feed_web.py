@@ -254,6 +254,14 @@ def test_admin_events_is_a_websocket_only():
     assert "/events (WebSocket)" in r.json()["error"]
 
 
+def test_the_listeners_ping_websockets_well_within_their_read_timeout():
+    # Hypercorn ends a connection silent for read_timeout; a feed reader only listens,
+    # so its pongs to our pings must arrive in time (tests/e2e: a 6 s idle feed lives).
+    config = hypercorn_config("127.0.0.1:0")
+    assert config.read_timeout is not None and config.websocket_ping_interval is not None
+    assert config.websocket_ping_interval <= config.read_timeout / 2
+
+
 def test_a_full_feed_refuses_with_503():
     api = AdminApi()
 
