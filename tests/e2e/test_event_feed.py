@@ -33,7 +33,7 @@ from gateway.store import open_store
 from gateway.web.csrf import SESSION_COOKIE
 from tests.support.attack import greeting_from
 from tests.support.browser import launch_chromium
-from tests.support.imap import imaps
+from tests.support.imap import LineClient, imaps
 from tests.support.net import free_ports
 from tests.support.redis import RedisServer, RedisStartError, start_redis
 
@@ -334,3 +334,49 @@ def test_the_portal_feed_checks_the_session_the_admin_list_and_the_origin(gatewa
         assert response is not None and response.status == 403
         assert "not an administrator" in page.content()
         context.close()
+
+
+def test_an_admin_signs_out_a_session_and_manages_a_user_in_the_browser(gateway):
+    gw = web_admin_gateway(gateway)
+    session_id = admin_web_session(gw, "alice")
+    state = gw.dir / "state"
+    with open_store(state / "gateway.db", state / "store.key") as store:
+        store.create_app_password("bob", "iPhone", None, None, time.time())
+    client = LineClient.implicit(gw)
+    assert client.command("a", "LOGIN carol carolpass")[-1].startswith(b"a OK")
+    sid = gw.session_id_for(client.local_port)
+    with launch_chromium() as browser:
+        context = browser.new_context(ignore_https_errors=True)
+        context.add_cookies([{"name": SESSION_COOKIE, "value": session_id,
+                              "url": gw.public_url + "/", "secure": True, "httpOnly": True,
+                              "sameSite": "Lax"}])
+        page = context.new_page()
+
+        page.goto(gw.public_url + "/admin/sessions")
+        row = page.locator("#sessions tr", has_text=sid)
+        row.get_by_role("button", name="Sign out").click()
+        page.wait_for_selector(f"text=Signed out session {sid} of carol.")
+        assert client.read_line() == b"* BYE Session terminated by administrator.\r\n"
+        client.expect_close()
+        assert gw.wait_for_event("admin.session_killed", session_id=sid)["admin"] == "alice"
+
+        page.goto(gw.public_url + "/admin/users?user=bob")
+        assert page.locator("#app-password-count").inner_text() == "1"
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        revoke = page.get_by_role("button", name="Revoke")
+        revoke.click()
+        assert revoke.is_enabled()  # not sent, so not disabled either
+        assert page.locator("#app-password-count").inner_text() == "1"
+        page.once("dialog", lambda dialog: dialog.accept())
+        revoke.click()
+        page.wait_for_selector("text=Revoked 1 app password(s) of bob")
+        assert page.locator("#app-password-count").inner_text() == "0"
+
+        page.get_by_role("button", name="Invite").click()
+        link = page.locator("#invite-link").inner_text()
+        assert link.startswith(gw.public_url + "/invite/")
+        with open_store(state / "gateway.db", state / "store.key") as store:
+            assert store.list_app_passwords("bob") == []
+            assert store.consume_invite(link.rsplit("/", 1)[1], time.time()).user == "bob"
+        context.close()
+    client.close()

@@ -98,8 +98,13 @@
         // not an event: ignore it rather than stop the feed
       }
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (ws !== socket) return;
+      if (event.code === 1008) {
+        // the server ended the feed: this session signed out or is no admin's any more
+        status("The session ended: sign in again to see live events.");
+        return;
+      }
       retry = Math.min(retry + 1, 6);
       const delay = 500 * 2 ** (retry - 1);
       status(`Disconnected; reconnecting in ${Math.round(delay / 1000)} s…`);
