@@ -12,7 +12,9 @@ its role, so a route can never leak onto another port):
 Modules: ``token`` (the admin bearer token and bind-address rule, shared with the CLI),
 ``admin`` (the admin API's handlers: pure functions of the gateway's services), ``csrf``
 and ``headers`` (middleware every portal response passes), ``app`` (the app factories),
-``serve`` (Hypercorn configuration, TLS, logging; the only module that opens sockets).
+``feed`` (the live event feed over WebSocket, on the admin API and the portal),
+``admin_pages`` (the portal's admin pages and who may see them), ``serve`` (Hypercorn
+configuration, TLS, logging; the only module that opens sockets).
 
 This ``__init__`` imports nothing: the CLI reads the token through ``gateway.web.token``
 without loading Starlette or Hypercorn.
