@@ -301,6 +301,9 @@ def handshake(gw, certs, cookie: str | None, origin: str) -> int:
         try:
             async with open_websocket_url(url, ssl_context=certs.client_ssl_context(),
                                           extra_headers=headers):
+                # The server pings on accept; closing at once would cross that ping, and
+                # trio-websocket fails when it must answer a ping while closing.
+                await trio.sleep(0.3)
                 return 101
         except ConnectionRejected as exc:
             return exc.status_code
