@@ -12,7 +12,9 @@ client typed): control characters are shown escaped, never written as they are.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -167,6 +169,12 @@ def follow_command(config: Any, *, as_json: bool, kinds: Sequence[str], user: st
         query.append(("address", address))
 
     def show(event: dict[str, Any]) -> None:
+        try:
+            write(event)
+        except BrokenPipeError:  # `... | head`: the reader is gone
+            raise _ReaderGone from None
+
+    def write(event: dict[str, Any]) -> None:
         if as_json:
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             out.flush()
@@ -185,9 +193,30 @@ def follow_command(config: Any, *, as_json: bool, kinds: Sequence[str], user: st
         return 1
     except KeyboardInterrupt:
         return 0
-    except BrokenPipeError:  # `... | head`: the reader is gone, so are we
+    except BaseExceptionGroup as group:
+        # Ctrl-C while trio-websocket closes the socket can arrive beside an error of its
+        # own (e.g. a ping that crossed the close): the user asked to stop, and we have.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 0
+        raise
+    except _ReaderGone:
+        _silence(out)
         return 0
     return 0
+
+
+class _ReaderGone(Exception):
+    """Whoever read our output has gone (a closed pipe): stop quietly."""
+
+
+def _silence(out: TextIO) -> None:
+    """Point a broken stdout at /dev/null, so the flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (tests): nothing will flush it at exit
 
 
 def _error(message: str, as_json: bool, err: TextIO) -> None:

@@ -191,3 +191,23 @@ def test_format_event_shows_the_telling_fields_in_order():
                     "action=ban [gw:1]")
     assert format_event({"kind": "kill", "event": "admin.session_killed", "user": "a b",
                          "ts": "x"}).split(" ", 1)[1] == 'kill      admin.session_killed user="a b"'
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, certs):
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with FeedServer() as server:
+        config = feed_config(tmp_path, certs, server.port)
+        err = io.StringIO()
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(follow_command(
+            config, as_json=True, kinds=[], user=None, address=None, out=ClosedPipe(),
+            err=err)))
+        runner.start()
+        assert server.feed is not None
+        wait_until(lambda: server.feed.subscribers == 1, 10)
+        server.publish(EVENTS[0])
+        runner.join(10)
+    assert result == [0] and err.getvalue() == ""  # `events --follow | head -1` is no error
