@@ -169,7 +169,7 @@ SCOPE_KINDS = (
     ("full", "mailboxes=" + ",".join(MAILBOX_PATTERNS)),
     ("read-only",),
 )
-_SELECT_RE = re.compile(rb"^(\S+ )SELECT(?= |\r\n)", re.IGNORECASE)
+_SELECT_RE = re.compile(rb"^(\S+ )SELECT(?=[ \r\n])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,19 @@ def cmd_bans(args: argparse.Namespace) -> int:
     return _admin(args, lambda c: ac.bans_remove_command(c, args.network, args.json))
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from gateway.feed_client import follow_command
+
+    if not args.follow:
+        message = ("events needs --follow: the feed shows what happens from now on (past "
+                   "events are in the gateway's log)")
+        print(json.dumps({"error": message}) if args.json else f"imap-gateway: {message}",
+              file=sys.stderr)
+        return 2
+    return follow_command(_load(args.config), as_json=args.json, kinds=args.kind or [],
+                          user=args.user, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imap-gateway",
@@ -333,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("remove", parents=[common], help="lift a ban (exactly as listed)")
     b.add_argument("network")
     p.set_defaults(func=cmd_bans)
+
+    p = sub.add_parser("events", parents=[common],
+                       help="the live event feed: logins, denials, bans, anomalies, kills "
+                            "(via the admin API)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="print events as they happen until Ctrl-C")
+    p.add_argument("--kind", action="append", metavar="K",
+                   choices=["login", "denied", "plaintext", "ban", "anomaly", "kill"],
+                   help="only this kind (repeat for several): login, denied, plaintext, ban, "
+                        "anomaly, kill")
+    p.add_argument("--user", metavar="U", help="only events of this user")
+    p.add_argument("--address", metavar="A",
+                   help="only events of this address or network, e.g. 192.0.2.0/24")
+    p.set_defaults(func=cmd_events)
     return parser
 
 

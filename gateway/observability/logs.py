@@ -1,10 +1,11 @@
 """structlog configuration: a pipeline of small processors, configured once.
 
 Every log line passes ``redact_secrets`` before it is rendered, so no call site can
-forget it. Events are named by what happened (``login.ok``, ``session.end``) and carry
-fields, not sentences. Exceptions are rendered with ``format_exc_info``: a plain
-traceback without frame locals (``dict_tracebacks`` would show locals, and a local
-may hold a password).
+forget it; the live event feed (``gateway.observability.events``) is fed by the
+processor after it, so it gets exactly what the JSON log gets. Events are named by
+what happened (``login.ok``, ``session.end``) and carry fields, not sentences.
+Exceptions are rendered with ``format_exc_info``: a plain traceback without frame
+locals (``dict_tracebacks`` would show locals, and a local may hold a password).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from gateway.observability.events import feed_processor
 
 #: Field names whose values are never written, whatever their type.
 SECRET_FIELDS = frozenset(
@@ -49,6 +52,7 @@ def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | Non
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         redact_secrets,
+        feed_processor,  # after redaction: the live feed never sees a secret
         structlog.processors.format_exc_info,
     ]
     if fmt == "console":

@@ -11,7 +11,9 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
 - store pruning: every hour, login history past ``[web] activity_retention``, expired
   web sessions and invites;
 - bans gauge;
-- the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``.
+- the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``;
+- the live event feed's Redis relay, with ``[state] redis``
+  (``gateway.observability.events_relay``).
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
 SIGTERM/SIGINT stop accepting and close every session.
@@ -40,6 +42,8 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
 from gateway.observability import metrics
+from gateway.observability.events import EventFeed
+from gateway.observability.events_relay import open_feed
 from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
@@ -92,6 +96,8 @@ class GatewayContext:
     ready: bool = False
     # [web] cert/key when set; None: the portal shares ``tls``. SIGHUP reloads both.
     web_tls: TLSContextHolder | None = None
+    # The live event feed (admin API /events, the portal's admin pages).
+    feed: EventFeed = field(default_factory=EventFeed)
 
     def __post_init__(self) -> None:
         b = self.config.backend
@@ -364,11 +370,11 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                web_tls: TLSContextHolder | None, sockets: _BoundSockets) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
-    async with open_state(config.state.redis) as state:
+    async with open_state(config.state.redis) as state, open_feed(config.state.redis) as feed:
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
             limiter=Limiter(state, config.limits, config.anomaly),
-            tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls,
+            tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls, feed=feed,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)

@@ -13,9 +13,10 @@ Modules: ``token`` (the admin bearer token and bind-address rule, shared with th
 ``admin`` (the admin API's handlers: pure functions of the gateway's services), ``csrf``
 and ``headers`` (middleware every portal response passes; ``csrf`` also resolves the web
 session cookie), ``auth`` (portal sign-in: password, second factor, session stages),
-``portal`` (the portal's pages), ``qr`` (QR codes as inline SVG), ``app`` (the app
-factories), ``serve`` (Hypercorn configuration, TLS, logging; the only module that opens
-sockets).
+``portal`` (the portal's pages), ``qr`` (QR codes as inline SVG), ``feed`` (the live event
+feed over WebSocket, on the admin API and the portal), ``admin_pages`` (the portal's admin
+pages and who may see them), ``app`` (the app factories), ``serve`` (Hypercorn
+configuration, TLS, logging; the only module that opens sockets).
 
 This ``__init__`` imports nothing: the CLI reads the token through ``gateway.web.token``
 without loading Starlette or Hypercorn.

@@ -17,6 +17,7 @@ Endpoints::
     GET    /bans              -> 200 {"bans": [...]}
     POST   /bans              -> 201 <ban>   body {"network", "ttl"?, "reason"?}
     DELETE /bans/<network>    -> 200 {"removed": <network>} | 404   (network URL-encoded)
+    GET    /events            -> WebSocket: the live event feed (gateway.web.feed)
 
 Errors are ``{"error": "..."}`` with 400, 401, 404, 405, 408, 409, 413, 500 or 503.
 """
@@ -64,7 +65,7 @@ _MAX_REASON_CHARS = 200
 #: The methods each route answers, in the order the ``Allow`` header lists them.
 ALLOWED = {"/sessions": "GET", "/sessions/{id}": "DELETE",
            "/bans": "GET, POST", "/bans/{network}": "DELETE"}
-ENDPOINTS = "/sessions, /bans"
+ENDPOINTS = "/sessions, /bans, /events (WebSocket)"
 
 
 class AdminSession(Protocol):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -32,18 +32,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.observability import metrics
+from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
 from gateway.store.errors import StoreError
 from gateway.web import admin
 from gateway.web.admin import AdminServices, HttpError, Reply
 from gateway.web.auth import PortalServices
 from gateway.web.csrf import CSRFMiddleware
+from gateway.web.feed import admin_events, not_a_websocket
 from gateway.web.headers import SecurityHeaders
 from gateway.web.portal import Portal
 from gateway.web.token import is_authorized
@@ -140,10 +142,11 @@ class BearerAuth:
                         path=scope.get("path"))
             reply = Reply(401, {"error": "missing or wrong bearer token (see [admin] token_file)"},
                           (("WWW-Authenticate", 'Bearer realm="imap-gateway"'),))
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+        if (scope["type"] == "websocket"
+                and "websocket.http.response" not in scope.get("extensions", {})):
+            await send({"type": "websocket.close", "code": 1008})  # no way to say why
             return
-        await _json(reply)(scope, receive, send)
+        await _json(reply)(scope, receive, send)  # on a WebSocket: an HTTP denial response
 
 
 Handler = Callable[[Request, bytes], Awaitable[Reply]]
@@ -189,10 +192,11 @@ class _AdminEndpoint:
 
 
 def admin_app(services: AdminServices, token: str, *,
-              clock: Callable[[], float] = time.time) -> ASGIApp:
+              clock: Callable[[], float] = time.time, feed: EventFeed | None = None) -> ASGIApp:
     """The admin API over ``services`` (the running ``GatewayContext``).
 
-    ``clock`` gives wall-clock seconds (bans are stored on that clock).
+    ``clock`` gives wall-clock seconds (bans are stored on that clock); ``feed`` is served
+    as the WebSocket ``/events`` (``gateway.web.feed``).
     """
 
     async def sessions(request: Request, body: bytes) -> Reply:
@@ -212,12 +216,15 @@ def admin_app(services: AdminServices, token: str, *,
     async def not_found(request: Request, exc: Exception) -> Response:
         return _json(Reply(404, {"error": admin.no_such_endpoint(request.url.path).message}))
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/sessions", _AdminEndpoint("/sessions", sessions)),
         Route("/sessions/{session_id:path}", _AdminEndpoint("/sessions/{id}", session)),
         Route("/bans", _AdminEndpoint("/bans", bans)),
         Route("/bans/{network:path}", _AdminEndpoint("/bans/{network}", ban)),
     ]
+    if feed is not None:
+        routes += [WebSocketRoute("/events", admin_events(feed)),
+                   Route("/events", not_a_websocket)]
     app = Starlette(routes=routes, exception_handlers={404: not_found})
     app.router.redirect_slashes = False
     return BearerAuth(app, token)
@@ -270,21 +277,24 @@ def metrics_app(ready: Callable[[], bool]) -> ASGIApp:
 
 
 def portal_app(services: PortalServices, *, secret: bytes,
-               clock: Callable[[], float] = time.time) -> ASGIApp:
+               clock: Callable[[], float] = time.time,
+               routes: Sequence[BaseRoute] = ()) -> ASGIApp:
     """The self-service portal on ``[web] address`` over ``services`` (the running
     ``GatewayContext``): pages of ``gateway.web.portal``, plain files from ``static/``.
 
     ``secret`` keys the CSRF tokens of browsers not signed in (``gateway.web.csrf``);
     signed-in sessions are looked up in the credential store. ``clock`` gives wall-clock
-    seconds (sessions and history are stored on that clock).
+    seconds (sessions and history are stored on that clock). ``routes``: more pages (the
+    admin pages, ``gateway.web.admin_pages``).
     """
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     portal = Portal(services, templates, clock=clock)
-    routes: list[BaseRoute] = [
+    pages: list[BaseRoute] = [
         *portal.routes(),
+        *routes,
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[
+    app = Starlette(routes=pages, middleware=[
         Middleware(CSRFMiddleware, secret=secret, sessions=services.store.get_web_session,
                    clock=clock)], exception_handlers={StoreError: portal.store_unavailable})
     app.router.redirect_slashes = False

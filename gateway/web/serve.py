@@ -31,10 +31,11 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.trio import serve as hypercorn_serve
 
 from gateway.config import Config
+from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
 from gateway.proxy.tls import server_context
 from gateway.startup import Runtime
-from gateway.web.admin import AdminServices
+from gateway.web.admin_pages import AdminPortalServices, admin_routes
 from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app, portal_app
 from gateway.web.auth import PortalServices
 from gateway.web.token import MIN_TOKEN_CHARS, AdminTokenError, check_admin_address
@@ -52,11 +53,13 @@ class _ContextSource(Protocol):
     def context(self) -> ssl.SSLContext: ...
 
 
-class Gateway(AdminServices, PortalServices, Protocol):
+class Gateway(AdminPortalServices, PortalServices, Protocol):
     """What the web layer needs from the running gateway (``GatewayContext``)."""
 
     @property
     def config(self) -> Config: ...
+    @property
+    def feed(self) -> EventFeed: ...
     @property
     def runtime(self) -> Runtime: ...  # .admin_token
     @property
@@ -142,6 +145,11 @@ def hypercorn_config(address: str, *, ssl_context: ssl.SSLContext | None = None,
     config.ssl_handshake_timeout = handshake_timeout
     config.graceful_timeout = GRACEFUL_SECONDS
     config.websocket_max_message_size = MAX_BODY
+    # Hypercorn closes a connection that sends nothing for read_timeout, a WebSocket
+    # included; a feed reader only listens. Pinging it twice as often keeps a live reader's
+    # pongs coming (browsers and trio-websocket answer on their own), and still ends one
+    # that stopped answering within read_timeout.
+    config.websocket_ping_interval = REQUEST_DEADLINE / 2
     return config
 
 
@@ -187,7 +195,8 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         token = gateway.runtime.admin_token
         if token is None or len(token) < MIN_TOKEN_CHARS:
             raise AdminTokenError("the admin API needs a token; see load_admin_token")
-        servers.append(("admin", config.admin.address, admin_app(gateway, token),
+        app = admin_app(gateway, token, feed=gateway.feed)
+        servers.append(("admin", config.admin.address, app,
                         hypercorn_config(config.admin.address, sockets=bound.admin)))
     if config.web.address:
         web, tls = config.web, config.tls
@@ -196,7 +205,7 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         if own is not None and web.cert is not None and web.key is not None:
             source, cert, key = own, web.cert, web.key  # [web] has its own certificate
         listening = switching_context(source, cert, key, tls.min_version)
-        app = portal_app(gateway, secret=secrets.token_bytes(32))
+        app = portal_app(gateway, secret=secrets.token_bytes(32), routes=admin_routes(gateway))
         servers.append(("web", web.address, app, hypercorn_config(
             web.address, ssl_context=listening,
             handshake_timeout=config.limits.tls_handshake_timeout, sockets=bound.web)))

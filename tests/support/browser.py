@@ -22,10 +22,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -78,3 +79,17 @@ def chromium(trust_cert: Path, *, viewport: tuple[int, int] = (1200, 860),
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def launch_chromium(**launch: Any) -> Iterator[Browser]:
+    """A bare headless Chromium (same binary and flags) for tests that make their own
+    contexts; closed afterwards."""
+    if shutil.which(CHROMIUM) is None:
+        raise BrowserMissing(f"{CHROMIUM} not found: apt-get install chromium (scripts/deps.sh)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, **launch)
+        try:
+            yield browser
+        finally:
+            browser.close()
