@@ -420,7 +420,12 @@ def _reply_tags(data: bytes) -> set[bytes]:
 
 
 def run_gateway(make: Callable[[], CommandStream], chunks: Iterable[bytes]) -> GatewayView:
-    """Feed ``chunks`` to a fresh stream, then sentinels until one is seen as a command."""
+    """Feed ``chunks`` to a fresh stream, then sentinels until one is seen as a command.
+
+    A command is refused (not forwarded) when its Command action is followed, before any
+    Forward, by a non-continuation Reply carrying its tag: the stream flushes earlier
+    commands' bytes before it emits a Command, and a refusal follows the Command at once.
+    """
     stream = make()
     fwd = bytearray()
     replies = bytearray()
@@ -431,6 +436,7 @@ def run_gateway(make: Callable[[], CommandStream], chunks: Iterable[bytes]) -> G
         for a in stream.receive_data(data):
             if isinstance(a, Forward):
                 fwd.extend(a.data)
+                state["last"] = None  # the last command's bytes flow: it was forwarded
             elif isinstance(a, Command):
                 tags.append(a.info.tag)
                 state["last"] = a.info.tag

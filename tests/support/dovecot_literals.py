@@ -33,10 +33,11 @@ Summary of Dovecot's rules (2.3.19, ``src/lib-imap/imap-parser.c``, ``imap-clien
 * ``{}`` and ``{+}`` (no digits) are empty literals, and the command's line goes on after
   their CRLF.
 * The size may have any number of leading zeros (``{0000000000000000000000000008+}``:
-  the only limit is the line length). A size above ``imap_max_line_length`` (65536) on a
-  non-APPEND command, or one that overflows, ends the connection (``* BYE``).
-* ``~{n}`` (literal8) is accepted only where the command allows it (APPEND message data,
-  APPEND UTF8 (...)); everywhere else it is a syntax error and the literal is NOT read.
+  the only limit is the line length). On a non-APPEND command a size that does not fit
+  in what is left of ``imap_max_line_length`` (65536), or one that overflows, ends the
+  connection (``* BYE Literal size too large``).
+* ``~{n}`` (literal8) is accepted only by APPEND, and not as its mailbox name; everywhere
+  else it is a syntax error and the literal is NOT read.
 * Any syntax error before the marker (``)``, 8-bit in an atom, NUL or CR in a quoted
   string, a bare CR, ...) means the marker is NOT read: BAD, skip the line.
 * A line whose size so far (text and non-APPEND literal bodies) exceeds 65536 bytes gets
@@ -55,7 +56,14 @@ Summary of Dovecot's rules (2.3.19, ``src/lib-imap/imap-parser.c``, ``imap-clien
   on it is NOT a literal; a line other than DONE ends IDLE with ``BAD Expected DONE``.
 * After ``}`` only CRLF or LF may follow (``{8+} `` or ``{8+}\\r\\r\\n``: error, not read).
 * Dovecot ends the connection after 20 invalid commands in a row (``Too many invalid IMAP
-  commands``), not relevant to literals but to anyone pipelining garbage.
+  commands``), and answers pipelined commands out of order (a NOOP after the commands
+  before it): not about literals, but about anyone comparing its answers.
+
+Two client-triggerable assertion failures of Dovecot 2.3.19 were met while probing (each
+kills only that client's own imap process): ``a IDLE`` ``DONE`` ``b COPY 1 INBOX``
+pipelined (Panic: cmd-copy.c:113 fetch_and_copy, o_stream_is_corked) and
+``a SETMETADATA "" (x`` with metadata disabled (Panic: imap-client.c:668
+client_default_send_tagline, !cmd->tagline_sent).
 """
 
 from __future__ import annotations
@@ -233,6 +241,10 @@ SYNTAX_CASES: Final[tuple[LiteralCase, ...]] = (
     LiteralCase("literal8 on ID", b"t1 ID (", False, marker=b"~{8+}"),
     LiteralCase("literal8 sync on SEARCH", b"t1 SEARCH SUBJECT ", False, marker=b"~{8}"),
     LiteralCase("literal8 as APPEND message", b"t1 APPEND litprobe ", True, marker=b"~{8+}"),
+    LiteralCase("literal8 as APPEND mailbox", b"t1 APPEND ", False, marker=b"~{8+}",
+                why="APPEND accepts literal8 only where a message may start"),
+    LiteralCase("literal8 in APPEND flag list", b"t1 APPEND litprobe (", True,
+                marker=b"~{8+}"),
     LiteralCase("literal8 in APPEND UTF8 (", b"t1 APPEND litprobe UTF8 (", True,
                 marker=b"~{8+}"),
     LiteralCase("plus twice", b"t1 SEARCH SUBJECT ", False, marker=b"{8++}"),

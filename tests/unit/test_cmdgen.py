@@ -49,6 +49,16 @@ def test_run_gateway_reports_forwarded_tags_and_sentinel():
     assert view.forwarded == b"a NOOP\r\nc SEARCH {3+}\r\nabc\r\nzz9a NOOP\r\n"
 
 
+def test_run_gateway_tells_a_refusal_from_an_earlier_command_with_the_same_tag():
+    def make():
+        return CommandStream(capability_line=b"IMAP4rev1")
+
+    view = cmdgen.run_gateway(make, [b"s1 NOOP\r\n", b"s1 XYZZY\r\n"])
+    assert view.tags == [b"s1"]
+    view = cmdgen.run_gateway(make, [b"s1 NOOP\r\ns1 CAPABILITY\r\n"])
+    assert view.tags == [b"s1"]  # the second one is answered by the gateway
+
+
 def test_minimize_keeps_the_failure():
     data = b"junk " * 20 + b"NEEDLE" + b" more" * 20
     out = cmdgen.minimize(data, lambda d: b"NEEDLE" in d)
