@@ -5,6 +5,8 @@
 #   make typecheck  mypy over gateway/ (config: [tool.mypy]; strict for imap and proxy)
 #   make demo       a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
 #   make bench      benchmarks (bench/)
+#   make fuzz-differential  long differential run: the relay between generated client
+#                   streams and Dovecot (FUZZ_DIFF_COUNT, FUZZ_DIFF_SEED); part of make fuzz
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -47,3 +49,16 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy
+
+# The long run of tests/e2e/test_differential_framing.py (the default suite runs 150
+# streams of a fixed seed):  make fuzz-differential FUZZ_DIFF_COUNT=20000 FUZZ_DIFF_SEED=7
+# A failure prints seed and index; IGW_DIFF_STRICT=1 also fails on known disagreements.
+FUZZ_DIFF_COUNT ?= 5000
+FUZZ_DIFF_SEED ?= random
+.PHONY: fuzz fuzz-differential
+fuzz: fuzz-differential
+fuzz-differential: deps venv
+	IGW_DIFF_COUNT=$(FUZZ_DIFF_COUNT) IGW_DIFF_SEED=$(FUZZ_DIFF_SEED) IGW_DIFF_CUTS=3 \
+	  IGW_DIFF_MINIMIZE=$${IGW_DIFF_MINIMIZE:-5} \
+	  $(VENV)/bin/pytest -q -s tests/e2e/test_differential_framing.py \
+	  -k test_generated_streams

@@ -18,10 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from gateway.imap.capabilities import commands_for_capabilities
+from gateway.imap.commands import MAX_ARGS
+from gateway.imap.tokens import ParseError, parse_head
 from tests.support import dovecot_literals as dl
 from tests.support.dovecot import DovecotRig
 from tests.support.imap import LineClient
-from tests.support.rawimap import Exchange, connect, exchange
+from tests.support.rawimap import Exchange, capabilities, connect, exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -162,6 +165,27 @@ def test_every_announced_command_is_in_the_table(rig: DovecotRig):
                + (["THREAD", "UID THREAD"] if cap.startswith("THREAD=") else [])
                if cmd not in dl.ARGS_READ]
     assert not missing, (missing, caps)
+
+
+def test_gateway_reads_fixed_arity_commands_as_dovecot_does(rig: DovecotRig):
+    """The relay reads a command whole and refuses extra arguments exactly where Dovecot
+    reads a fixed number of arguments (``MAX_ARGS`` against ARGS_READ), for every command
+    the relay forwards to this Dovecot; a command Dovecot reads to the line end must not
+    be cut short by the relay."""
+    known = commands_for_capabilities(capabilities(rig, USER))
+    # Known to the relay only to be answered by it (CommandStream._builtin), never sent on.
+    answered = {"LOGIN", "AUTHENTICATE", "STARTTLS", "COMPRESS", "UNAUTHENTICATE"}
+    wrong = {cmd: (n, MAX_ARGS.get(cmd)) for cmd, n in dl.ARGS_READ.items()
+             if cmd in known - answered and MAX_ARGS.get(cmd) != n}
+    assert not wrong, f"command: (Dovecot reads, MAX_ARGS) {wrong}"
+
+
+def test_gateway_refuses_every_tag_dovecot_refuses():
+    """A tag Dovecot refuses makes it skip the line unread; the relay refuses such a line
+    itself (it may refuse more, e.g. DEL)."""
+    accepted = [b for b in sorted(dl.TAG_REFUSED_BYTES - set(b" \r\n"))
+                if not isinstance(parse_head(b"t" + bytes([b]) + b"1 NOOP"), ParseError)]
+    assert not accepted, accepted
 
 
 def _run_case(rig: DovecotRig, payload: bytes, timeout: float = 3) -> Exchange:

@@ -1,5 +1,6 @@
-"""Random client command streams for the differential framing test, and the gateway side
-of that test: what the post-auth ``CommandStream`` forwards for a stream.
+"""Random client command streams for the differential framing test
+(``tests/e2e/test_differential_framing.py``), the ways to cut them into chunks, and a
+minimizer for failing inputs. The gateway side of that test is ``tests/support/relaydrive``.
 
 The generator writes IMAP as a client would -- and as an attacker would: literals of every
 form (``{n}`` ``{n+}`` ``~{n}`` ``~{n+}``, leading zeros, huge digit counts, size 0, sizes
@@ -10,19 +11,18 @@ above all literal bodies that are themselves commands (``s1 NOOP\\r\\n``): if th
 and Dovecot disagree about a literal, such a body runs on Dovecot under a tag the gateway
 never saw as a command.
 
-Tags: ``g<n>`` for the commands the generator means, ``s<n>`` for command-looking literal
-bodies (smuggling candidates), ``zz9<x>`` for the sentinels the harness appends. Every
-stream is reproducible from ``(seed, index)``; pure Python, no I/O.
+Tags: ``g<n>`` for the commands the generator means (now and then one is used twice),
+``s<n>`` for command-looking literal bodies (smuggling candidates, each used once),
+``zz9<x>`` for the sentinels the harness appends. Every stream is reproducible from
+``(seed, index)``; pure Python, no I/O.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-from gateway.imap.commands import Close, Command, CommandStream, Forward, Reply
 
 # -- building blocks ------------------------------------------------------------------------
 
@@ -88,12 +88,15 @@ _HUGE = (2**31, 2**32 + 7, 2**63 - 1, 2**64, 10**25)
 class Generator:
     """``Generator(seed).stream(i)``: the i-th stream of this seed (independent of others)."""
 
-    def __init__(self, seed: int | str, *, long_lines: bool = True) -> None:
+    def __init__(self, seed: int | str, *, long_lines: bool = True, echo: bool = False) -> None:
+        """``echo``: also write commands whose search key is a literal holding response
+        lines (``cmd_echo``), which Dovecot echoes raw in its BAD reply."""
         self.seed = seed
         self.long_lines = long_lines
+        self.echo = echo
 
     def stream(self, index: int) -> GenStream:
-        b = _Builder(random.Random(f"{self.seed}:{index}"), self.long_lines)
+        b = _Builder(random.Random(f"{self.seed}:{index}"), self.long_lines, self.echo)
         pieces: list[Piece] = []
         for _ in range(b.rng.randint(1, 5)):
             pieces += b.command()
@@ -101,9 +104,10 @@ class Generator:
 
 
 class _Builder:
-    def __init__(self, rng: random.Random, long_lines: bool) -> None:
+    def __init__(self, rng: random.Random, long_lines: bool, echo: bool = False) -> None:
         self.rng = rng
         self.long_lines = long_lines
+        self.echo = echo
         self.n_cmd = 0
         self.n_smuggle = 0
         self.notes: list[str] = []
@@ -114,6 +118,10 @@ class _Builder:
         return self.rng.random() < p
 
     def tag(self) -> bytes:
+        if self.n_cmd and self.chance(0.05):
+            # A tag used twice: the relay tells a literal's refusal by its tag.
+            self.notes.append("tag reused")
+            return b"g%d" % self.rng.randint(1, self.n_cmd)
         self.n_cmd += 1
         tag = b"g%d" % self.n_cmd
         if self.chance(0.04):
@@ -235,6 +243,8 @@ class _Builder:
         ]
         if self.long_lines:
             templates.append((0.3, self.cmd_long))
+        if self.echo:
+            templates.append((3, self.cmd_echo))
         weights = [w for w, _ in templates]
         fn = self.rng.choices([f for _, f in templates], weights)[0]
         self.notes.append(fn.__name__[4:])
@@ -367,7 +377,7 @@ class _Builder:
         zeros = self.rng.choice([0, 0, 26, 40])
         self.notes.append(f"lead {lead!r} zeros={zeros}")
         inner_tag = self.tag()
-        inner = [inner_tag + b' LIST "" ', Marker(follow=1), b"\r\n" + self.smuggle(),
+        inner: list[Piece] = [inner_tag + b' LIST "" ', Marker(follow=1), b"\r\n" + self.smuggle(),
                  b"\r\n"]
         return [*pieces, Marker(follow=2, sync=self.chance(0.3), zeros=zeros), *inner]
 
@@ -375,6 +385,23 @@ class _Builder:
         n = self.rng.randint(1, 40)
         junk = bytes(self.rng.choice(_TEXT) for _ in range(n)).replace(b"\n", b"")
         return [junk, *self.literal(), self.eol()]
+
+    def cmd_echo(self) -> list[Piece]:
+        """A search key that is a string: Dovecot 2.3.19 answers ``BAD ... Unexpected string
+        as search key: <the string>``, CR and LF included, so the string's lines reach the
+        relay's response scanner as if they were responses: a ``+``, a tagged answer for
+        this or a later command, an EXPUNGE."""
+        n = self.n_cmd
+        fake = self.rng.choice([
+            b"+ x", b"+ OK", b"g%d OK x" % (n + self.rng.randint(1, 3)),
+            b"g%d NO x" % (n + self.rng.randint(1, 3)), b"g%d BAD x" % max(1, n),
+            b"f%d OK x" % self.rng.randint(1, 9), b"* 3 EXPUNGE",
+        ])
+        lines = [fake] + ([b"+ x"] if self.chance(0.3) else [])
+        self.notes.append(f"echo {lines!r}")
+        name = self.rng.choice([b" SEARCH", b" UID SEARCH", b" SORT (DATE) UTF-8"])
+        return [self.tag() + name, *self.literal([b"\r\n" + b"\r\n".join(lines) + b"\r\n"]),
+                self.eol()]
 
     def cmd_long(self) -> list[Piece]:
         """Text plus literals past Dovecot's 64 KiB line limit, then one more literal."""
@@ -384,98 +411,7 @@ class _Builder:
                 b" ALL" * (pad // 4), *self.literal([self.smuggle()]), self.eol()]
 
 
-# -- the gateway side -----------------------------------------------------------------------
-
-SENTINELS = tuple(b"zz9" + bytes([c]) for c in b"abcdefgh")
-
-
-@dataclass
-class GatewayView:
-    """What one ``CommandStream`` made of a stream.
-
-    ``forwarded``: every byte of every Forward (what the backend gets). ``tags``: tags of
-    the commands forwarded, in order (a command refused or answered by the gateway is not
-    in it). ``sentinel``: the sentinel tag the gateway saw as a command (``None`` if it
-    swallowed all of them, e.g. inside a literal). ``closed``: the Close reason, if any.
-    """
-
-    forwarded: bytes
-    tags: list[bytes]
-    replies: bytes
-    closed: str | None
-    sentinel: bytes | None
-    #: The bytes fed after the stream itself (sentinels, padding): the same tail must follow
-    #: the raw stream when it is sent to Dovecot directly.
-    tail: bytes = b""
-    #: An exception ``receive_data`` raised (it must never raise on client bytes).
-    error: str | None = None
-
-    def key(self) -> tuple:
-        return (self.forwarded, tuple(self.tags), self.replies, self.closed, self.sentinel,
-                self.error)
-
-
-def _reply_tags(data: bytes) -> set[bytes]:
-    return {line.split(b" ", 1)[0] for line in data.split(b"\r\n") if line}
-
-
-def run_gateway(make: Callable[[], CommandStream], chunks: Iterable[bytes]) -> GatewayView:
-    """Feed ``chunks`` to a fresh stream, then sentinels until one is seen as a command.
-
-    A command is refused (not forwarded) when its Command action is followed, before any
-    Forward, by a non-continuation Reply carrying its tag: the stream flushes earlier
-    commands' bytes before it emits a Command, and a refusal follows the Command at once.
-    """
-    stream = make()
-    fwd = bytearray()
-    replies = bytearray()
-    tags: list[bytes] = []
-    state: dict[str, object] = {"last": None, "closed": None}
-
-    def feed(data: bytes) -> None:
-        for a in stream.receive_data(data):
-            if isinstance(a, Forward):
-                fwd.extend(a.data)
-                state["last"] = None  # the last command's bytes flow: it was forwarded
-            elif isinstance(a, Command):
-                tags.append(a.info.tag)
-                state["last"] = a.info.tag
-            elif isinstance(a, Reply):
-                replies.extend(a.data)
-                last = state["last"]
-                if a.kind != "continuation" and last is not None and last in _reply_tags(a.data):
-                    tags.pop()  # refused (or answered) by the gateway, not forwarded
-                    state["last"] = None
-            elif isinstance(a, Close):
-                replies.extend(a.data)
-                state["closed"] = a.reason
-
-    try:
-        for chunk in chunks:
-            feed(chunk)
-    except Exception as e:  # noqa: BLE001 - reported as a finding, with the stream
-        return GatewayView(bytes(fwd), tags, bytes(replies), "exception", None,
-                           error=f"{type(e).__name__}: {e}")
-    sentinel = None
-    n = len(tags)
-    tail = bytearray()
-    for s in SENTINELS:
-        if state["closed"]:
-            break
-        if s == SENTINELS[-1]:  # still inside something: finish a literal the gateway reads
-            framer = getattr(stream, "_framer", None)
-            rest = getattr(framer, "_literal_remaining", 0)
-            if rest and rest < 1 << 20:
-                tail += b"x" * rest + b"\r\n"
-                feed(b"x" * rest + b"\r\n")
-        tail += s + b" NOOP\r\n"
-        feed(s + b" NOOP\r\n")
-        if s in tags[n:]:
-            sentinel = s
-            tags.remove(s)
-            break
-    return GatewayView(bytes(fwd), tags, bytes(replies), state["closed"],  # type: ignore[arg-type]
-                       sentinel, bytes(tail))
+# -- splits ---------------------------------------------------------------------------------
 
 
 def by_line(data: bytes) -> list[bytes]:
@@ -487,13 +423,14 @@ def by_line(data: bytes) -> list[bytes]:
     return out
 
 
-def splits(data: bytes, rng: random.Random, *, every_byte_limit: int = 1500) -> list[list[bytes]]:
+def splits(data: bytes, rng: random.Random, *, every_byte_limit: int = 1500,
+           random_cuts: int = 3) -> list[list[bytes]]:
     """Ways to cut ``data`` into chunks: whole, line by line, byte by byte (short streams),
-    a few random cuts, and fixed-size chunks."""
+    ``random_cuts`` random cuts, and fixed-size chunks."""
     out = [[data], by_line(data)]
     if len(data) <= every_byte_limit:
         out.append([data[i:i + 1] for i in range(len(data))])
-    for _ in range(3):
+    for _ in range(random_cuts):
         if len(data) < 2:
             break
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12))))

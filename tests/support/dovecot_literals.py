@@ -1,14 +1,28 @@
-"""Where Dovecot 2.3.19 reads a literal, and where it does not: the gateway must agree.
+"""Where Dovecot 2.3.19 reads a literal, and where it does not.
 
 Measured against the real Dovecot by ``tests/e2e/test_dovecot_literal_reading.py``; every
 value here is asserted there, so a Dovecot upgrade that changes one fails that test.
 
 Why it matters. After any command -- success or error -- Dovecot skips to the end of the
 current line (``client->input_skip_line``). A literal Dovecot did not read is therefore
-*not* skipped: its body is read as the next commands. If the gateway believed that body was
-literal data, a client can hide commands in it that no scope check ever saw. The opposite
-also happens: where Dovecot reads a literal the gateway did not see, Dovecot swallows bytes
-the gateway took for the next command(s).
+*not* skipped: its body is read as the next commands. If a proxy believed that body was
+literal data, a client could hide commands in it that no scope check ever saw. The
+opposite also happens: where Dovecot reads a literal the proxy did not see, Dovecot
+swallows bytes the proxy took for the next command(s).
+
+What the gateway takes from this table. The relay does not predict which literals Dovecot
+reads: it sends every literal as ``{n}`` and lets Dovecot's ``+`` or tagged refusal decide
+(``gateway/imap/commands.py``, rule 3), so most rows here are documentation of why that is
+necessary. It still relies on these rows, each checked against the gateway's own tables by
+``test_dovecot_literal_reading.py`` where a table exists:
+
+* where a literal marker may start, leading zeros, and ``{}``/``{+}`` (the framer places a
+  marker exactly where Dovecot starts an argument; anything else is a framing error);
+* :data:`ARGS_READ` for fixed-arity commands (``MAX_ARGS``: such commands are read whole
+  and extra arguments refused, since Dovecot would answer before reading them);
+* APPEND's mid-line resume (:data:`RESUME_CASES`; every APPEND segment must tokenize);
+* the line after IDLE (only ``DONE`` is forwarded) and :data:`TAG_REFUSED_BYTES` (the
+  gateway refuses at least these tags itself).
 
 How a probe works (``probe_payload``)::
 
@@ -209,7 +223,7 @@ SYNTAX_CASES: Final[tuple[LiteralCase, ...]] = (
     LiteralCase("inside an open list", b"t1 SEARCH (SUBJECT ", True),
     LiteralCase("right after (", b"t1 SEARCH (", True),
     LiteralCase("right after ) no space", b"t1 SEARCH (ALL)", True,
-                why="a literal may start right after ')': the gateway's framer disagrees"),
+                why="a literal may start right after ')'"),
     LiteralCase("right after closing quote", b't1 SEARCH SUBJECT "x"', True,
                 why="a literal may start right after a quoted string"),
     LiteralCase("right after a literal, no space", b"t1 SEARCH SUBJECT {3+}\r\nabc", True,
