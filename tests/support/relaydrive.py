@@ -273,6 +273,19 @@ class ObservedStream(CommandStream):
                         and a.kind != "continuation")
 
 
+def _waiting_tag(stream: ObservedStream) -> bytes | None:
+    """The tag of the command whose ``{n}`` line waits for the backend's answer."""
+    if not stream.paused:
+        return None
+    last = next((a for a in reversed(stream.log) if isinstance(a, ForwardLiteral)), None)
+    return last.tag if last is not None else None
+
+
+def _answered_already(run: Run, stream: ObservedStream) -> bool:
+    tag = _waiting_tag(stream)
+    return tag is not None and run.backend.tags.count(tag) >= stream.forwarded_tags().count(tag)
+
+
 def _literal_left(stream: CommandStream) -> int:
     """Bytes of a client literal the stream's framer still expects (test-only peek)."""
     return int(getattr(getattr(stream, "_framer", None), "_literal_remaining", 0))
@@ -435,9 +448,7 @@ def _drive(run: Run, make_relay: Callable[[], tuple[rl.Relay, ObservedStream]],
         run.replies = stream.replies()
         run.tail = bytes(tail)
         run.literal_left = _literal_left(stream)
-        if stream.paused:
-            last = next((a for a in reversed(stream.log) if isinstance(a, ForwardLiteral)), None)
-            run.waiting_tag = last.tag if last is not None else None
+        run.waiting_tag = _waiting_tag(stream)
 
     try:
         while True:
@@ -457,7 +468,10 @@ def _drive(run: Run, make_relay: Callable[[], tuple[rl.Relay, ObservedStream]],
             if run.sentinel is not None and run.sentinel in run.backend.tags:
                 return finish("answered")
             if not relay.reading_client:
-                if not backend.wait(stall_timeout):
+                # Waiting on a command the backend has answered already: no answer can come,
+                # so a short wait tells it.
+                timeout = 0.3 if _answered_already(run, stream) else stall_timeout
+                if not backend.wait(timeout):
                     return finish("stalled")
                 continue
             if queue:
