@@ -8,6 +8,7 @@
 #   make screenshots  docs/screenshots/*.png of the portal (Dovecot + gateway + headless Chromium)
 #   make fuzz       1,000,000 fuzz inputs over the protocol core, the long differential run
 #                   against Dovecot, imaptest's stress mode through the gateway (docs/fuzzing.md)
+#   make fuzz-differential  the long differential run alone (FUZZ_DIFF_COUNT, FUZZ_DIFF_SEED)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -64,6 +65,19 @@ $(FUZZ_STAMP): pyproject.toml | $(STAMP)
 	  || echo "fuzz: atheris did not install; python -m fuzz uses its built-in mutator"
 	touch $@
 
+# The long run of tests/e2e/test_differential_framing.py (the default suite runs 150
+# streams of a fixed seed):  make fuzz-differential FUZZ_DIFF_COUNT=20000 FUZZ_DIFF_SEED=7
+# A failure prints seed and index; IGW_DIFF_STRICT=1 also fails on known disagreements.
+FUZZ_DIFF_COUNT ?= 5000
+FUZZ_DIFF_SEED ?= random
+.PHONY: fuzz-differential
+fuzz-differential: deps venv
+	IGW_DIFF_COUNT=$(FUZZ_DIFF_COUNT) IGW_DIFF_SEED=$(FUZZ_DIFF_SEED) IGW_DIFF_CUTS=3 \
+	  IGW_DIFF_MINIMIZE=$${IGW_DIFF_MINIMIZE:-5} \
+	  $(VENV)/bin/pytest -q -s tests/e2e/test_differential_framing.py \
+	  -k test_generated_streams
+
 fuzz: deps venv imaptest $(FUZZ_STAMP)
 	$(PY) -m fuzz --total $(FUZZ_TOTAL) --seed $(FUZZ_SEED)
+	$(MAKE) fuzz-differential
 	$(PY) scripts/imaptest_stress.py
