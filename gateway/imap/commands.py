@@ -246,6 +246,11 @@ class Close:
 Action = Forward | ForwardLiteral | Reply | Command | Close
 
 
+def _has_line_break(data: bytes | memoryview) -> bool:
+    raw = data if isinstance(data, bytes) else bytes(data)  # only non-message literals
+    return b"\n" in raw or b"\r" in raw
+
+
 def as_sync_marker(line: bytes, text_end: int, literal: Literal) -> bytes:
     """``line`` with its literal marker written as a synchronizing ``{n}`` (``~{n}``):
     canonical digits, no ``+``, the client's own line end."""
@@ -306,6 +311,8 @@ class CommandStream:
         self._idle = False  # an IDLE was forwarded: the next line should be DONE
         #: Checks every segment of a STRICT_COMMANDS command (None for other commands).
         self._lexer: ArgumentLexer | None = None
+        #: The literal being forwarded may not contain CR or LF (it is not message data).
+        self._single_line_literal = False
         self._out: list[Action] = []
         self._pending: list[bytes] = []
         self._unchanged = True
@@ -330,6 +337,26 @@ class CommandStream:
             out: list[Action] = [a for a in self._out if isinstance(a, Command)]
             out.append(Forward(data))
             return out
+        return self._finish()
+
+    @property
+    def current_tag(self) -> bytes | None:
+        """The tag of a forwarded command whose rest (after a literal) is still to come from
+        the client, else None."""
+        if self._mode != "forward" or self._framer.at_line_start or self.closed:
+            return None
+        return self._tag
+
+    def command_answered(self) -> list[Action]:
+        """The backend answered :attr:`current_tag`'s command before the client finished it
+        (Dovecot answers an APPEND whose mailbox literal is bad at once, and skips the rest
+        of that line). The rest of the command is dropped, and the backend gets a line end
+        to end its skip, so the next command is read from its start."""
+        if self.current_tag is None or self._waiting is not None:
+            return []
+        self._begin()
+        self._mode = "drop"
+        self._forward_line(b"\r\n", changed=True)
         return self._finish()
 
     def literal_answered(self, accepted: bool) -> list[Action]:
@@ -376,6 +403,15 @@ class CommandStream:
                 break
             if isinstance(ev, LiteralData):
                 if self._mode == "forward":
+                    if self._single_line_literal and _has_line_break(ev.data):
+                        # what precedes the break goes on, so the result is the same
+                        # however the literal was split
+                        raw = bytes(ev.data)
+                        cut = min(i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0)
+                        if cut:
+                            self._forward_view(memoryview(raw)[:cut])
+                        self._line_break_in_literal()
+                        continue
                     self._forward_view(ev.data)
                 else:
                     self._unchanged = False  # dropped, or held until the command is whole
@@ -413,6 +449,28 @@ class CommandStream:
         self._act(ForwardLiteral(as_sync_marker(line, text_end, lit), self._tag, first,
                                  pass_continuation))
         self._waiting = lit
+        self._single_line_literal = not self._is_message_literal()
+
+    def _is_message_literal(self) -> bool:
+        """The literal about to be sent is message data (APPEND's, REPLACE's), which the
+        backend stores and never copies into a response line; any other literal -- a
+        mailbox name, a search string, APPEND's mailbox -- may come back inside an error
+        response, so it must not carry a line break (see _line_break_in_literal)."""
+        if self._command_name not in BINARY_LITERAL_COMMANDS:
+            return False
+        lexer = self._lexer  # APPEND and REPLACE are STRICT_COMMANDS: always lexed
+        # The lexer has just taken the literal: as the first top-level argument it is the
+        # mailbox; later, or inside a list (CATENATE's TEXT), it is message data.
+        return lexer is not None and (lexer.count > 1 or lexer.depth > 0)
+
+    def _line_break_in_literal(self) -> None:
+        """Dovecot copies a bad search key (literal included) into its BAD response, line
+        breaks and all: a literal with CR or LF could forge response lines -- a tagged
+        completion, a "+" -- that the relay would take for the backend's own. Part of the
+        literal's command is at the backend already, so the session ends."""
+        self.closed = True
+        self._act(Close("line_break_in_literal",
+                        untagged("BYE", "Line breaks are not allowed in this literal.")))
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -610,6 +668,13 @@ class CommandStream:
         self._literal_buf += ev.data
         if ev.remaining == 0:
             body = bytes(self._literal_buf)
+            if _has_line_break(body):  # see _line_break_in_literal; nothing forwarded yet
+                tag = self._first_seg.data.split(b" ", 1)[0] if self._first_seg else b"*"
+                self._mode = "drop"
+                self._collected = []
+                self._act(Reply(tagged(tag, "BAD", "Line breaks are not allowed here."),
+                                "bad_command"))
+                return
             self._collected.append(_HeldPiece(body))
             self._parts[-1] = (self._parts[-1][0], body)
             self._literal_buf = bytearray()

@@ -225,6 +225,8 @@ class Relay:
             if self._waiting is not None and tag == self._waiting.tag:
                 self._waiting = None
                 out.extend(self._from_stream(self.commands.literal_answered(False)))
+            elif tag == self.commands.current_tag:
+                out.extend(self._from_stream(self.commands.command_answered()))
         if self._held_line is not None and self.outstanding <= 1:
             held, self._held_line = self._held_line, None
             self._send_literal_line(held, out)

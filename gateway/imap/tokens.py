@@ -147,6 +147,11 @@ class ArgumentLexer:
         self._max_tokens = max_tokens
         self._keep = keep
 
+    @property
+    def depth(self) -> int:
+        """How many lists are open."""
+        return len(self._stack) - 1
+
     def _add(self, tok: Token) -> None:
         if len(self._stack) > 1:
             self._stack[-1].append(tok)

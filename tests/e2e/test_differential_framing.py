@@ -519,50 +519,37 @@ class Known:
     filters: tuple[str, ...] = FILTERS
 
 
-KNOWN: tuple[Known, ...] = (
-    Known(
-        "smuggled",
-        # Dovecot 2.3.19 echoes a string given where a search key belongs, CR and LF
-        # included: "g2 BAD Error in IMAP command SEARCH: Unexpected string as search key:
-        # \r\n+ x\r\n (0.001 + 0.000 secs)." The relay's response scanner reads the echoed
-        # lines as responses of their own: "f1 OK x" counts as one more completed command,
-        # so g3's literal line is no longer held back while g2 runs, and "+ x" is taken as
-        # Dovecot's "+" for it. From then on every "+" is one literal early, and the relay
-        # sends a literal body Dovecot refuses (the ")" makes it answer g3 BAD without
-        # reading {9}): Dovecot runs it as the command s1.
-        "the relay reads lines Dovecot echoes inside a BAD reply as responses",
-        {
-            "echoed completion and + in SEARCH's BAD": (
-                b"g1 SEARCH " + _bare(b"\r\nf1 OK x\r\n") + b"\r\n"
-                b"g2 SEARCH " + _bare(b"\r\n+ x\r\n") + b"\r\n"
-                b"g3 SEARCH SUBJECT " + _bare(b"abc") + b" ) " + _bare(b"s1 NOOP\r\n")
-                + b"\r\n"),
-            "echoed lines in UID SEARCH and SORT": (
-                b"g1 UID SEARCH " + _bare(b"\r\nf1 OK x\r\n") + b"\r\n"
-                b"g2 SORT (DATE) UTF-8 " + _bare(b"\r\n+ x\r\n") + b"\r\n"
-                b"g3 SEARCH SUBJECT " + _bare(b"abc") + b" ) " + _bare(b"s1 NOOP\r\n")
-                + b"\r\n"),
-        },
-    ),
-    Known(
-        "early-answer",
-        # APPEND is parsed as its bytes come: Dovecot answers "g1 NO Mailbox name is not
-        # valid mUTF-7" as soon as it has read the mailbox literal, and skips the rest of
-        # the line. When the client's next segment arrives after that answer, the relay
-        # forwards " {9}" and waits for an answer to it that never comes: the session
-        # hangs until the idle timeout. (Nothing is smuggled: the relay sends nothing more.)
-        "the relay waits for an answer to a literal of a command Dovecot already answered",
-        {
-            "APPEND answered after its mailbox literal": [
-                b"g1 APPEND " + _bare(b"\xff\xfe\xfd"), b"",
-                b" " + _bare(b"s1 NOOP\r\n") + b"\r\n"],
-        },
-        filters=("full",),  # read-only refuses APPEND, a mailbox scope a literal mailbox
-    ),
-)
+KNOWN: tuple[Known, ...] = ()
+
+#: Shapes of disagreements the relay had, fixed since: kept as ordinary shapes.
+SHAPES.update({
+    # Dovecot 2.3.19 echoes a string given where a search key belongs, CR and LF included,
+    # in its BAD reply: the echoed lines would pass for responses ("f1 OK x", "+ x"). A
+    # literal outside message data may not carry a line break: the session ends.
+    "echoed completion and + in SEARCH's BAD": (
+        b"g1 SEARCH " + _bare(b"\r\nf1 OK x\r\n") + b"\r\n"
+        b"g2 SEARCH " + _bare(b"\r\n+ x\r\n") + b"\r\n"
+        b"g3 SEARCH SUBJECT " + _bare(b"abc") + b" ) " + _bare(b"s1 NOOP\r\n")
+        + b"\r\n"),
+    "echoed lines in UID SEARCH and SORT": (
+        b"g1 UID SEARCH " + _bare(b"\r\nf1 OK x\r\n") + b"\r\n"
+        b"g2 SORT (DATE) UTF-8 " + _bare(b"\r\n+ x\r\n") + b"\r\n"
+        b"g3 SEARCH SUBJECT " + _bare(b"abc") + b" ) " + _bare(b"s1 NOOP\r\n")
+        + b"\r\n"),
+    # Dovecot answers an APPEND whose mailbox literal is bad at once and skips the rest of
+    # the line: the relay drops the rest of the command and ends the backend's line.
+    "APPEND answered after its mailbox literal": [
+        b"g1 APPEND " + _bare(b"\xff\xfe\xfd"), b"",
+        b" " + _bare(b"s1 NOOP\r\n") + b"\r\n"],
+})
+
 #: Finding kinds that only a KNOWN disagreement produces today: reported by the generated
 #: run but not failed on, unless IGW_DIFF_STRICT=1. (A smuggled command is never excused.)
-KNOWN_KINDS = frozenset({"early-answer"})
+KNOWN_KINDS: frozenset[str] = frozenset()
+#: Kinds that may depend on when Dovecot's answers arrive rather than on the bytes (which
+#: cut saw an early answer first): reported by the generated run, not failed on, unless
+#: IGW_DIFF_STRICT=1. Smuggled, swallowed or hung commands are never excused.
+TIMING_KINDS = frozenset({"split"})
 STRICT = os.environ.get("IGW_DIFF_STRICT", "") == "1"
 _KNOWN_SHAPES = {name: (k, shape) for k in KNOWN for name, shape in k.shapes.items()}
 
@@ -597,7 +584,7 @@ def test_generated_streams(harness: Harness, dovecot: DovecotRig):
     runs0 = harness.runs
     findings: list[Finding] = []
     known: list[Finding] = []
-    tolerate = frozenset() if STRICT else KNOWN_KINDS
+    tolerate = frozenset() if STRICT else KNOWN_KINDS | TIMING_KINDS
 
     def run(job: tuple[cmdgen.GenStream, str]) -> Finding | None:
         s, f = job
@@ -607,6 +594,9 @@ def test_generated_streams(harness: Harness, dovecot: DovecotRig):
         for found in [finding, *tolerated]:
             if found is not None:
                 found.recipe = [f"seed={SEED} index={s.index}", *s.recipe]
+        if finding is not None and finding.kind in tolerate:  # returned, not collected
+            known.append(finding)
+            finding = None
         known.extend(tolerated)  # list.extend is atomic
         return finding
 

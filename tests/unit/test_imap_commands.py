@@ -448,3 +448,33 @@ def test_unauthenticate_never_reaches_the_backend():
     caps = commands_for_capabilities(["IMAP4rev1", "UNAUTHENTICATE"])
     backend, client, _ = same_in_every_split(b"u UNAUTHENTICATE\r\n", known_commands=caps)
     assert backend == b"" and client.startswith(b"u NO [CANNOT]")
+
+
+def test_a_literal_with_a_line_break_outside_message_data_ends_the_session():
+    # Dovecot copies a bad search key into its BAD reply, line breaks included: the echoed
+    # lines would pass for responses of their own.
+    backend, _client, other = run(stream(), [b"g1 SEARCH {11+}\r\n\r\nf1 OK x\r\n\r\n"])
+    assert b"f1 OK" not in backend
+    assert other[-1] == Close("line_break_in_literal",
+                              b"* BYE Line breaks are not allowed in this literal.\r\n")
+    # APPEND's mailbox is such a literal too; its message is not
+    backend, _client, other = run(stream(), [b"a APPEND {4+}\r\nIN\r\n {3+}\r\nx\r\n\r\n"])
+    assert isinstance(other[-1], Close)
+    msg = b"Subject: x\r\n\r\nbody\r\n"
+    data = b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n"
+    backend, _client, other = same_in_every_split(data)
+    assert backend == data.replace(b"+}", b"}") and not any(isinstance(a, Close) for a in other)
+    # a fixed-arity command is read whole first: refused, nothing sent
+    backend, client, _ = run(stream(), [b"a CREATE {4+}\r\nx\r\ny\r\nb NOOP\r\n"])
+    assert backend == b"b NOOP\r\n" and client.startswith(b"a BAD ")
+
+
+def test_a_command_the_backend_answers_early_is_dropped_and_the_backend_line_ended():
+    s = stream()
+    backend, _client, _ = run(s, [b"g1 APPEND {3+}\r\n\xff\xfe\xfd"])
+    assert s.current_tag == b"g1"
+    ended = s.command_answered()
+    assert [bytes(a.data) for a in ended if isinstance(a, Forward)] == [b"\r\n"]
+    rest, _client, other = run(s, [b" {9+}\r\ns1 NOOP\r\n\r\nb NOOP\r\n"])
+    assert rest == b"b NOOP\r\n"
+    assert [a.info.name for a in other if isinstance(a, Command)] == ["NOOP"]
