@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.support.imap import LineClient, make_message
+from tests.support.imap import LineClient, ServerClosed, make_message
 from tests.support.mfa import (
     MFA_LIMITS,
     admin_json,
@@ -59,7 +59,16 @@ def _mailboxes(dovecot) -> set[bytes]:
 
 
 def _read_all(c: LineClient, last_tag: str) -> bytes:
-    return b"\r\n".join(c.read_until_tagged(last_tag, timeout=10))
+    """What the client got until ``last_tag``'s answer, or until the gateway ended the
+    session (a literal with a line break outside message data ends it)."""
+    return b"\r\n".join(_lines_until(c, last_tag))
+
+
+def _lines_until(c: LineClient, last_tag: str) -> list[bytes]:
+    try:
+        return c.read_until_tagged(last_tag, timeout=10)
+    except ServerClosed:
+        return []  # the session ended; the Maildir is the ground truth
 
 
 def _no_errors_logged(gw) -> None:
@@ -82,6 +91,10 @@ def test_leading_zeros_in_a_literal_size_cannot_hide_commands_from_a_read_only_s
         c.send(first + second + hidden + b"\r\nz NOOP\r\n")
         seen = _read_all(c, "z")
         assert b"d OK [READ-WRITE]" not in seen, seen
+    finally:
+        c.close()
+    c = _session(gw, "--scope", "read-only")
+    try:
         r = c.command("s", f'SELECT "{box}"')[-1]
         assert r.startswith(b"s OK [READ-ONLY]"), r
     finally:
@@ -138,7 +151,7 @@ def test_a_literal_dovecot_refuses_never_reaches_it_even_with_full_access(gw, do
     c = _session(gw)
     try:
         c.send(head + b"{%d+}\r\n" % len(hidden) + hidden + b"\r\nz NOOP\r\n")
-        seen = c.read_until_tagged("z", timeout=10)
+        seen = _lines_until(c, "z")
         assert not any(line.startswith(b"c1 ") for line in seen), seen
     finally:
         c.close()
