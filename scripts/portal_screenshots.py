@@ -1,11 +1,14 @@
-"""Screenshots of the portal's user pages for the README: docs/screenshots/*.png.
+"""Screenshots of the portal's pages for the README: docs/screenshots/*.png.
 
     make screenshots            # or: PYTHONPATH=. .venv/bin/python scripts/portal_screenshots.py
 
 Starts what the e2e suite starts (a throw-away Dovecot, the gateway with a portal, the
 headless Chromium of tests/support/browser.py), walks through the pages as alice would,
 with a little history made on the way (IMAP logins, a device waiting for approval), and
-saves one PNG per page. Everything runs on loopback and is removed afterwards.
+saves one PNG per page. alice is also in ``[web] admins``: the admin pages
+(``admin-*.png``) are shot in the same session, with logins happening while the live
+events page is open, a ban added from the bans page and an IMAP session left open for the
+sessions page. Everything runs on loopback and is removed afterwards.
 """
 
 from __future__ import annotations
@@ -58,6 +61,51 @@ def imap_login(gw, secret: str, name: str, source: str = "127.0.0.1") -> None:
         conn.shutdown()
 
 
+def open_imap(gw, secret: str, name: str) -> imaplib.IMAP4_SSL:
+    """A logged-in IMAP session left open (for the admin sessions page)."""
+    conn = imaplib.IMAP4_SSL(gw.host, gw.implicit_port, ssl_context=gw.client_ssl_context(),
+                             timeout=10)
+    conn._simple_command("ID", f'("name" "{name}")')
+    conn.login("alice", secret)
+    conn.select("INBOX")
+    return conn
+
+
+def admin_pages(page, gw, url: str, out: Path, app_password: str) -> None:
+    """The admin pages, from alice's session (signed in with her code, in [web] admins)."""
+    page.goto(url + "/admin")
+    page.locator("#feed-status").get_by_text("Live").wait_for()
+    # events arrive while the page is open: a login, a wrong password, a new device
+    imap_login(gw, app_password, "iOS Mail")
+    imap_login(gw, "not-my-password", "unknown")
+    imap_login(gw, "alicepass", "Outlook")
+    page.locator('#live-events li[data-event="login.denied"]').first.wait_for()
+    page.locator('#live-events li[data-event="login.ok"]').first.wait_for()
+    shoot(page, out, "admin-events")
+
+    page.get_by_role("link", name="Bans").click()
+    page.fill("#ban-network", "203.0.113.0/24")
+    page.fill("#ban-ttl", "1h")
+    page.fill("#ban-reason", "password spraying")
+    page.get_by_role("button", name="Ban").click()
+    page.get_by_text("Banned 203.0.113.0/24").wait_for()
+    shoot(page, out, "admin-bans")
+
+    # the phone's app password, and Thunderbird (a remembered device: the password alone)
+    conns = [open_imap(gw, app_password, "iOS Mail"), open_imap(gw, "alicepass", "Thunderbird")]
+    try:
+        page.goto(url + "/admin/sessions")
+        page.locator("#sessions").get_by_text("authenticated").first.wait_for()
+        shoot(page, out, "admin-sessions")
+    finally:
+        for conn in conns:
+            conn.logout()
+
+    page.goto(url + "/admin/users?user=alice")
+    page.locator("#totp-status").wait_for()
+    shoot(page, out, "admin-users")
+
+
 def shoot(page, out: Path, name: str) -> None:
     path = out / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -73,7 +121,7 @@ def run(out: Path) -> None:
         port = free_ports(1)[0]
         url = f"https://localhost:{port}"
         gw = factory(web={"address": f"127.0.0.1:{port}", "public_url": url,
-                          "enrollment": "password"},
+                          "enrollment": "password", "admins": ["alice"]},
                      policies={"10-everyone.toml": POLICY}, limits=MFA_LIMITS,
                      backend=master_backend(work))
         with chromium(gw.certs.cert_path, viewport=(1100, 760)) as context:
@@ -125,6 +173,9 @@ def run(out: Path) -> None:
             shoot(page, out, "activity")
             page.goto(url + "/")
             shoot(page, out, "account")
+
+            admin_pages(page, gw, url, out, made["Phone"])
+            page.goto(url + "/")
 
             page.get_by_role("button", name="Sign out", exact=True).click()
             page.get_by_label("Username", exact=True).fill("alice")
