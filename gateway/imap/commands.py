@@ -276,6 +276,33 @@ class CommandStream:
     ``command_filter``: called once per command after the built-in rules.
     """
 
+    __slots__ = (
+        "capability_line",
+        "command_filter",
+        "known_commands",
+        "allow_catenate",
+        "closed",
+        "forwarded_commands",
+        "_framer",
+        "_mode",
+        "_tag",
+        "_command_name",
+        "_binary_seen",
+        "_parts",
+        "_collected",
+        "_literal_buf",
+        "_held_size",
+        "_first_seg",
+        "_release",
+        "_waiting",
+        "_idle",
+        "_lexer",
+        "_single_line_literal",
+        "_out",
+        "_pending",
+        "_unchanged",
+    )
+
     def __init__(
         self,
         *,

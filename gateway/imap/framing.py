@@ -257,6 +257,21 @@ class Framer:
         while (ev := framer.next_event()) is not NEED_DATA: ...
     """
 
+    __slots__ = (
+        "max_line",
+        "max_literal",
+        "long_lines",
+        "_line_limit",
+        "_server",
+        "_chunks",
+        "_offset",
+        "_partial",
+        "_literal_remaining",
+        "_literal_pending",
+        "_first",
+        "_error",
+    )
+
     def __init__(
         self,
         max_line: int,

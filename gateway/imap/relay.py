@@ -117,6 +117,26 @@ class Relay:
     :attr:`reading_client` is False (a later :meth:`backend_data` call makes it True again).
     """
 
+    __slots__ = (
+        "commands",
+        "response_filter",
+        "report_every",
+        "max_injected",
+        "_scanner",
+        "ended",
+        "_logout",
+        "_completed",
+        "_held_line",
+        "_waiting",
+        "_injected",
+        "_injected_size",
+        "_at_boundary",
+        "_unsent",
+        "_unsent_start",
+        "_cuts",
+        "_unreported",
+    )
+
     def __init__(
         self,
         commands: CommandStream,

@@ -91,6 +91,12 @@ class ResponseScanner:
     the session).
     """
 
+    __slots__ = (
+        "_framer",
+        "broken",
+        "position",
+    )
+
     def __init__(self, *, max_line: int = 16 * 1024 * 1024) -> None:
         self._framer = Framer(max_line, None, role="server")
         self.broken: FramingError | None = None

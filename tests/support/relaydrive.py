@@ -392,7 +392,11 @@ def drive(make_relay: Callable[[], tuple[rl.Relay, ObservedStream]], backend: Ba
         run.outcome = "exception"
         run.error = f"{type(e).__name__}: {e}"
     if run.outcome != "answered" and not backend.closed:
-        _drain(run, backend, drain_timeout)
+        # Ended inside a literal the backend agreed to read: the drain line only becomes
+        # literal data there, so it gets no answer -- wait briefly for the answers to what
+        # went before (the gateway itself closes the backend connection at this point).
+        mid_literal = run.ended == "line_break_in_literal"
+        _drain(run, backend, min(drain_timeout, 0.3) if mid_literal else drain_timeout)
     run.seconds = time.monotonic() - t0
     return run
 
