@@ -11,41 +11,21 @@ import pytest
 
 from tests.support.imap import make_message
 from tests.support.mfa import (
-    MFA_LIMITS,
-    admin_json,
-    assert_ok,
+    app_password_gateway,
+    app_password_session,
     direct,
-    login,
     maildir_snapshot,
-    master_backend,
 )
 
 pytestmark = pytest.mark.e2e
-
-POLICY = """\
-[[rule]]
-name = "alice strong"
-users = ["alice"]
-action = "allow"
-mfa = "strong"
-"""
 
 NOPERM = re.compile(rb"^\w+ NO \[NOPERM\]")
 
 
 @pytest.fixture
 def scoped(gateway, tmp_path):
-    gw = gateway(policies={"10-ap.toml": POLICY}, limits=MFA_LIMITS,
-                 backend=master_backend(tmp_path))
-
-    def session(*scope_args: str):
-        made = admin_json(gw, "app-password", "create", "alice", "--label",
-                          f"dev-{uuid.uuid4().hex[:6]}", *scope_args)
-        a = login(gw, "alice", made["password"], keep=True)
-        assert_ok(a, "app-password")
-        return a.client
-
-    return session
+    gw = app_password_gateway(gateway, tmp_path)
+    return lambda *scope_args: app_password_session(gw, *scope_args)
 
 
 def _flags(dovecot, box: str) -> list[bytes]:

@@ -15,38 +15,20 @@ import pytest
 
 from tests.support.imap import LineClient, ServerClosed, make_message
 from tests.support.mfa import (
-    MFA_LIMITS,
-    admin_json,
-    assert_ok,
+    app_password_gateway,
+    app_password_session,
     direct,
-    login,
     maildir_snapshot,
-    master_backend,
 )
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-[[rule]]
-name = "alice strong"
-users = ["alice"]
-action = "allow"
-mfa = "strong"
-"""
-
-
 @pytest.fixture
 def gw(gateway, tmp_path):
-    return gateway(policies={"10-ap.toml": POLICY}, limits=MFA_LIMITS,
-                   backend=master_backend(tmp_path))
+    return app_password_gateway(gateway, tmp_path)
 
 
-def _session(gw, *scope_args: str) -> LineClient:
-    made = admin_json(gw, "app-password", "create", "alice", "--label",
-                      f"dev-{uuid.uuid4().hex[:6]}", *scope_args)
-    a = login(gw, "alice", made["password"], keep=True)
-    assert_ok(a, "app-password")
-    return a.client
+_session = app_password_session
 
 
 def _mailboxes(dovecot) -> set[bytes]:

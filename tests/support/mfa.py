@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,3 +238,31 @@ def maildir_snapshot(dovecot: DovecotRig, user: str = "alice") -> dict[str, byte
                 if d not in ("cur", "new", "tmp"):
                     out[str(rel / d) + "/"] = b""
     return out
+
+
+#: alice must present a strong factor (TOTP or an app password) from everywhere.
+ALICE_STRONG_POLICY = """\
+[[rule]]
+name = "alice strong"
+users = ["alice"]
+action = "allow"
+mfa = "strong"
+"""
+
+
+def app_password_gateway(gateway: Any, tmp_path: Path) -> GatewayProcess:
+    """A gateway with ALICE_STRONG_POLICY and the Dovecot master user (app passwords)."""
+    gw: GatewayProcess = gateway(policies={"10-ap.toml": ALICE_STRONG_POLICY},
+                                 limits=MFA_LIMITS, backend=master_backend(tmp_path))
+    return gw
+
+
+def app_password_session(gw: GatewayProcess, *scope_args: str) -> LineClient:
+    """A new app password for alice (``scope_args``: ``--scope``/``--mailboxes`` ...),
+    logged in through ``gw``; the caller closes the client."""
+    made = admin_json(gw, "app-password", "create", "alice", "--label",
+                      f"dev-{uuid.uuid4().hex[:6]}", *scope_args)
+    a = login(gw, "alice", made["password"], keep=True)
+    assert_ok(a, "app-password")
+    assert a.client is not None
+    return a.client
