@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.unit.grafana_queries import (
+    ALL_METRICS,
     DASHBOARD_DIR,
     DATASOURCE_UID,
     GRAFANA_DIR,
@@ -82,8 +83,8 @@ def test_queries_use_only_gateway_metrics_labels_and_values(path: Path):
 @pytest.mark.parametrize("path", DASHBOARDS, ids=ids)
 def test_counters_are_only_graphed_through_rate_or_increase(path: Path):
     """A raw counter graph is a line that only goes up (and drops at each restart)."""
-    counters = [n for n, m in METRICS.items() if m.kind == "counter"]
-    counters += [n + s for n, m in METRICS.items() if m.kind == "histogram" for s in ("_bucket", "_count", "_sum")]
+    counters = [n for n, m in ALL_METRICS.items() if m.kind == "counter"]
+    counters += [n + s for n, m in ALL_METRICS.items() if m.kind == "histogram" for s in ("_bucket", "_count", "_sum")]
     for title, expr in panel_queries(path):
         for name in scan_promql(expr).metrics & set(counters):
             start = expr.index(name)
@@ -215,8 +216,13 @@ def test_catalogue_check_reports_unknown_metrics_labels_and_values():
     assert any("no label 'reason'" in p for p in problems)
     assert any("imap_gateway_logins_total" in p for p in problems)
     assert catalogue_problems("sum by (backend) (imap_gateway_sessions_active)") != []
-    assert catalogue_problems("up == 0") == ["unknown metric 'up'"]
-    assert catalogue_problems("up == 0", allow=frozenset({"up"})) == []
+    assert catalogue_problems("node_load1 > 4") == ["unknown metric 'node_load1'"]
+    assert catalogue_problems("node_load1 > 4", allow=frozenset({"node_load1"})) == []
+    # Prometheus' own up and the standard process_* series are known, with their labels
+    assert catalogue_problems('up{job="imap-gateway"} == 0') == []
+    assert catalogue_problems('rate(process_cpu_seconds_total{instance="gw1"}[5m])') == []
+    assert catalogue_problems('process_open_fds{cert="imap"}') == [
+        "process_open_fds has no label 'cert'"]
 
 
 def test_render_replaces_every_grafana_variable():
