@@ -52,7 +52,11 @@ pytestmark = pytest.mark.e2e
 
 RULES_FILE = GRAFANA_DIR / "alerts" / "imap-gateway.rules.yml"
 EXPECTED_ALERTS = {"ImapGatewayBruteForce", "ImapGatewayPasswordSpray", "ImapGatewayBackendDown",
-                   "ImapGatewayBanSurge", "ImapGatewayPlaintextAttempts", "ImapGatewayDown"}
+                   "ImapGatewayBanSurge", "ImapGatewayPlaintextAttempts", "ImapGatewayDown",
+                   "ImapGatewayAbsent", "ImapGatewayCertificateExpiring",
+                   "ImapGatewayCertificateExpiringCritical", "ImapGatewayPolicyReloadFailed",
+                   "ImapGatewayCredentialStuffing", "ImapGatewayDistributedBruteForce",
+                   "ImapGatewayMassDelete"}
 #: A window that covers the whole scripted attack (it lasts well under a minute), the way a
 #: panel over "last 5 minutes" covers it. Grafana's own $__rate_interval (4 x scrape
 #: interval) would only describe the last 4 seconds.
