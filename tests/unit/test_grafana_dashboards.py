@@ -184,12 +184,92 @@ def test_attacks_dashboard_covers_what_an_attack_looks_like():
         "imap_gateway_policy_denials_total",
         "imap_gateway_tarpit_delay_seconds",
     } <= _families(ATTACKS)
+    assert "imap_gateway_auth_policy_requests_total" in _families(ATTACKS)
     titles = [t for t, _ in panel_queries(ATTACKS)]
     assert "Failed logins by reason" in titles and "Top ban reasons (time range)" in titles
+    assert {"Anomalies by kind", "Anomalies by kind (time range)", "Login success ratio"} <= set(titles)
+
+
+def _panels(path: Path) -> list[dict]:
+    return [p for p in iter_panels(load_dashboard(path)) if p["type"] != "row"]
+
+
+def _exprs(panel: dict) -> list[str]:
+    return [t["expr"] for t in panel["targets"]]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=ids)
+def test_event_rates_are_in_operations_per_second(path: Path):
+    """Grafana's "reqps" reads "requests/s"; a login, a ban or an IMAP command is an
+    operation ("ops"). Byte rates, CPU, ratios and latencies have units of their own."""
+    own_units = ("imap_gateway_bytes_relayed_total", "process_cpu_seconds_total")
+    for panel in _panels(path):
+        unit = panel["fieldConfig"]["defaults"].get("unit")
+        assert unit != "reqps", panel["title"]
+        exprs = _exprs(panel)
+        if all("rate(" in e and "histogram_quantile(" not in e and " / " not in e
+               and not any(m in e for m in own_units) for e in exprs):
+            assert unit == "ops", f"{panel['title']}: a rate per second, unit {unit!r}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=ids)
+def test_standard_series_are_read_for_the_gateway_job_only(path: Path):
+    """up and process_* exist for every target Prometheus scrapes (Prometheus itself
+    exports process_*): without job="imap-gateway" the panels would mix them in."""
+    for title, expr in panel_queries(path):
+        for metric in scan_promql(expr).metrics & {"up", *(m for m in ALL_METRICS if m.startswith("process_"))}:
+            assert ("", "job", "=", "imap-gateway") in {
+                ("", label, op, value) for _, label, op, value in scan_promql(expr).matchers
+            }, f"{title}: {metric} without job=\"imap-gateway\""
+
+
+def test_gateway_up_panel_reads_prometheus_scrape_of_the_gateway():
+    (panel,) = [p for p in _panels(OPERATIONS) if p["title"] == "Gateway up"]
+    assert panel["type"] == "stat"
+    assert _exprs(panel) == ['up{job="imap-gateway", instance=~"$instance"}']
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert mapping["options"]["0"]["text"] == "DOWN" and mapping["options"]["1"]["text"] == "UP"
+
+
+def test_certificate_panels_show_days_left_with_the_alert_thresholds():
+    """Days, not a timestamp; orange below 14 and red below 3, as the two alerts."""
+    panels = [p for p in _panels(OPERATIONS)
+              if any("imap_gateway_tls_cert_expiry_timestamp_seconds" in e for e in _exprs(p))]
+    assert {p["type"] for p in panels} == {"stat", "timeseries"}
+    for panel in panels:
+        (expr,) = _exprs(panel)
+        assert "- time()) / 86400" in expr and "by (cert)" in expr, panel["title"]
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["unit"] == "d", panel["title"]
+        steps = [(s["color"], s["value"]) for s in defaults["thresholds"]["steps"]]
+        assert steps == [("red", None), ("orange", 3), ("green", 14)], panel["title"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=ids)
+def test_login_success_ratio_is_successes_over_all_attempts(path: Path):
+    (panel,) = [p for p in _panels(path) if p["title"] == "Login success ratio"]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    (expr,) = _exprs(panel)
+    successes, attempts = expr.split(" / ")
+    assert 'result="success"' in successes and "result" not in attempts
+    assert all("rate(imap_gateway_auth_attempts_total{" in side for side in (successes, attempts))
 
 
 def test_operations_dashboard_covers_health_and_traffic():
     assert {
+        "up",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "imap_gateway_auth_attempts_total",
+        "imap_gateway_tls_cert_expiry_timestamp_seconds",
+        "imap_gateway_policy_reload_failures_total",
+        "imap_gateway_policy_last_reload_successful",
+        "imap_gateway_state_fallback_active",
+        "imap_gateway_state_unavailable_total",
+        "imap_gateway_store_unavailable_total",
+        "imap_gateway_worker_restarts_total",
         "imap_gateway_connections_active",
         "imap_gateway_sessions_active",
         "imap_gateway_connections_total",
