@@ -147,3 +147,14 @@ def test_every_alert_has_a_firing_case_and_a_quiet_case():
     alerts = set(_alerts())
     assert alerts - fires == set(), "alerts never shown firing in grafana/alerts/tests"
     assert alerts - quiet == set(), "alerts never shown staying quiet in grafana/alerts/tests"
+
+
+def test_every_alert_has_a_runbook_line_in_the_deploy_guide():
+    """docs/deploy.md's alert table is what an operator reads when paged."""
+    doc = (GRAFANA_DIR.parent / "docs" / "deploy.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
+            if line.startswith("| ImapGateway")}
+    for name, rule in _alerts().items():
+        assert name in rows, f"{name} missing from the alert table in docs/deploy.md"
+        assert f"| {rule['labels']['severity']} |" in rows[name], name
+    assert set(rows) == set(_alerts()), "docs/deploy.md lists alerts the rules file does not have"
