@@ -21,6 +21,7 @@ import time
 import pytest
 
 from tests.support.attack import metrics_on
+from tests.support.net import free_ports
 from tests.support.scrape import sample_value, samples, scrape
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +75,21 @@ def test_certificate_expiry_follows_the_certificate_served(gateway, certs, tmp_p
     gw.wait_for_event("tls.reload_failed", 5)
     gw.wait_for_event("policy.reloaded", 5)  # the same SIGHUP, handled after the certificate
     assert sample_value(scrape(gw), EXPIRY, cert="imap") == renewed.timestamp()
+
+
+def test_the_portal_certificate_of_its_own_is_the_web_series(gateway, certs, tmp_path):
+    web_dir = tmp_path / "web"
+    web_dir.mkdir()
+    imap_expiry, web_expiry = _in_days(60), _in_days(200)
+    imap_cert, imap_key = _write_leaf(certs, tmp_path, imap_expiry)
+    web_cert, web_key = _write_leaf(certs, web_dir, web_expiry)
+    web_port, metrics_port = free_ports(2)
+    gw = gateway(tls={"cert": str(imap_cert), "key": str(imap_key)},
+                 web={"address": f"127.0.0.1:{web_port}", "cert": str(web_cert),
+                      "key": str(web_key)},
+                 metrics={"address": f"127.0.0.1:{metrics_port}"})
+    expiry = {labels["cert"]: v for n, labels, v in samples(scrape(gw)) if n == EXPIRY}
+    assert expiry == {"imap": imap_expiry.timestamp(), "web": web_expiry.timestamp()}
 
 
 def test_policy_reload_failure_is_flagged_until_the_files_load_again(gateway):
