@@ -14,8 +14,6 @@ Rules for this module:
    ``process_resident_memory_bytes``, ``process_open_fds``, ``process_start_time_seconds``
    ...) that every exporter uses, so the dashboards and alerts operators already have
    for CPU, memory and file descriptors work unchanged.
-4. A gauge that several worker processes could each set says, with ``multiprocess_mode``,
-   how prometheus_client's multiprocess mode combines them (ignored in one process).
 """
 
 from __future__ import annotations
@@ -136,25 +134,6 @@ policy_last_reload_successful = Gauge(
     "1 if the last policy load succeeded, 0 if the gateway runs on an older policy because "
     "the files now in [policy] dir do not load.",
     namespace=_NS, registry=REGISTRY, multiprocess_mode="livemin",
-)
-state_fallback_active = Gauge(
-    "state_fallback_active",
-    "1 while the limiter counts in-process because the shared state ([state] redis) is down.",
-    namespace=_NS, registry=REGISTRY, multiprocess_mode="livemax",
-)
-auth_policy_requests_total = Counter(
-    "auth_policy_requests",
-    "Dovecot auth-policy requests answered, by protocol, command and decision.",
-    ["protocol", "command", "decision"], namespace=_NS, registry=REGISTRY,
-)
-store_unavailable_total = Counter(
-    "store_unavailable",
-    "Credential-store calls that found the store ([store]) unavailable.",
-    ["operation"], namespace=_NS, registry=REGISTRY,
-)
-worker_restarts_total = Counter(
-    "worker_restarts", "Worker processes the supervisor restarted after they died.",
-    namespace=_NS, registry=REGISTRY,
 )
 
 # The command label set: everything else is folded into "other" (rule 2).

@@ -104,6 +104,17 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_worker_restarts_total": _m("counter"),
 }
 
+#: Catalogued series whose definitions come with other branches (the limiter's Redis
+#: fallback, the Dovecot auth-policy server, the PostgreSQL store, the worker supervisor),
+#: each under exactly this name, type and labels. Until they are merged the dashboards may
+#: already show them; empty this set once metrics.py defines them all.
+NOT_DEFINED_YET = frozenset({
+    "imap_gateway_state_fallback_active",
+    "imap_gateway_auth_policy_requests_total",
+    "imap_gateway_store_unavailable_total",
+    "imap_gateway_worker_restarts_total",
+})
+
 #: Series that are not defined in gateway/observability/metrics.py but that dashboards and
 #: rules may use: Prometheus' own ``up`` for every target, and the standard names that
 #: prometheus_client's process collector exports for the gateway process.

@@ -22,6 +22,7 @@ from tests.unit.grafana_queries import (
     DATASOURCE_UID,
     GRAFANA_DIR,
     METRICS,
+    NOT_DEFINED_YET,
     REPO_ROOT,
     catalogue_problems,
     dashboard_paths,
@@ -333,5 +334,6 @@ def test_catalogue_matches_the_metrics_the_gateway_defines():
             # prometheus-client keeps the counter name without "_total" in _name.
             name = obj._name + ("_total" if obj._type == "counter" else "")
             defined[name] = (obj._type, frozenset(obj._labelnames))
-    expected = {name: (m.kind, m.labels) for name, m in METRICS.items()}
+    expected = {name: (m.kind, m.labels) for name, m in METRICS.items()
+                if name in defined or name not in NOT_DEFINED_YET}
     assert defined == expected
