@@ -98,8 +98,11 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_policy_reload_failures_total": _m("counter"),
     "imap_gateway_policy_last_reload_successful": _m("gauge"),
     "imap_gateway_state_fallback_active": _m("gauge"),
-    # protocol/command/decision come from Dovecot's auth-policy requests: not a closed set here.
-    "imap_gateway_auth_policy_requests_total": _m("counter", "protocol command decision"),
+    # protocol is Dovecot's service name (open); command and decision are the endpoint's own.
+    "imap_gateway_auth_policy_requests_total": _m(
+        "counter", "protocol command decision",
+        command="allow report", decision="allow reject delay error",
+    ),
     "imap_gateway_store_unavailable_total": _m("counter", "operation"),
     "imap_gateway_worker_restarts_total": _m("counter"),
 }
