@@ -9,8 +9,11 @@ Rules for this module:
    Label values come from small fixed sets, and ``command_label`` folds anything
    unknown into ``"other"`` so a client cannot grow the series count.
 3. Metrics live in a registry of their own (``REGISTRY``) so the exporter shows
-   exactly what the gateway defines, without the client library's process defaults
-   being confused with gateway series.
+   exactly what the gateway defines. The one exception to rule 1 is the process
+   collector: it exports the standard ``process_*`` names (``process_cpu_seconds_total``,
+   ``process_resident_memory_bytes``, ``process_open_fds``, ``process_start_time_seconds``
+   ...) that every exporter uses, so the dashboards and alerts operators already have
+   for CPU, memory and file descriptors work unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY, namespace="imap_gateway")
+ProcessCollector(registry=REGISTRY)
 
 _NS = "imap_gateway"
 
@@ -114,6 +117,23 @@ state_unavailable_total = Counter(
     "state_unavailable",
     "Limiter, detector or ban calls that found the shared state ([state] redis) down.",
     ["operation"], namespace=_NS, registry=REGISTRY,
+)
+tls_cert_expiry_timestamp_seconds = Gauge(
+    "tls_cert_expiry_timestamp_seconds",
+    "notAfter of the TLS certificate served now, as a Unix timestamp; cert is the config "
+    "role (imap: [tls] cert, web: [web] cert). Set at start and on each SIGHUP reload.",
+    ["cert"], namespace=_NS, registry=REGISTRY, multiprocess_mode="livemin",
+)
+policy_reload_failures_total = Counter(
+    "policy_reload_failures",
+    "Policy reloads ([policy] dir changed, or SIGHUP) that failed; the last good policy stays.",
+    namespace=_NS, registry=REGISTRY,
+)
+policy_last_reload_successful = Gauge(
+    "policy_last_reload_successful",
+    "1 if the last policy load succeeded, 0 if the gateway runs on an older policy because "
+    "the files now in [policy] dir do not load.",
+    namespace=_NS, registry=REGISTRY, multiprocess_mode="livemin",
 )
 
 # The command label set: everything else is folded into "other" (rule 2).

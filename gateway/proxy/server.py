@@ -112,6 +112,8 @@ class GatewayContext:
         self._fingerprint_key = secrets.token_bytes(32)
         self._history: collections.deque[LoginRecord] = collections.deque(maxlen=HISTORY_BACKLOG)
         metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
+        # The gateway only starts with a policy that loads (gateway.startup.prepare).
+        metrics.policy_last_reload_successful.set(1)
 
     def record_login(self, record: LoginRecord) -> None:
         """Queue one login attempt for the history; written in batches by flush_history."""
@@ -223,7 +225,9 @@ class GatewayContext:
         reloader = self.policy
         stamp = await trio.to_thread.run_sync(snapshot, reloader.dir)
         new, error = await trio.to_thread.run_sync(lambda: reloader.check(stamp, force=force))
+        metrics.policy_last_reload_successful.set(0 if reloader.last_error else 1)
         if error is not None:
+            metrics.policy_reload_failures_total.inc()
             log.error("policy.reload_failed", error=str(error),
                       kept=reloader.current.fingerprint if reloader.current else None)
             return
@@ -278,12 +282,20 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                         log.info("tls.reloaded", cert=str(cert))
                     except TLSSetupError as exc:
                         log.error("tls.reload_failed", error=str(exc))
+                _export_cert_expiry(ctx)
                 await ctx.reload_policy(force=True)
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
                          sessions=len(ctx.sessions))
                 cancel.cancel()
                 return
+
+
+def _export_cert_expiry(ctx: GatewayContext) -> None:
+    """The expiry of each certificate served now, by config role (never by path)."""
+    metrics.tls_cert_expiry_timestamp_seconds.labels("imap").set(ctx.tls.not_after)
+    if ctx.web_tls is not None:
+        metrics.tls_cert_expiry_timestamp_seconds.labels("web").set(ctx.web_tls.not_after)
 
 
 async def _every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
@@ -376,6 +388,7 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             limiter=Limiter(state, config.limits, config.anomaly),
             tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls, feed=feed,
         )
+        _export_cert_expiry(ctx)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, ctx, nursery.cancel_scope)
             nursery.start_soon(_every, POLICY_POLL_SECONDS,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 # TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all modern).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
@@ -43,12 +45,29 @@ def backend_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+def certificate_not_after(cert: Path) -> float:
+    """notAfter of the first certificate in the PEM file ``cert`` (the leaf, as
+    ``load_cert_chain`` uses it), as a Unix timestamp."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TLSSetupError(f"cannot read TLS certificate {cert}: {exc}") from None
+    return chain[0].not_valid_after_utc.timestamp()
+
+
 class TLSContextHolder:
-    """The current server context; ``reload()`` replaces it only if the new files load."""
+    """The current server context; ``reload()`` replaces it only if the new files load.
+
+    ``not_after`` is the expiry of the certificate the context serves (a metric and
+    its alert watch it); it changes only together with the context.
+    """
 
     def __init__(self, cert: Path, key: Path, min_version: str) -> None:
         self._args = (cert, key, min_version)
         self.context = server_context(cert, key, min_version)
+        self.not_after = certificate_not_after(cert)
 
     def reload(self) -> None:
-        self.context = server_context(*self._args)  # raises before replacing
+        context = server_context(*self._args)  # raises before replacing
+        not_after = certificate_not_after(self._args[0])
+        self.context, self.not_after = context, not_after

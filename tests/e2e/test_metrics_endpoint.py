@@ -43,8 +43,10 @@ def test_health_readiness_and_metrics_without_users_or_client_addresses(gateway)
     assert reply.content_type.startswith("text/plain")
     text = reply.body
     names = {n for n, _, _ in samples(text)}
-    assert all(n.startswith("imap_gateway_") for n in names), sorted(
-        n for n in names if not n.startswith("imap_gateway_"))
+    own = ("imap_gateway_", "process_")  # process_*: the standard process collector
+    assert all(n.startswith(own) for n in names), sorted(
+        n for n in names if not n.startswith(own))
+    assert sample_value(text, "process_start_time_seconds") > 0
     assert sample_value(text, "imap_gateway_auth_attempts_total", result="failure") == 4
     assert sample_value(text, "imap_gateway_auth_attempts_total", result="success",
                         mechanism="login") == 1

@@ -7,6 +7,7 @@ grafana/alerts/tests/*.yml: synthetic series in, expected alerts (labels and ann
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -24,6 +25,14 @@ REQUIRED_ALERTS = {
     "ImapGatewayBackendDown",
     "ImapGatewayBanSurge",
     "ImapGatewayPlaintextAttempts",
+    "ImapGatewayDown",
+    "ImapGatewayAbsent",
+    "ImapGatewayCertificateExpiring",
+    "ImapGatewayCertificateExpiringCritical",
+    "ImapGatewayPolicyReloadFailed",
+    "ImapGatewayCredentialStuffing",
+    "ImapGatewayDistributedBruteForce",
+    "ImapGatewayMassDelete",
 }
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not on PATH: apt-get install prometheus"
@@ -100,9 +109,30 @@ def test_rules_only_use_gateway_metrics_and_known_label_values():
     problems = [
         f"{name}: {p}"
         for name, rule in _alerts().items()
-        for p in catalogue_problems(rule["expr"], allow=frozenset({"up"}))
+        for p in catalogue_problems(rule["expr"])
     ]
     assert problems == []
+
+
+def test_every_anomaly_kind_an_alert_names_is_one_the_gateway_counts():
+    """An alert on a misspelt kind ("mass-delete") loads fine and never fires."""
+    from gateway.observability.metrics import ANOMALY_KINDS
+
+    kinds = set()
+    for rule in _alerts().values():
+        kinds |= set(re.findall(r'kind="(\w+)"', rule["expr"]))
+    assert {"password_spray", "credential_stuffing", "distributed_brute_force",
+            "mass_delete"} <= kinds
+    assert kinds <= set(ANOMALY_KINDS)
+
+
+def test_gateway_absence_is_watched_for_the_scrape_job_the_deploy_config_names():
+    """absent(up{job=...}) only works if the job is the one Prometheus is configured with."""
+    deploy = yaml.safe_load((GRAFANA_DIR.parent / "deploy" / "prometheus.yml").read_text())
+    jobs = {c["job_name"] for c in deploy["scrape_configs"]}
+    alerts = _alerts()
+    assert alerts["ImapGatewayAbsent"]["expr"].strip() == 'absent(up{job="imap-gateway"})'
+    assert "imap-gateway" in jobs
 
 
 def test_every_alert_has_a_firing_case_and_a_quiet_case():
@@ -117,3 +147,14 @@ def test_every_alert_has_a_firing_case_and_a_quiet_case():
     alerts = set(_alerts())
     assert alerts - fires == set(), "alerts never shown firing in grafana/alerts/tests"
     assert alerts - quiet == set(), "alerts never shown staying quiet in grafana/alerts/tests"
+
+
+def test_every_alert_has_a_runbook_line_in_the_deploy_guide():
+    """docs/deploy.md's alert table is what an operator reads when paged."""
+    doc = (GRAFANA_DIR.parent / "docs" / "deploy.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
+            if line.startswith("| ImapGateway")}
+    for name, rule in _alerts().items():
+        assert name in rows, f"{name} missing from the alert table in docs/deploy.md"
+        assert f"| {rule['labels']['severity']} |" in rows[name], name
+    assert set(rows) == set(_alerts()), "docs/deploy.md lists alerts the rules file does not have"

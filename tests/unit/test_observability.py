@@ -75,7 +75,16 @@ def test_every_metric_is_prefixed_and_has_no_user_or_ip_label():
     for collector in list(metrics.REGISTRY._collector_to_names):
         labelnames = getattr(collector, "_labelnames", ())
         assert not FORBIDDEN_LABELS & set(labelnames), collector
-    assert names and all(n.startswith("imap_gateway_") for n in names)
+    assert names and all(n.startswith(("imap_gateway_", "process_")) for n in names)
+
+
+def test_process_metrics_have_the_standard_names():
+    """Operators' existing CPU/memory/fd panels and alerts query process_*; a namespaced
+    copy (imap_gateway_process_*) would leave them empty."""
+    names = {family.name for family in metrics.REGISTRY.collect()}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
+            "process_max_fds", "process_start_time_seconds"} <= names
+    assert not {n for n in names if n.startswith("imap_gateway_process_")}
 
 
 def test_command_label_folds_unknown_names():

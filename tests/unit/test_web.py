@@ -188,7 +188,9 @@ def test_metrics_and_health_endpoints():
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(r.text)}
     assert "imap_gateway_connections" in names and "imap_gateway_auth_attempts" in names
-    assert all(n.startswith("imap_gateway_") for n in names)
+    # the gateway's own names, and the standard process_* names of the process collector
+    assert all(n.startswith(("imap_gateway_", "process_")) for n in names)
+    assert "process_cpu_seconds" in names and "process_resident_memory_bytes" in names
     r = c.post("/metrics")
     assert (r.status_code, r.text) == (405, "GET only\n")
     for path in ("/nope", "/sessions", "/", "/metrics/"):
