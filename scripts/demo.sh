@@ -79,7 +79,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
 chmod 0600 "$GW/key.pem"
 cat >"$GW/policies/00-demo.toml" <<TOML
 # Demo only: the demo user logs in with a password alone. The shipped default
-# (policies/00-default.toml) requires a second factor for everyone.
+# (policies/99-default.toml) requires a second factor for everyone.
 [[rule]]
 name = "demo: password only for the demo user"
 users = ["$DEMO_USER"]
