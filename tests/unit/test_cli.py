@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,10 @@ def test_users_invite_prints_a_one_time_token(confdir: Path):
     assert "Invitation for bob (one use, expires " in text.stdout
     config = load_config(Path(cfg))
     with open_store(config.store.path, config.store.key_file) as store:
-        invite = store.consume_invite(out["token"], out["expires"] - 1)
+        expires = datetime.fromisoformat(out["expires"]).timestamp()
+        invite = store.consume_invite(out["token"], expires - 1)
         assert invite is not None and invite.user == "alice"
-        assert store.consume_invite(out["token"], out["expires"] - 1) is None
+        assert store.consume_invite(out["token"], expires - 1) is None
     bad = run("users", "invite", "alice", "--expires", "soon", "--json", "--config", cfg)
     assert bad.returncode == 2 and "bad duration" in json.loads(bad.stderr)["error"]
     # with [web] public_url the output is the portal link
