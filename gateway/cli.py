@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_CONFIG = "/etc/imap-gateway/gateway.toml"
@@ -22,7 +23,7 @@ DEFAULT_CONFIG = "/etc/imap-gateway/gateway.toml"
 CONFIG_ENV = "IMAP_GATEWAY_CONFIG"
 
 
-def resolve_config(flag: str | None, environ: dict[str, str] | os._Environ[str]) -> tuple[str, str]:
+def resolve_config(flag: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
     """``(path, source)``: --config, else $IMAP_GATEWAY_CONFIG, else the default.
 
     ``source`` says where the path came from, for error messages.

@@ -20,8 +20,10 @@ from tests.support.dovecot import DovecotRig
 
 
 def write_config(d: Path, certs, rig: DovecotRig, *, master_password: str | None = "masterpass",
-                 master_login: str = "sasl", extra: str = "") -> Path:
-    backend = f'address = "127.0.0.1:{rig.imap_port}"\nclient_ip = "id"\n'
+                 master_login: str = "sasl", client_ip: str = "id", extra: str = "") -> Path:
+    # proxy-v2: the rig's haproxy = yes listener, which requires the PROXY header
+    port = rig.proxy_port if client_ip == "proxy-v2" else rig.imap_port
+    backend = f'address = "127.0.0.1:{port}"\nclient_ip = "{client_ip}"\n'
     if master_password is not None:
         secret = d / "master.pass"
         secret.write_text(master_password + "\n")
@@ -47,9 +49,10 @@ def labels(cfg: Path, user: str) -> list[str]:
     return [a["label"] for a in json.loads(done.stdout)["app_passwords"]]
 
 
-@pytest.mark.parametrize("master_login", ["sasl", "separator"])
-def test_create_for_a_user_dovecot_knows(tmp_path, certs, dovecot, master_login):
-    cfg = write_config(tmp_path, certs, dovecot, master_login=master_login)
+@pytest.mark.parametrize(("master_login", "client_ip"),
+                         [("sasl", "id"), ("separator", "id"), ("sasl", "proxy-v2")])
+def test_create_for_a_user_dovecot_knows(tmp_path, certs, dovecot, master_login, client_ip):
+    cfg = write_config(tmp_path, certs, dovecot, master_login=master_login, client_ip=client_ip)
     mark = dovecot.mark()
     done = cli(cfg, "app-password", "create", "alice", "--label", "phone", "--json")
     assert done.returncode == 0, done.stderr
