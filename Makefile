@@ -3,7 +3,7 @@
 #                   + the whole pytest suite
 #   make lint       ruff (config: [tool.ruff] in pyproject.toml)
 #   make typecheck  mypy over gateway/ (config: [tool.mypy]; strict for imap and proxy)
-#   make demo       a throw-away Dovecot + the gateway on 127.0.0.1:10993 / :10143 (Ctrl-C stops)
+#   make demo       a throw-away Dovecot + the gateway on localhost:10993 / :10143 (Ctrl-C stops)
 #   make bench      benchmarks (bench/)
 #   make screenshots  docs/screenshots/*.png of the portal (Dovecot + gateway + headless Chromium)
 #   make fuzz       1,000,000 fuzz inputs over the protocol core, the long differential run

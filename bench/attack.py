@@ -67,7 +67,7 @@ RIG_USERS = REPO / "tests" / "support" / "rig" / "users"
 
 #: Every bench account uses {PLAIN}: Dovecot's cost per check does not change what is counted.
 PASSWORD_ONLY_POLICY = """\
-# bench.attack: password-only logins (the shipped 00-default.toml requires MFA)
+# bench.attack: password-only logins (the shipped 99-default.toml requires MFA)
 [[rule]]
 name = "attack bench: password only"
 action = "allow"
@@ -407,7 +407,7 @@ def settings_text(limits: dict[str, Any], anomaly: dict[str, Any]) -> str:
         "127.0.0.1 with free ports (implicit TLS and STARTTLS), certificate from a test CA, "
         "backend = the rig's Dovecot on 127.0.0.1 (`client_ip = \"id\"`, Dovecot "
         "`login_trusted_networks = 127.0.0.1/32`), `[metrics]` and `[admin]` off, JSON log "
-        "to a file, and a password-only policy (the shipped `policies/00-default.toml` asks "
+        "to a file, and a password-only policy (the shipped `policies/99-default.toml` asks "
         "for MFA). Dovecot: the test rig (`tests/support/rig`, `auth_failure_delay = 0`, "
         "anvil auth penalty off) with 564 generated `{PLAIN}` users. A fresh gateway per "
         "scenario (bans and anomaly windows do not carry over); one Dovecot for the run.")

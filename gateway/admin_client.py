@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from gateway.cliformat import json_times, table
 from gateway.web.token import AdminTokenError, admin_token_path, load_admin_token
 
 __all__ = [
@@ -171,12 +172,6 @@ def _age(seconds: float) -> str:
     return f"{s}s"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *rows])
-
-
 def format_sessions(sessions: list[dict[str, Any]], now: float) -> str:
     if not sessions:
         return "no sessions"
@@ -191,7 +186,7 @@ def format_sessions(sessions: list[dict[str, Any]], now: float) -> str:
             s.get("listener") or "-", _age(now - started) if started else "-", factor,
             str(s.get("bytes_in", 0)), str(s.get("bytes_out", 0)), s.get("state") or "-",
         ])
-    return _table(["ID", "USER", "CLIENT", "LISTENER", "AGE", "FACTOR", "IN", "OUT", "STATE"],
+    return table(["ID", "USER", "CLIENT", "LISTENER", "AGE", "FACTOR", "IN", "OUT", "STATE"],
                   rows)
 
 
@@ -200,7 +195,7 @@ def format_bans(bans: list[dict[str, Any]], now: float) -> str:
         return "no active bans"
     rows = [[b["network"], b["scope"], b["reason"], b["source"],
              _age(now - b["created"]) + " ago", "in " + _age(b["expires"] - now)] for b in bans]
-    return _table(["NETWORK", "SCOPE", "REASON", "SOURCE", "CREATED", "EXPIRES"], rows)
+    return table(["NETWORK", "SCOPE", "REASON", "SOURCE", "CREATED", "EXPIRES"], rows)
 
 
 def _ban_line(verb: str, ban: dict[str, Any], now: float) -> str:
@@ -215,7 +210,7 @@ def sessions_list_command(client: AdminClient, as_json: bool,
     except _ERRORS as exc:
         return _failure(exc, as_json)
     if as_json:
-        return 0, {"sessions": sessions}
+        return 0, {"sessions": json_times(sessions)}
     return 0, format_sessions(sessions, time.time() if now is None else now)
 
 
@@ -238,7 +233,7 @@ def bans_list_command(client: AdminClient, as_json: bool,
     except _ERRORS as exc:
         return _failure(exc, as_json)
     if as_json:
-        return 0, {"bans": bans}
+        return 0, {"bans": json_times(bans)}
     return 0, format_bans(bans, time.time() if now is None else now)
 
 
@@ -249,7 +244,7 @@ def bans_add_command(client: AdminClient, network: str, ttl: str | None, reason:
     except _ERRORS as exc:
         return _failure(exc, as_json)
     if as_json:
-        return 0, ban
+        return 0, json_times(ban)
     return 0, _ban_line("banned", ban, time.time() if now is None else now)
 
 

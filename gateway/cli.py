@@ -1,6 +1,9 @@
 """The ``imap-gateway`` command.
 
-Every sub-command takes ``--config FILE``; commands meant for scripts take ``--json``.
+Every sub-command takes ``--config FILE``, before or after the sub-command; without it
+the ``IMAP_GATEWAY_CONFIG`` environment variable names the file, and without that
+:data:`DEFAULT_CONFIG` is used. Commands meant for scripts take ``--json``; every time in
+``--json`` output is an RFC 3339 UTC string (``gateway.cliformat``).
 A bad config, policy file or command line names the file and the key, exits non-zero
 and changes nothing.
 """
@@ -11,18 +14,36 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
-DEFAULT_CONFIG = os.environ.get("IMAP_GATEWAY_CONFIG", "/etc/imap-gateway/gateway.toml")
+DEFAULT_CONFIG = "/etc/imap-gateway/gateway.toml"
+#: Names the config file when no --config is given (the flag wins over it).
+CONFIG_ENV = "IMAP_GATEWAY_CONFIG"
 
 
-def _load(path: str):
+def resolve_config(flag: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+    """``(path, source)``: --config, else $IMAP_GATEWAY_CONFIG, else the default.
+
+    ``source`` says where the path came from, for error messages.
+    """
+    if flag:
+        return flag, "--config"
+    env = environ.get(CONFIG_ENV, "")
+    if env:
+        return env, f"${CONFIG_ENV}"
+    return DEFAULT_CONFIG, f"the default (no --config, no ${CONFIG_ENV})"
+
+
+def _load(args: argparse.Namespace):
     from gateway.config import ConfigError, load_config
 
     try:
-        return load_config(Path(path))
+        return load_config(Path(args.config))
     except ConfigError as exc:
-        print(f"imap-gateway: {exc}", file=sys.stderr)
+        where = "" if args.config_source == "--config" else f" (config file from {args.config_source})"
+        print(f"imap-gateway: {exc}{where}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -35,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.proxy.tls import TLSSetupError
     from gateway.startup import StartupError, prepare
 
-    config = _load(args.config)
+    config = _load(args)
     try:
         runtime = prepare(config)
     except StartupError as exc:
@@ -63,22 +84,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.proxy.tls import TLSSetupError, server_context
+    from gateway.configcheck import check_config
 
-    config = _load(args.config)
-    pairs = [("tls", config.tls.cert, config.tls.key)]
-    if config.web.cert is not None:
-        pairs.append(("web", config.web.cert, config.web.key))
-    for section, cert, key in pairs:
-        try:
-            server_context(cert, key, config.tls.min_version)
-        except TLSSetupError as exc:
-            print(f"imap-gateway: {config.source_path}: {section}: {exc}", file=sys.stderr)
-            return 2
+    config = _load(args)
+    report = check_config(config, time.time())
     if args.json:
-        print(json.dumps({"ok": True, "config": config.summary()}, indent=2, default=str))
-    else:
-        print(f"{config.source_path}: OK")
+        payload = {"ok": report.ok, "errors": report.errors, "warnings": report.warnings}
+        if report.ok:
+            payload["config"] = config.summary()
+        print(json.dumps(payload, indent=2, default=str),
+              file=sys.stdout if report.ok else sys.stderr)
+        return 0 if report.ok else 2
+    for warning in report.warnings:
+        print(f"imap-gateway: {config.source_path}: warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"imap-gateway: {config.source_path}: {error}", file=sys.stderr)
+    if not report.ok:
+        return 2
+    noted = f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""
+    print(f"{config.source_path}: OK{noted}")
     return 0
 
 
@@ -108,7 +132,7 @@ def _open_store(config, *, create_key: bool = False):
 def cmd_policy(args: argparse.Namespace) -> int:
     from gateway.policy.commands import check_command, explain_command
 
-    config = _load(args.config)
+    config = _load(args)
     if args.policy_command == "check":
         code, text = check_command(config.policy.dir)
         if args.json:
@@ -125,10 +149,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def cmd_totp(args: argparse.Namespace) -> int:
     from gateway.auth import admin
 
-    config = _load(args.config)
+    config = _load(args)
     with _open_store(config, create_key=args.totp_command == "enroll") as store:
         if args.totp_command == "enroll":
-            return _emit(admin.totp_enroll(store, args.user, as_json=args.json), args.json)
+            return _emit(admin.totp_enroll(store, args.user, as_json=args.json,
+                                           issuer=config.store.totp_issuer), args.json)
         if args.totp_command == "verify":
             code = args.code
             if code is None:
@@ -141,10 +166,44 @@ def cmd_totp(args: argparse.Namespace) -> int:
         return _emit(admin.totp_disable(store, args.user, as_json=args.json), args.json)
 
 
+def _check_user(config, user: str, force: bool, as_json: bool) -> int | None:
+    """Ask Dovecot whether ``user`` exists (a master login as the user, over IMAP).
+
+    None: go ahead (the user exists, or ``force`` and a warning went to stderr).
+    Otherwise the exit code, after the error was printed.
+    """
+    import trio
+
+    from gateway.proxy.usercheck import UserCheck, UserCheckResult, check_backend_user
+    from gateway.startup import StartupError, read_master_password
+
+    try:
+        master_password = read_master_password(config)
+    except StartupError as exc:
+        result = UserCheckResult(UserCheck.NOT_CONFIGURED, str(exc))
+    else:
+        result = trio.run(check_backend_user, config, master_password, user)
+    if result.outcome is UserCheck.EXISTS:
+        return None
+    if result.outcome is UserCheck.UNKNOWN_USER:
+        problem = f"{result.detail}: no app password created (a typo in the user name?)"
+    else:
+        problem = f"cannot check that {user} exists: {result.detail}"
+    if force:
+        print(f"imap-gateway: warning: {problem}; creating it anyway (--force)", file=sys.stderr)
+        return None
+    message = f"{problem}; --force creates it anyway"
+    return _emit((1, {"error": message} if as_json else f"imap-gateway: {message}"), as_json)
+
+
 def cmd_app_password(args: argparse.Namespace) -> int:
     from gateway.auth import admin
 
-    config = _load(args.config)
+    config = _load(args)
+    if args.ap_command == "create":
+        refused = _check_user(config, args.user, args.force, args.json)
+        if refused is not None:
+            return refused
     with _open_store(config, create_key=True) as store:
         if args.ap_command == "create":
             return _emit(admin.app_password_create(
@@ -159,7 +218,7 @@ def cmd_app_password(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from gateway.auth import admin
 
-    config = _load(args.config)
+    config = _load(args)
     with _open_store(config) as store:
         if args.devices_command == "list":
             return _emit(admin.devices_list(store, args.user, as_json=args.json), args.json)
@@ -175,7 +234,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     from gateway.auth import admin
 
-    config = _load(args.config)
+    config = _load(args)
     with _open_store(config) as store:
         return _emit(admin.users_invite(store, args.user, expires=args.expires,
                                         public_url=config.web.public_url,
@@ -191,7 +250,7 @@ def _admin(args: argparse.Namespace, action) -> int:
     from gateway.admin_client import AdminDisabled, client_from_config
     from gateway.web.token import AdminTokenError
 
-    config = _load(args.config)
+    config = _load(args)
     try:
         client = client_from_config(config)
     except (AdminDisabled, AdminTokenError) as exc:
@@ -228,8 +287,18 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(json.dumps({"error": message}) if args.json else f"imap-gateway: {message}",
               file=sys.stderr)
         return 2
-    return follow_command(_load(args.config), as_json=args.json, kinds=args.kind or [],
+    return follow_command(_load(args), as_json=args.json, kinds=args.kind or [],
                           user=args.user, address=args.address)
+
+
+def _add_global_options(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the options may stand anywhere: before the command ("--config F policy
+    # check"), before or after the action word ("policy --json check", "policy check
+    # --json"); a nested parser's default must not overwrite what an outer one parsed.
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                   help=f"gateway config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,19 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Security-hardening IMAP gateway in front of Dovecot.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: the options may stand before or after the action word
-    # ("policy --json check" and "policy check --json"); a nested parser's default
-    # must not overwrite what an outer one parsed.
-    common.add_argument("--config", default=argparse.SUPPRESS,
-                        help=f"gateway config file (default: {DEFAULT_CONFIG})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")
+    _add_global_options(common)
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the gateway")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", parents=[common],
-                       help="validate the config file and exit")
+                       help="validate the config file, its certificates, policies and "
+                            "secret files, and exit")
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="the config file (same as --config FILE)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("policy", parents=[common], help="check or explain login policies")
@@ -287,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="access level (default: full)")
     a.add_argument("--mailboxes", help="comma list of mailboxes, e.g. INBOX,Archive/*")
     a.add_argument("--expires", help="lifetime, e.g. 90d (default: never)")
+    a.add_argument("--force", action="store_true",
+                   help="create it even when Dovecot does not confirm the user exists "
+                        "(a warning is printed)")
     a = asub.add_parser("list", parents=[common], help="list (never shows the secrets)")
     a.add_argument("user")
     a = asub.add_parser("revoke", parents=[common],
@@ -366,9 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.config = getattr(args, "config", DEFAULT_CONFIG)
+    flag = getattr(args, "config", None)
+    positional = getattr(args, "file", None)
+    if positional is not None:
+        if flag is not None and flag != positional:
+            parser.error(f"check-config: two config files given ({positional} and --config "
+                         f"{flag}); give one")
+        flag = positional
+    args.config, args.config_source = resolve_config(flag, os.environ)
     args.json = getattr(args, "json", False)
-    return args.func(args)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

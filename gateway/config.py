@@ -416,6 +416,18 @@ def _public_url(value: Any) -> str:
     return value
 
 
+def _totp_issuer(value: Any) -> str:
+    """The issuer name authenticator apps show next to the account (otpauth ``issuer``)."""
+    if not isinstance(value, str):
+        raise _fail(f"must be a name in quotes, e.g. 'Example Mail', got {_show(value)}")
+    if not value.strip() or len(value) > 64:
+        raise _fail(f"must be 1 to 64 characters, e.g. 'Example Mail', got {value!r}")
+    if ":" in value or not value.isprintable():
+        raise _fail(f"must not contain ':' (it separates issuer and account in the "
+                    f"authenticator app) or control characters, got {value!r}")
+    return value
+
+
 def _admin_name(value: Any) -> str:
     """A portal admin: a login name, or ``@group`` for every member of a group."""
     if not isinstance(value, str):
@@ -529,6 +541,8 @@ class StoreConfig(BaseModel):
     model_config = _FROZEN
     path: ResolvedPath = Field("state/gateway.db", validate_default=True)
     key_file: ResolvedPath = Field("state/store.key", validate_default=True)
+    # Shown by authenticator apps above the account name ("Example Mail: alice").
+    totp_issuer: Annotated[str, BeforeValidator(_totp_issuer)] = "imap-gateway"
 
 
 class PolicyConfig(BaseModel):

@@ -32,6 +32,7 @@ from trio_websocket import (
 )
 
 from gateway.admin_client import AdminDisabled
+from gateway.cliformat import json_times
 from gateway.web.token import AdminTokenError, admin_token_path, load_admin_token
 
 __all__ = ["FeedTarget", "follow", "follow_command", "format_event", "target_from_config"]
@@ -176,7 +177,7 @@ def follow_command(config: Any, *, as_json: bool, kinds: Sequence[str], user: st
 
     def write(event: dict[str, Any]) -> None:
         if as_json:
-            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            out.write(json.dumps(json_times(event), separators=(",", ":")) + "\n")
             out.flush()
         elif event.get("kind") == "lost":
             err.write(f"imap-gateway: {event.get('lost')} event(s) lost: this terminal did "

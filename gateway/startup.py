@@ -37,7 +37,8 @@ class Runtime:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_master_password(config: Config) -> str | None:
+def read_master_password(config: Config) -> str | None:
+    """The master password from ``[backend] master_password_file``; None without a master user."""
     path = config.backend.master_password_file
     if not config.backend.master_user or path is None:
         return None
@@ -69,7 +70,7 @@ def prepare(config: Config) -> Runtime:
     except (StoreError, OSError) as exc:
         raise StartupError(f"{config.source_path}: store: {exc}") from None
 
-    runtime = Runtime(policy=reloader, store=store, master_password=_read_master_password(config))
+    runtime = Runtime(policy=reloader, store=store, master_password=read_master_password(config))
     if runtime.master_password is None:
         runtime.warnings.append(
             "no [backend] master_user configured: app passwords will be refused "

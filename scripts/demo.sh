@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # make demo: a throw-away Dovecot with one demo user, and imap-gateway in front of it.
-#   implicit TLS  127.0.0.1:10993   (DEMO_IMAPS_PORT)
-#   STARTTLS      127.0.0.1:10143   (DEMO_STARTTLS_PORT)
+#   implicit TLS  localhost:10993   (DEMO_IMAPS_PORT)     127.0.0.1 and, if it exists, ::1
+#   STARTTLS      localhost:10143   (DEMO_STARTTLS_PORT)
 #   metrics       127.0.0.1:10990   (DEMO_METRICS_PORT; skipped when busy)
+# The self-signed certificate names localhost, 127.0.0.1 and ::1. The demo prints the host
+# name "localhost" for clients: mbsync (isync 1.4) matches only DNS names of a certificate,
+# so it refuses "127.0.0.1" whatever the certificate says.
 # Everything lives in one temp dir under /tmp; Ctrl-C stops the gateway and Dovecot by PID
 # and removes the dir. DEMO_CHECK=1: start, list the INBOX once through the gateway with
-# curl, then stop (what CI or a quick smoke test wants).
+# curl (localhost, 127.0.0.1, STARTTLS) and pull it with mbsync when installed, then stop
+# (what CI or a quick smoke test wants). DEMO_VENV: the virtualenv to run (default .venv).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,16 +19,18 @@ IMAPS_PORT=${DEMO_IMAPS_PORT:-10993}
 STARTTLS_PORT=${DEMO_STARTTLS_PORT:-10143}
 METRICS_PORT=${DEMO_METRICS_PORT:-10990}
 DEMO_USER=demo
+VENV=${DEMO_VENV:-.venv}
+PY=$VENV/bin/python
 
 say() { printf '[demo] %s\n' "$*"; }
 die() { printf '[demo] error: %s\n' "$*" >&2; exit 1; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- prerequisites ----------------------------------------------------------------------
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import gateway.cli' 2>/dev/null; then
-  say "creating .venv and installing imap-gateway (pip install -e '.[test]')"
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+if [[ ! -x $PY ]] || ! "$PY" -c 'import gateway.cli' 2>/dev/null; then
+  say "creating $VENV and installing imap-gateway (pip install -e '.[test]')"
+  [[ -x $PY ]] || python3 -m venv "$VENV"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 fi
 if ! command -v dovecot >/dev/null; then
   say "installing dovecot-imapd"
@@ -57,10 +63,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ---- Dovecot with one demo user -----------------------------------------------------------
-DEMO_PASS=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')
+DEMO_PASS=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(12))')
 mkdir -p "$DEMO/gateway/policies"
 printf '%s:%s::::::\n' "$DEMO_USER" "$(doveadm pw -s SHA512-CRYPT -p "$DEMO_PASS")" >"$DEMO/users"
 chmod 0644 "$DEMO/users"
@@ -74,18 +80,31 @@ printf 'From: imap-gateway demo <demo@example.org>\r\nTo: %s@example.org\r\nSubj
 # ---- gateway ---------------------------------------------------------------------------------
 GW=$DEMO/gateway
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
   -keyout "$GW/key.pem" -out "$GW/cert.pem" 2>/dev/null
 chmod 0600 "$GW/key.pem"
 cat >"$GW/policies/00-demo.toml" <<TOML
 # Demo only: the demo user logs in with a password alone. The shipped default
-# (policies/00-default.toml) requires a second factor for everyone.
+# (policies/99-default.toml) requires a second factor for everyone.
 [[rule]]
 name = "demo: password only for the demo user"
 users = ["$DEMO_USER"]
 action = "allow"
 mfa = "none"
 TOML
+# "localhost" may resolve to ::1 first: listen there too when this host has IPv6 loopback.
+V6_LISTENERS=""
+if "$PY" -c 'import socket; s = socket.socket(socket.AF_INET6); s.bind(("::1", 0))' 2>/dev/null; then
+  V6_LISTENERS="
+[[listener]]
+address = \"[::1]:$IMAPS_PORT\"
+mode = \"implicit-tls\"
+
+[[listener]]
+address = \"[::1]:$STARTTLS_PORT\"
+mode = \"starttls\"
+"
+fi
 cat >"$GW/config.toml" <<TOML
 [tls]
 cert = "cert.pem"
@@ -99,7 +118,7 @@ mode = "implicit-tls"
 [[listener]]
 address = "127.0.0.1:$STARTTLS_PORT"
 mode = "starttls"
-
+$V6_LISTENERS
 [backend]
 address = "127.0.0.1:$IMAP_PORT"
 tls = "none"
@@ -121,10 +140,10 @@ level = "info"
 file = "gateway.log"
 TOML
 say "starting imap-gateway"
-setsid .venv/bin/python -m gateway serve --config "$GW/config.toml" \
+setsid "$PY" -m gateway serve --config "$GW/config.toml" \
   </dev/null >>"$GW/stderr.log" 2>&1 &
 GW_PID=$!
-if ! .venv/bin/python - "$IMAPS_PORT" "$GW/cert.pem" <<'PY'
+if ! "$PY" - "$IMAPS_PORT" "$GW/cert.pem" <<'PY'
 import socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.create_default_context(cafile=ca)
@@ -145,20 +164,51 @@ then
   die "the gateway did not greet on 127.0.0.1:$IMAPS_PORT within 10 s (logs above)"
 fi
 
-CURL="curl --cacert $GW/cert.pem imaps://127.0.0.1:$IMAPS_PORT/INBOX -u $DEMO_USER:$DEMO_PASS"
+# An mbsync config for the demo account (it holds the password: mode 0600, in the temp dir).
+MBSYNCRC=$DEMO/mbsyncrc
+install -m 0600 /dev/null "$MBSYNCRC"
+cat >"$MBSYNCRC" <<RC
+IMAPAccount demo
+Host localhost
+Port $IMAPS_PORT
+User $DEMO_USER
+Pass "$DEMO_PASS"
+SSLType IMAPS
+CertificateFile $GW/cert.pem
+
+IMAPStore demo-remote
+Account demo
+
+MaildirStore demo-local
+Path $DEMO/Maildir/
+Inbox $DEMO/Maildir/INBOX
+
+Channel demo
+Far :demo-remote:INBOX
+Near :demo-local:INBOX
+Create Near
+Sync Pull
+SyncState *
+RC
+mkdir -p "$DEMO/Maildir"
+
+CURL="curl --cacert $GW/cert.pem imaps://localhost:$IMAPS_PORT/INBOX -u $DEMO_USER:$DEMO_PASS"
 cat <<EOF
 
   imap-gateway demo is running (gateway pid $GW_PID, files in $DEMO)
+  The certificate ($GW/cert.pem, self-signed) is valid for localhost, 127.0.0.1 and ::1.
 
   List the INBOX through the gateway:
     $CURL
   Read the welcome message:
-    curl --cacert $GW/cert.pem 'imaps://127.0.0.1:$IMAPS_PORT/INBOX;UID=1' -u $DEMO_USER:$DEMO_PASS
+    curl --cacert $GW/cert.pem 'imaps://localhost:$IMAPS_PORT/INBOX;UID=1' -u $DEMO_USER:$DEMO_PASS
   Same over STARTTLS:
-    curl --ssl-reqd --cacert $GW/cert.pem imap://127.0.0.1:$STARTTLS_PORT/INBOX -u $DEMO_USER:$DEMO_PASS
+    curl --ssl-reqd --cacert $GW/cert.pem imap://localhost:$STARTTLS_PORT/INBOX -u $DEMO_USER:$DEMO_PASS
+  Pull the INBOX into $DEMO/Maildir with mbsync (config written for you):
+    mbsync -c $MBSYNCRC demo
 
   Mail client settings (the certificate is self-signed: accept it, or import $GW/cert.pem):
-    server    127.0.0.1
+    server    localhost   (mbsync needs the name: it does not accept 127.0.0.1)
     port      $IMAPS_PORT  security: SSL/TLS        (or port $STARTTLS_PORT, security: STARTTLS)
     auth      normal password
     user      $DEMO_USER
@@ -170,9 +220,19 @@ EOF
 [[ -n $METRICS_PORT ]] && echo "  Metrics:                   curl -s http://127.0.0.1:$METRICS_PORT/metrics"
 echo
 if [[ -n ${DEMO_CHECK:-} ]]; then
-  say "DEMO_CHECK: running the curl command"
+  say "DEMO_CHECK: running the curl commands"
   $CURL -sS -X 'STATUS INBOX (MESSAGES)'
   $CURL -sS
+  curl -sS --cacert "$GW/cert.pem" "imaps://127.0.0.1:$IMAPS_PORT/INBOX" -u "$DEMO_USER:$DEMO_PASS" \
+    -X 'STATUS INBOX (MESSAGES)'
+  curl -sS --ssl-reqd --cacert "$GW/cert.pem" "imap://localhost:$STARTTLS_PORT/INBOX" \
+    -u "$DEMO_USER:$DEMO_PASS" -X 'STATUS INBOX (MESSAGES)'
+  if command -v mbsync >/dev/null; then
+    say "DEMO_CHECK: mbsync -c $MBSYNCRC demo"
+    mbsync -c "$MBSYNCRC" demo
+    pulled=$(find "$DEMO/Maildir/INBOX/new" "$DEMO/Maildir/INBOX/cur" -type f 2>/dev/null | wc -l)
+    say "DEMO_CHECK: mbsync pulled $pulled message(s)"
+  fi
   exit 0
 fi
 echo "  Press Ctrl-C to stop and clean up."

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,7 +24,8 @@ import qrcode
 
 from gateway import durations
 from gateway.auth.approval import DEFAULT_APPROVAL_VALIDITY, approval_until, describe_device
-from gateway.auth.factors import InvalidScopeError, TotpResult
+from gateway.auth.factors import TOTP_ISSUER, InvalidScopeError, TotpResult, totp_uri
+from gateway.cliformat import rfc3339, table
 from gateway.store.base import CredentialStore
 from gateway.store.errors import (
     AppPasswordLabelExists,
@@ -82,13 +84,18 @@ def qr_text(data: str) -> str:
 
 
 def totp_enroll(
-    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None
+    store: CredentialStore, user: str, *, as_json: bool = False, now: float | None = None,
+    issuer: str = TOTP_ISSUER,
 ) -> Result:
-    """`imap-gateway totp enroll USER [--json]`: new pending seed, shown once."""
+    """`imap-gateway totp enroll USER [--json]`: new pending seed, shown once.
+
+    ``issuer`` is ``[store] totp_issuer``, the name the authenticator app shows.
+    """
     try:
         enrollment = store.enroll(user, _now(now))
     except StoreError as exc:
         return _fail(EXIT_FAILED, str(exc), as_json)
+    enrollment = replace(enrollment, uri=totp_uri(enrollment.secret, user, issuer))
     if as_json:
         return EXIT_OK, {"user": user, "secret": enrollment.secret, "uri": enrollment.uri}
     text = (
@@ -174,7 +181,7 @@ def app_password_create(
             "password": created.password,
             "label": info.label,
             "scopes": list(info.scopes),
-            "expires": info.expires,
+            "expires": rfc3339(info.expires),
         }
     text = (
         f"App password for {user} ({info.label!r}, scopes: {', '.join(info.scopes)}, "
@@ -201,11 +208,11 @@ def app_password_list(
                 {
                     "label": i.label,
                     "scopes": list(i.scopes),
-                    "created": i.created,
-                    "last_used": i.last_used,
+                    "created": rfc3339(i.created),
+                    "last_used": rfc3339(i.last_used),
                     "last_ip": i.last_ip,
                     "last_client": i.last_client,
-                    "expires": i.expires,
+                    "expires": rfc3339(i.expires),
                     "expired": i.is_expired(t),
                 }
                 for i in items
@@ -213,16 +220,14 @@ def app_password_list(
         }
     if not items:
         return EXIT_OK, f"{user} has no app passwords."
-    lines = [f"{'LABEL':20} {'SCOPES':24} {'CREATED':21} {'LAST USED':21} {'LAST IP':16} EXPIRES"]
+    rows = []
     for i in items:
         exp = "never" if i.expires is None else _fmt_time(i.expires)
         if i.is_expired(t):
             exp += " (expired)"
-        lines.append(
-            f"{i.label:20} {','.join(i.scopes):24} {_fmt_time(i.created):21} "
-            f"{_fmt_time(i.last_used):21} {i.last_ip or '-':16} {exp}"
-        )
-    return EXIT_OK, "\n".join(lines)
+        rows.append([i.label, ",".join(i.scopes), _fmt_time(i.created), _fmt_time(i.last_used),
+                     i.last_ip or "-", exp])
+    return EXIT_OK, table(["LABEL", "SCOPES", "CREATED", "LAST USED", "LAST IP", "EXPIRES"], rows)
 
 
 def app_password_revoke(
@@ -259,9 +264,9 @@ def devices_list(
                     "id": d.id,
                     "network": d.network,
                     "client_name": d.client_name,
-                    "created": d.created,
-                    "last_seen": d.last_seen,
-                    "expires": d.expires,
+                    "created": rfc3339(d.created),
+                    "last_seen": rfc3339(d.last_seen),
+                    "expires": rfc3339(d.expires),
                     "expired": d.is_expired(t),
                 }
                 for d in devices
@@ -269,13 +274,10 @@ def devices_list(
         }
     if not devices:
         return EXIT_OK, f"{user} has no remembered devices."
-    lines = [f"{'ID':>5} {'NETWORK':20} {'CLIENT':20} {'LAST SEEN':21} EXPIRES"]
-    for d in devices:
-        exp = _fmt_time(d.expires) + (" (expired)" if d.is_expired(t) else "")
-        lines.append(
-            f"{d.id:>5} {d.network:20} {d.client_name or '-':20} {_fmt_time(d.last_seen):21} {exp}"
-        )
-    return EXIT_OK, "\n".join(lines)
+    rows = [[str(d.id), d.network, d.client_name or "-", _fmt_time(d.last_seen),
+             _fmt_time(d.expires) + (" (expired)" if d.is_expired(t) else "")]
+            for d in devices]
+    return EXIT_OK, table(["ID", "NETWORK", "CLIENT", "LAST SEEN", "EXPIRES"], rows, right=[0])
 
 
 def devices_forget(
@@ -337,10 +339,10 @@ def devices_pending(
                     "id": d.id,
                     "address": d.address,
                     "client_name": d.client_name,
-                    "first_seen": d.first_seen,
-                    "last_seen": d.last_seen,
+                    "first_seen": rfc3339(d.first_seen),
+                    "last_seen": rfc3339(d.last_seen),
                     "state": d.state.value,
-                    "approved_until": d.approved_until,
+                    "approved_until": rfc3339(d.approved_until),
                     "approved": d.is_approved(t),
                     "description": describe_device(d, t),
                 }
@@ -349,14 +351,14 @@ def devices_pending(
         }
     if not devices:
         return EXIT_OK, f"{user} has no devices waiting for approval."
-    lines = [f"{'ID':>5} {'STATE':9} {'FIRST SEEN':21} DEVICE (LAST SEEN)"]
+    rows = []
     for d in devices:
         state = d.state.value
         if d.state.value == "approved" and not d.is_approved(t):
             state = "ended"
-        lines.append(f"{d.id:>5} {state:9} {_fmt_time(d.first_seen):21} {describe_device(d, t)}")
-    lines.append(f"Approve one with: imap-gateway devices approve {user} ID")
-    return EXIT_OK, "\n".join(lines)
+        rows.append([str(d.id), state, _fmt_time(d.first_seen), describe_device(d, t)])
+    listing = table(["ID", "STATE", "FIRST SEEN", "DEVICE (LAST SEEN)"], rows, right=[0])
+    return EXIT_OK, f"{listing}\nApprove one with: imap-gateway devices approve {user} ID"
 
 
 def devices_approve(
@@ -390,7 +392,7 @@ def devices_approve(
     except StoreError as exc:
         return _fail(EXIT_FAILED, str(exc), as_json)
     if as_json:
-        return EXIT_OK, {"user": user, "approved": device.id, "approved_until": until,
+        return EXIT_OK, {"user": user, "approved": device.id, "approved_until": rfc3339(until),
                          "description": describe_device(device, t)}
     return EXIT_OK, (
         f"Approved device {device.id} of {user}: {describe_device(device, t)}.\n"
@@ -438,7 +440,7 @@ def users_invite(
     url = invite_url(public_url, new.token) if public_url else None
     if as_json:
         return EXIT_OK, {"user": user, "token": new.token, "url": url,
-                         "expires": new.info.expires}
+                         "expires": rfc3339(new.info.expires)}
     if url is not None:
         return EXIT_OK, (
             f"Invitation for {user} (one use, expires {_fmt_time(new.info.expires)}):\n\n"

@@ -59,10 +59,13 @@ def new_totp_secret() -> str:
     return pyotp.random_base32(length=32)
 
 
-def totp_uri(secret: str, user: str) -> str:
-    """The ``otpauth://`` URI an authenticator app scans. It contains the seed: never log it."""
+def totp_uri(secret: str, user: str, issuer: str = TOTP_ISSUER) -> str:
+    """The ``otpauth://`` URI an authenticator app scans. It contains the seed: never log it.
+
+    ``issuer`` is ``[store] totp_issuer``: the name the app shows above the account.
+    """
     return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_SECONDS).provisioning_uri(
-        name=user, issuer_name=TOTP_ISSUER
+        name=user, issuer_name=issuer
     )
 
 

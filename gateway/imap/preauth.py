@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -78,6 +79,7 @@ __all__ = [
     "StartTLS",
     "TRANSITIONS",
     "Trigger",
+    "privacy_text",
 ]
 
 _BASE_CAPS: Final = "IMAP4rev1 SASL-IR ID ENABLE IDLE LITERAL+"
@@ -86,6 +88,20 @@ CAPS_PLAINTEXT: Final = _BASE_CAPS + " LOGINDISABLED"  # no TLS and none on offe
 CAPS_TLS: Final = _BASE_CAPS + " AUTH=PLAIN AUTH=LOGIN"
 
 PRIVACY_TEXT: Final = "Plaintext authentication is disabled; use STARTTLS or port 993."
+
+
+def privacy_text(implicit_tls_ports: Iterable[int]) -> str:
+    """The ``NO [PRIVACYREQUIRED]`` text naming the gateway's own implicit-TLS ports.
+
+    The shell passes the ports of its ``implicit-tls`` listeners (a gateway on 10993
+    must not send clients to 993); with none, STARTTLS is the only way.
+    """
+    ports = sorted(set(implicit_tls_ports))
+    if not ports:
+        return "Plaintext authentication is disabled; use STARTTLS."
+    return ("Plaintext authentication is disabled; use STARTTLS or port "
+            + " or ".join(str(p) for p in ports) + ".")
+
 AUTH_FAILED: Final = b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 UNAVAILABLE: Final = b" NO [UNAVAILABLE] Mail service temporarily unavailable, try again later.\r\n"
 ID_RESPONSE: Final = b'* ID ("name" "imap-gateway")\r\n'
@@ -271,8 +287,11 @@ class PreauthConnection:
         starttls_allowed: bool,
         limits: PreauthLimits,
         greeting_text: str = "imap-gateway ready.",
+        privacy_text: str = PRIVACY_TEXT,
     ) -> None:
         self.tls_active = tls_active
+        #: Text of ``NO [PRIVACYREQUIRED]``: see :func:`privacy_text`.
+        self.privacy_text = privacy_text
         self.starttls_allowed = starttls_allowed
         self.limits = limits
         self.greeting_text = greeting_text
@@ -557,10 +576,10 @@ class PreauthConnection:
         line = tagged(tag, "BAD", text) if tag else untagged("BAD", text)
         return [SendData(line), CommandRejected(text)]
 
-    @staticmethod
-    def _privacy_events(tag: bytes, mechanism: str, username: str | None = None) -> list[Event]:
+    def _privacy_events(self, tag: bytes, mechanism: str,
+                        username: str | None = None) -> list[Event]:
         return [
-            SendData(tagged(tag, "NO", PRIVACY_TEXT, "PRIVACYREQUIRED")),
+            SendData(tagged(tag, "NO", self.privacy_text, "PRIVACYREQUIRED")),
             PlaintextLoginRefused(mechanism, username),
         ]
 

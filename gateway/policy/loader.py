@@ -8,7 +8,7 @@ Rules of this module:
    match. A policy typo must not silently fail open.
 3. Every error names file, rule (name or ``#index``) and key, and says what to do.
 
-Format (see policies/00-default.toml): top-level ``[groups]``, ``[networks]`` and
+Format (see policies/99-default.toml): top-level ``[groups]``, ``[networks]`` and
 ``[[rule]]`` tables. Files load in name order (hidden files skipped); groups and
 networks are global across files (a name may be defined once); rules keep file
 order then in-file order, and the first matching rule wins.
@@ -324,7 +324,7 @@ def load_policy(dir: Path) -> Policy:
     files = policy_files(dir)
     if not files:
         raise PolicyError(
-            "no *.toml policy files: every login would be denied; copy policies/00-default.toml here", file=str(dir)
+            "no *.toml policy files: every login would be denied; copy policies/99-default.toml here", file=str(dir)
         )
     digest = hashlib.sha256()
     loader = _Loader()

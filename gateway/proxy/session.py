@@ -250,9 +250,12 @@ class ClientSession:
     async def _preauth(self, implicit: bool) -> tuple[BackendLink | None, bytes]:
         """Run the pre-auth dialogue; return the logged-in backend and the client's leftover bytes."""
         limits = self.ctx.config.limits
+        implicit_ports = (lst.port for lst in self.ctx.config.listeners
+                          if lst.mode == "implicit-tls" and lst.port is not None)
         conn = pa.PreauthConnection(
             tls_active=implicit,
             starttls_allowed=not implicit,
+            privacy_text=pa.privacy_text(implicit_ports),
             limits=pa.PreauthLimits(
                 max_line=limits.max_line,
                 max_literal=limits.max_preauth_literal,

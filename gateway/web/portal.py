@@ -56,7 +56,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from gateway.auth.factors import InvalidScopeError, TotpResult
+from gateway.auth.factors import InvalidScopeError, TotpResult, totp_uri
 from gateway.config import WebConfig
 from gateway.netaddr import plain_ip
 from gateway.observability.logs import get_logger
@@ -415,7 +415,9 @@ class Portal:
         return self.render(
             request, "authenticator.html", session=session, stage=stage,
             new_session=new_session, totp=TotpStatus.PENDING, may_setup=False,
-            setup={"qr": qr_svg(enrollment.uri, label="QR code for your authenticator app"),
+            setup={"qr": qr_svg(totp_uri(enrollment.secret, session.user,
+                                         self.services.config.store.totp_issuer),
+                                label="QR code for your authenticator app"),
                    "key": _group(enrollment.secret), "user": session.user})
 
     async def totp_enable(self, request: Request, session: WebSession, stage: Stage) -> Response:

@@ -120,8 +120,10 @@ class PortalTestServices:
 
 def make_services(tmp: Path, *, web: dict[str, Any] | None = None,
                   limits: dict[str, Any] | None = None,
-                  policy: str = POLICY) -> PortalTestServices:
-    """Services over a fresh store in ``tmp``; ``web``/``limits`` override config keys."""
+                  policy: str = POLICY,
+                  store: dict[str, Any] | None = None) -> PortalTestServices:
+    """Services over a fresh store in ``tmp``; ``web``/``limits``/``store`` override config
+    keys (the store's files stay under ``tmp/state``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     for name in ("cert.pem", "key.pem"):
         (tmp / name).write_text("not read by these tests\n")
@@ -136,12 +138,13 @@ def make_services(tmp: Path, *, web: dict[str, Any] | None = None,
                 "enrollment": "password", **(web or {})},
         "limits": {"auth_failure_delay": "0s", "tarpit_base": "0s", "tarpit_max": "0s",
                    **(limits or {})},
+        "store": {**(store or {})},
     }, source_path=tmp / "gateway.toml")
-    store = open_store(tmp / "state" / "gateway.db", tmp / "state" / "store.key",
+    credentials = open_store(tmp / "state" / "gateway.db", tmp / "state" / "store.key",
                        create_key=True)
     reloader = PolicyReloader(tmp / "policies", load_policy(tmp / "policies"))
     limiter = Limiter(MemoryState(), config.limits, config.anomaly)
-    return PortalTestServices(config=config, store=store, policy=reloader, limiter=limiter)
+    return PortalTestServices(config=config, store=credentials, policy=reloader, limiter=limiter)
 
 
 class PortalClient(AsgiClient):

@@ -73,7 +73,7 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
         "password": out["password"],  # type: ignore[index]
         "label": "iPhone",
         "scopes": ["read-only", "mailboxes=INBOX,Archive/*"],
-        "expires": T0 + 90 * 86400,
+        "expires": "2024-02-12T22:13:35Z",  # T0 + 90d, RFC 3339 UTC
     }
     password = out["password"]  # type: ignore[index]
     assert re.fullmatch(r"([a-z2-9]{5}-){3}[a-z2-9]{5}", password)
@@ -87,11 +87,11 @@ def test_app_password_create_list_revoke(store: SqliteCredentialStore) -> None:
     assert item == {
         "label": "iPhone",
         "scopes": ["read-only", "mailboxes=INBOX,Archive/*"],
-        "created": T0,
-        "last_used": T0 + 60,
+        "created": "2023-11-14T22:13:35Z",
+        "last_used": "2023-11-14T22:14:35Z",
         "last_ip": "192.0.2.5",
         "last_client": "K-9 Mail",
-        "expires": T0 + 90 * 86400,
+        "expires": "2024-02-12T22:13:35Z",
         "expired": False,
     }
     code, text = admin.app_password_list(store, "alice", now=T0 + 120)
@@ -205,7 +205,7 @@ def test_devices_pending_and_approve(store: SqliteCredentialStore) -> None:
 
     code, out = admin.devices_approve(store, "alice", str(phone.id), as_json=True, now=T0 + 200)
     assert code == 0 and out == {  # the default: the approval waits 24 h for the login
-        "user": "alice", "approved": phone.id, "approved_until": T0 + 200 + 86400,
+        "user": "alice", "approved": phone.id, "approved_until": "2023-11-15T22:16:55Z",
         "description": "iPhone Mail from 203.0.113.9, 3 min ago"}
     [approved] = [d for d in store.list_pending_devices("alice") if d.id == phone.id]
     assert approved.is_approved(T0 + 200 + 86399) and not approved.is_approved(T0 + 200 + 86400)
@@ -243,7 +243,7 @@ def test_users_invite_prints_the_token_once_and_stores_its_hash(
     code, out = admin.users_invite(store, "alice", as_json=True, now=T0)
     assert code == 0 and set(out) == {"user", "token", "url", "expires"}  # type: ignore[arg-type]
     assert out["url"] is None  # type: ignore[index]  # no [web] public_url
-    assert out["expires"] == T0 + 72 * 3600  # type: ignore[index]  # the default: 72h
+    assert out["expires"] == "2023-11-17T22:13:35Z"  # type: ignore[index]  # the default: 72h
     [info] = store.list_invites("alice")
     assert info.consumed is None and info.expires == T0 + 72 * 3600
     assert out["token"] not in repr(info)  # type: ignore[index]

@@ -87,7 +87,7 @@ EVENTS = [
     {"event": "login.denied", "user": "evil\x1b[2Jname", "client_ip": "198.51.100.9",
      "reason": "bad_password", "ts": "2026-01-02T03:04:06.000000Z"},
     {"event": "ban.created", "network": "198.51.100.9/32", "ban_reason": "ip_failures",
-     "ts": "2026-01-02T03:04:07.000000Z"},
+     "ts": "2026-01-02T03:04:07.000000Z", "expires": 1767323947.25},
 ]
 
 
@@ -119,6 +119,7 @@ def test_follow_json_prints_one_object_per_line(tmp_path, certs):
     assert [(e["event"], e["kind"], e["instance"]) for e in lines] == [
         ("login.ok", "login", "gw-a:7"), ("login.denied", "denied", "gw-a:7"),
         ("ban.created", "ban", "gw-a:7")]
+    assert lines[2]["expires"] == "2026-01-02T03:19:07Z"  # times are RFC 3339, like the ts
     assert "\x1b" not in out  # JSON escapes control characters
     assert code == 1 and "the gateway closed the feed" in json.loads(err)["error"]
 

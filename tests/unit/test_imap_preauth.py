@@ -22,10 +22,24 @@ from gateway.imap.preauth import (
     PreauthStateError,
     SendData,
     StartTLS,
+    privacy_text,
 )
 
 PRIVACY = b"NO [PRIVACYREQUIRED] Plaintext authentication is disabled; use STARTTLS or port 993.\r\n"
 SECRET = "s3cret-Pa55"
+
+
+def test_privacy_text_names_the_implicit_tls_ports_it_is_given():
+    assert privacy_text([10993]) == (
+        "Plaintext authentication is disabled; use STARTTLS or port 10993.")
+    assert privacy_text([994, 993, 994]) == (
+        "Plaintext authentication is disabled; use STARTTLS or port 993 or 994.")
+    assert privacy_text([]) == "Plaintext authentication is disabled; use STARTTLS."
+    c = PreauthConnection(tls_active=False, starttls_allowed=True, limits=PreauthLimits(),
+                          privacy_text=privacy_text([10993]))
+    sent, _ = run(c, [b"a LOGIN alice secret\r\n"])
+    assert sent == b"a NO [PRIVACYREQUIRED] Plaintext authentication is disabled; use " \
+                   b"STARTTLS or port 10993.\r\n"
 
 
 def conn(tls: bool = True, **limits) -> PreauthConnection:

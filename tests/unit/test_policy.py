@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -289,8 +290,20 @@ def test_shipped_default_requires_strong_mfa_from_anywhere():
         assert decide(p, "alice", ip, "app-password").allowed
 
 
+def test_a_policy_file_added_next_to_the_shipped_default_applies(tmp_path):
+    """What the README tells an administrator to do: copy policies/ and add a 10-*.toml.
+    The shipped catch-all sorts last, so the added rule is tried first."""
+    shutil.copytree(REPO / "policies", tmp_path / "policies", ignore=shutil.ignore_patterns("examples"))
+    (tmp_path / "policies" / "10-office.toml").write_text(
+        '[[rule]]\nname = "office"\nnetworks = ["192.0.2.0/24"]\naction = "allow"\nmfa = "none"\n')
+    p = load_policy(tmp_path / "policies")
+    assert p.files[-1] == "99-default.toml"
+    assert decide(p, "alice", "192.0.2.7", "none").allowed
+    assert decide(p, "alice", "198.51.100.7", "none").reason == "mfa_required:strong"
+
+
 def test_shipped_default_commented_examples_are_valid_when_uncommented(tmp_path):
-    text = (REPO / "policies" / "00-default.toml").read_text()
+    text = (REPO / "policies" / "99-default.toml").read_text()
     uncommented = "\n".join(
         line[2:] if re.match(r"# (\[|[a-z_]+ = )", line) else line for line in text.splitlines()
     )

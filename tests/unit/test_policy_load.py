@@ -131,8 +131,8 @@ def test_empty_or_missing_directory_is_an_error(tmp_path):
 
 
 def test_rule_after_a_catch_all_is_refused_because_it_could_never_match(tmp_path):
-    """The shipped 00-default.toml ends with a catch-all: a 10-block.toml deny rule after it
-    would silently never apply (fail open), so the load refuses and says how to fix it."""
+    """A catch-all in a file that sorts first (00-default.toml): a 10-block.toml deny rule
+    after it would silently never apply (fail open), so the load refuses and says how to fix it."""
     write(tmp_path, {
         "00-default.toml": '[[rule]]\nname = "default"\naction = "allow"\nmfa = "strong"\n',
         "10-block.toml": '[[rule]]\nname = "block"\nnetworks = ["203.0.113.0/24"]\naction = "deny"\n',

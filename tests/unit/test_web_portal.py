@@ -25,6 +25,7 @@ from gateway.store.base import (
 )
 from gateway.web.csrf import PRESESSION_COOKIE, SESSION_COOKIE
 from gateway.web.portal import browser_name
+from gateway.web.qr import qr_svg
 from tests.support.portal import (
     PASSWORDS,
     Clock,
@@ -295,6 +296,20 @@ def test_the_second_factor_must_come_within_the_sign_in_window(services, clock):
 
 
 # -- enrolment -----------------------------------------------------------------------------
+
+
+def test_the_qr_code_carries_the_configured_totp_issuer(tmp_path, clock):
+    services = make_services(tmp_path, store={"totp_issuer": "Example Mail"})
+    try:
+        c = client(services, clock)
+        c.follow(c.sign_in())
+        r = c.submit("/authenticator/setup", {})
+        key = re.search(r'id="totp-key"[^>]*>([A-Z2-7 ]+)<', r.text).group(1).replace(" ", "")
+        svg = re.search(r'<svg [^>]*class="qr".*?</svg>', r.text, re.S).group(0)
+        uri = ("otpauth://totp/Example%20Mail:alice?secret=" + key + "&issuer=Example%20Mail")
+        assert svg == qr_svg(uri, label="QR code for your authenticator app")
+    finally:
+        services.store.close()
 
 
 def test_password_enrolment_sets_up_the_authenticator_and_shows_recovery_codes(services, clock):
