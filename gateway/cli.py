@@ -16,6 +16,12 @@ from pathlib import Path
 DEFAULT_CONFIG = os.environ.get("IMAP_GATEWAY_CONFIG", "/etc/imap-gateway/gateway.toml")
 
 
+def _policy_factors() -> tuple[str, ...]:
+    from gateway.policy.model import FACTORS
+
+    return FACTORS
+
+
 def _load(path: str):
     from gateway.config import ConfigError, load_config
 
@@ -261,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--user", required=True)
     e.add_argument("--ip", required=True)
     e.add_argument("--factor", default="none",
-                   choices=["none", "totp", "app-password", "remembered-device"],
-                   help="the factor the login presents (default: none)")
+                   choices=list(_policy_factors()),
+                   help="the factor the login presents (default: none); oauth: an OAuth "
+                   "token without MFA in its amr, oauth-mfa: one with it")
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("totp", parents=[common], help="TOTP enrolment")

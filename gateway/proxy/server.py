@@ -279,6 +279,8 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                     except TLSSetupError as exc:
                         log.error("tls.reload_failed", error=str(exc))
                 await ctx.reload_policy(force=True)
+                if ctx.authenticator.oauth is not None:
+                    await ctx.authenticator.oauth.reload_file()
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
                          sessions=len(ctx.sessions))

@@ -37,6 +37,7 @@ from gateway.limits.outage import fail_open
 from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
+from gateway.proxy.oauth import INTROSPECTION_UNAVAILABLE, KEYS_UNAVAILABLE, error_challenge
 from gateway.proxy.relay import relay
 from gateway.proxy.values import (
     BackendLink,
@@ -75,7 +76,8 @@ def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> Capab
 
 #: Failures that say nothing about the client's credentials: not counted by the limiter.
 _NOT_THE_CLIENTS_FAULT = frozenset(
-    {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed"})
+    {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed",
+     KEYS_UNAVAILABLE, INTROSPECTION_UNAVAILABLE})
 
 
 def new_session_id() -> str:
@@ -258,6 +260,8 @@ class ClientSession:
                 max_literal=limits.max_preauth_literal,
                 max_bad_commands=limits.max_bad_commands,
             ),
+            oauth_challenge=(error_challenge(self.ctx.config.oauth)
+                             if self.ctx.config.oauth.enabled else None),
         )
         pending = collections.deque(conn.initial_events())
         with trio.move_on_after(limits.preauth_timeout) as timer:

@@ -118,7 +118,8 @@ _UNAVAILABLE = "The mail server cannot be reached right now. Please try again in
 #: reason before ":"); anything else is shown as just "Failed".
 FACTOR_NAMES = {"none": "Password", "totp": "Authenticator code", "app-password": "App password",
                 "remembered-device": "Remembered device", "recovery-code": "Recovery code",
-                "invite": "Invitation"}
+                "invite": "Invitation", "oauth": "OAuth token",
+                "oauth-mfa": "OAuth token with MFA"}
 FAILURE_REASONS = {
     "backend_rejected": "wrong password", "password_known_bad": "wrong password",
     "totp_invalid": "wrong code", "totp_replay": "code used already",
