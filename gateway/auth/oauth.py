@@ -40,6 +40,7 @@ __all__ = [
     "TokenRejected",
     "check_introspection",
     "is_jwt",
+    "unverified_user",
     "parse_key_set",
     "validate_jwt",
 ]
@@ -202,6 +203,24 @@ def parse_key_set(document: bytes | str | Mapping[str, Any]) -> KeySet:
 def is_jwt(token: str) -> bool:
     """Shaped like a JWS compact serialization (three dot-separated parts)?"""
     return token.count(".") == 2
+
+
+def unverified_user(token: str, claim: str) -> str:
+    """The user a JWT *claims* to be, without checking it ("" if it names none).
+
+    Only for what a client-named user is used for before the token is checked: the
+    limiter's per-user counters and the log line of a refused login. An OAUTHBEARER
+    client may leave out ``a=``; counting all of those under one empty name would let
+    anyone lock every such login out.
+    """
+    if not is_jwt(token):
+        return ""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return ""
+    user = claims.get(claim)
+    return user if isinstance(user, str) and not any(c in user for c in "\x00\r\n") else ""
 
 
 def validate_jwt(token: str, keys: KeySet, rules: OAuthRules, now: float) -> (

@@ -16,6 +16,7 @@ Cancellation closes both sockets: every stream is closed in a ``finally``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import secrets
 import ssl
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.auth.oauth import unverified_user
 from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_patterns
 from gateway.config import ListenerConfig
 from gateway.imap import preauth as pa
@@ -33,6 +35,7 @@ from gateway.imap.capabilities import client_capabilities, commands_for_capabili
 from gateway.imap.commands import CommandFilter
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_login_ok
+from gateway.imap.sasl import OAUTH_MECHANISMS
 from gateway.limits.outage import fail_open
 from gateway.netaddr import plain_ip
 from gateway.observability import metrics
@@ -319,6 +322,11 @@ class ClientSession:
     ) -> tuple[BackendLink | None, list[pa.Event]]:
         """Decide a login; on success return the backend and the machine's events."""
         started = trio.current_time()
+        if req.mechanism in OAUTH_MECHANISMS and not req.username:
+            # OAUTHBEARER without a=: the limiter and the logs use the name the token
+            # claims (checked later by the login step, which refuses a mismatch).
+            req = dataclasses.replace(req, username=unverified_user(
+                req.password, self.ctx.config.oauth.username_claim))
         mechanism = req.mechanism.lower()
         limiter = self.ctx.limiter
         gate = await fail_open(

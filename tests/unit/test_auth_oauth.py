@@ -298,3 +298,11 @@ def test_error_challenge_is_rfc7628_json(make_verifier, idp):
     body = json.loads(base64.b64decode(error_challenge(v.cfg)))
     assert body == {"status": "invalid_token", "scope": "email",
                     "openid-configuration": idp.issuer + "/.well-known/openid-configuration"}
+
+
+def test_unverified_user_reads_the_claim_without_trusting_it(signer):
+    assert oauth.unverified_user(signer.token("alice"), "preferred_username") == "alice"
+    forged = tampered(signer.token("alice"), preferred_username="bob")
+    assert oauth.unverified_user(forged, "preferred_username") == "bob"  # not checked
+    assert oauth.unverified_user("opaque-token", "preferred_username") == ""
+    assert oauth.unverified_user("a.b.c", "preferred_username") == ""
