@@ -661,6 +661,13 @@ class OAuthConfig(BaseModel):
     http_timeout: Duration = 10.0
     # CA bundle for the provider's HTTPS certificate ("" = the system's).
     ca_file: OptionalReadableFile = None
+    # The provider's name on the portal's "Sign in with ..." button ("" = its host name).
+    provider_name: str = ""
+
+    @property
+    def portal_sign_in(self) -> bool:
+        """The portal offers "Sign in with <provider>" (OpenID Connect code + PKCE)."""
+        return self.enabled and bool(self.client_id)
 
     @property
     def enabled(self) -> bool:

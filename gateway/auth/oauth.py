@@ -87,6 +87,8 @@ class TokenAccepted:
     #: The token's ``amr`` values (how the user authenticated at the provider), for logs.
     amr: tuple[str, ...] = ()
     subject: str = ""
+    #: The ``nonce`` claim of an OpenID Connect ID token ("" if none).
+    nonce: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,9 +284,10 @@ def _check_claims(claims: Mapping[str, Any], rules: OAuthRules, now: float) -> (
         return TokenRejected(NO_USERNAME, f"claim {rules.username_claim!r} is missing or empty")
     amr = claims.get("amr")
     amr_values = tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else ()
-    sub = claims.get("sub")
+    sub, nonce = claims.get("sub"), claims.get("nonce")
     return TokenAccepted(user=user, mfa=bool(set(amr_values) & set(rules.mfa_claims)),
-                         amr=amr_values, subject=sub if isinstance(sub, str) else "")
+                         amr=amr_values, subject=sub if isinstance(sub, str) else "",
+                         nonce=nonce if isinstance(nonce, str) else "")
 
 
 def _scopes(claims: Mapping[str, Any]) -> set[str]:

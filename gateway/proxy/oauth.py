@@ -21,6 +21,7 @@ to the introspection endpoint and nowhere else, and never logged.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import ssl
 import urllib.error
@@ -38,7 +39,8 @@ from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.secretfile import SecretFileError, read_secret_file
 
-__all__ = ["KEYS_UNAVAILABLE", "INTROSPECTION_UNAVAILABLE", "TokenVerifier", "error_challenge"]
+__all__ = ["INTROSPECTION_UNAVAILABLE", "KEYS_UNAVAILABLE", "ProviderError", "TokenVerifier",
+           "error_challenge"]
 
 #: Reasons that say nothing about the client's token (the limiter does not count them).
 KEYS_UNAVAILABLE: Final = "oauth_keys_unavailable"
@@ -118,6 +120,7 @@ class TokenVerifier:
         self._jwks_uri: str | None = cfg.jwks_url or None
         self._lock = trio.Lock()
         self._client_secret: str | None = None
+        self._discovery: dict[str, Any] | None = None
 
     @property
     def keys(self) -> tokens.KeySet | None:
@@ -134,21 +137,84 @@ class TokenVerifier:
             where = str(self.cfg.jwks_file)
         else:
             if self._jwks_uri is None:
-                url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                discovery = _http_json(url, self._ssl, self.cfg.http_timeout)
-                uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
-                if not isinstance(uri, str) or urllib.parse.urlsplit(uri).scheme != "https":
-                    raise ProviderError(f"{url}: no https jwks_uri in the discovery document")
-                if discovery.get("issuer") != self.cfg.issuer:
-                    raise ProviderError(f"{url}: its issuer {discovery.get('issuer')!r} is not "
-                                        f"oauth.issuer {self.cfg.issuer!r}")
-                self._jwks_uri = uri
+                self._jwks_uri = self._endpoint_sync("jwks_uri")
             where = self._jwks_uri
             document = _http_json(self._jwks_uri, self._ssl, self.cfg.http_timeout)
         try:
             return tokens.parse_key_set(document)
         except tokens.KeySetError as exc:
             raise ProviderError(f"{where}: {exc}") from None
+
+    def _discovery_sync(self) -> dict[str, Any]:
+        """The issuer's discovery document (fetched once, then kept)."""
+        if self._discovery is None:
+            url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            doc = _http_json(url, self._ssl, self.cfg.http_timeout)
+            if not isinstance(doc, dict):
+                raise ProviderError(f"{url}: not a JSON object")
+            if doc.get("issuer") != self.cfg.issuer:
+                raise ProviderError(f"{url}: its issuer {doc.get('issuer')!r} is not "
+                                    f"oauth.issuer {self.cfg.issuer!r}")
+            self._discovery = doc
+        return self._discovery
+
+    def _endpoint_sync(self, name: str) -> str:
+        uri = self._discovery_sync().get(name)
+        if not isinstance(uri, str) or urllib.parse.urlsplit(uri).scheme != "https":
+            raise ProviderError(f"the discovery document of {self.cfg.issuer} has no https "
+                                f"{name}")
+        return uri
+
+    async def endpoint(self, name: str) -> str:
+        """An endpoint from the discovery document (``authorization_endpoint``, ...).
+        Raises ProviderError when the provider cannot say."""
+        return await trio.to_thread.run_sync(self._endpoint_sync, name, abandon_on_cancel=True)
+
+    async def _secret(self) -> str:
+        if self._client_secret is None:
+            assert self.cfg.client_secret_file is not None
+            raw = await trio.to_thread.run_sync(read_secret_file, self.cfg.client_secret_file)
+            self._client_secret = raw.decode("utf-8").strip()
+        return self._client_secret
+
+    async def _client_post(self, url: str, form: dict[str, str]) -> Any:
+        """POST ``form`` as this client: HTTP Basic with the secret, or (a public
+        client, no ``client_secret_file``) the ``client_id`` in the form."""
+        cfg = self.cfg
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if cfg.client_secret_file is not None:
+            secret = await self._secret()
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"{urllib.parse.quote(cfg.client_id, safe='')}:"
+                f"{urllib.parse.quote(secret, safe='')}".encode()).decode()
+        else:
+            form = {**form, "client_id": cfg.client_id}
+        body = urllib.parse.urlencode(form).encode()
+        return await trio.to_thread.run_sync(
+            lambda: _http_json(url, self._ssl, cfg.http_timeout, body, headers),
+            abandon_on_cancel=True)
+
+    async def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> str:
+        """OpenID Connect authorization code + PKCE: the ID token for ``code``.
+        Raises ProviderError (also for an answer without an ID token)."""
+        url = await self.endpoint("token_endpoint")
+        try:
+            answer = await self._client_post(url, {
+                "grant_type": "authorization_code", "code": code,
+                "redirect_uri": redirect_uri, "code_verifier": verifier})
+        except (SecretFileError, OSError, UnicodeDecodeError) as exc:
+            raise ProviderError(str(exc)) from None
+        id_token = answer.get("id_token") if isinstance(answer, dict) else None
+        if not isinstance(id_token, str):
+            raise ProviderError(f"{url}: the answer has no id_token")
+        return id_token
+
+    async def verify_id_token(self, token: str, now: float) -> (
+            tokens.TokenAccepted | tokens.TokenRejected):
+        """An OpenID Connect ID token: like an access token, but its audience is our
+        ``client_id`` and no scope is required (the caller checks the nonce)."""
+        rules = dataclasses.replace(self.rules, audience=self.cfg.client_id, required_scope="")
+        return await self._verify_jwt(token, rules, now)
 
     async def refresh(self, why: str) -> bool:
         """Load the key set now; on failure keep the cached one. True if loaded."""
@@ -195,10 +261,14 @@ class TokenVerifier:
                 return await self._introspect(token, now)
             return tokens.TokenRejected(tokens.MALFORMED,
                                         "not a JWT, and no oauth.introspection_url is set")
+        return await self._verify_jwt(token, self.rules, now)
+
+    async def _verify_jwt(self, token: str, rules: tokens.OAuthRules, now: float) -> (
+            tokens.TokenAccepted | tokens.TokenRejected):
         keys = await self._current_keys()
         if keys is None:
             return tokens.TokenRejected(KEYS_UNAVAILABLE, "no signing keys could be loaded yet")
-        result = tokens.validate_jwt(token, keys, self.rules, now)
+        result = tokens.validate_jwt(token, keys, rules, now)
         if isinstance(result, tokens.TokenRejected) and result.reason == tokens.UNKNOWN_KID:
             async with self._lock:
                 last = self._kid_refetch_at
@@ -208,27 +278,16 @@ class TokenVerifier:
                     await self.refresh("unknown_kid")
                 current = self._keys
             if current is not None and current is not keys:
-                result = tokens.validate_jwt(token, current, self.rules, now)
+                result = tokens.validate_jwt(token, current, rules, now)
         return result
 
     async def _introspect(self, token: str, now: float) -> (
             tokens.TokenAccepted | tokens.TokenRejected):
         cfg = self.cfg
         try:
-            if self._client_secret is None:
-                assert cfg.client_secret_file is not None  # config requires it with the URL
-                raw = await trio.to_thread.run_sync(read_secret_file, cfg.client_secret_file)
-                self._client_secret = raw.decode("utf-8").strip()
-            basic = base64.b64encode(
-                f"{urllib.parse.quote(cfg.client_id, safe='')}:"
-                f"{urllib.parse.quote(self._client_secret, safe='')}".encode()).decode()
-            body = urllib.parse.urlencode(
-                {"token": token, "token_type_hint": "access_token"}).encode()
-            answer = await trio.to_thread.run_sync(
-                lambda: _http_json(cfg.introspection_url, self._ssl, cfg.http_timeout, body, {
-                    "Authorization": "Basic " + basic,
-                    "Content-Type": "application/x-www-form-urlencoded"}),
-                abandon_on_cancel=True)
+            # The config requires client_secret_file with introspection_url: always Basic.
+            answer = await self._client_post(
+                cfg.introspection_url, {"token": token, "token_type_hint": "access_token"})
         except (ProviderError, SecretFileError, OSError, UnicodeDecodeError) as exc:
             log.warning("oauth.introspection_failed", error=str(exc))
             return tokens.TokenRejected(INTROSPECTION_UNAVAILABLE, "introspection failed")

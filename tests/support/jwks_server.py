@@ -1,18 +1,26 @@
-"""The suite's own stand-in for an OpenID provider's key endpoints: tokens signed with
-keys this module makes, the public keys served as a JWKS over HTTPS.
+"""The suite's own stand-in for an OpenID provider: tokens signed with keys this module
+makes, the public keys served as a JWKS over HTTPS, and a minimal test IdP for the code flow.
 
-Not an identity provider: it has no login, no authorization endpoint, no token endpoint.
 It serves what the gateway reads from a provider -- the discovery document, the JWKS,
-and an RFC 7662 introspection endpoint -- over real HTTPS (a trustme CA), and
+an RFC 7662 introspection endpoint -- over real HTTPS (a trustme CA), and
 ``TokenSigner`` mints tokens the way a provider signs them (PyJWT with RSA, EC P-256 and
 Ed25519 keys). Tests change what it serves while the gateway runs (key rotation) or make
 it fail (``down``), and read ``requests`` to see what the gateway asked for.
+
+For the portal's "Sign in with <provider>" it also has an authorization endpoint and a
+token endpoint (OpenID Connect code flow with PKCE S256), but no login page: the
+authorization endpoint approves ``login_as`` at once (with ``login_amr``). It checks
+what a real provider checks of the client: client id, redirect URI, the PKCE verifier,
+one use per code, and client authentication.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import secrets
 import ssl
 import threading
 import time
@@ -104,8 +112,6 @@ def hs256_with_public_key(claims: dict[str, Any], key: SigningKey) -> str:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     head = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
     body = b64url(json.dumps(claims).encode())
-    import hashlib
-    import hmac
     sig = hmac.new(pem, f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{b64url(sig)}"
 
@@ -127,20 +133,30 @@ class JwksServer:
     """
 
     def __init__(self, ca: trustme.CA, keys: list[SigningKey] | None = None,
-                 client_id: str = "imap-gateway", client_secret: str = "gw-secret") -> None:
+                 client_id: str = "imap-gateway", client_secret: str = "gw-secret", *,
+                 host: str = "127.0.0.1", cert: tuple[Path, Path] | None = None) -> None:
+        """``host``: the name in the issuer URL (it listens on 127.0.0.1 either way;
+        "localhost" makes it another site than a portal on 127.0.0.1). ``cert``: a (chain,
+        key) PEM pair to serve instead of a new leaf of ``ca`` (a browser told to trust
+        one certificate then trusts this server too)."""
         self.served_kids: list[str] | None = None
         self.down = False
         self.opaque: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []
+        self.login_as = "alice"
+        self.login_amr = ["pwd", "otp"]
+        self._codes: dict[str, dict[str, Any]] = {}
         self.client_id, self.client_secret = client_id, client_secret
         self._lock = threading.Lock()
-        leaf = ca.issue_cert("127.0.0.1")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        leaf.configure_cert(ctx)
+        if cert is not None:
+            ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        else:
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
-        self.issuer = f"https://127.0.0.1:{self.port}{REALM_PATH}"
+        self.issuer = f"https://{host}:{self.port}{REALM_PATH}"
         self.signer = TokenSigner(self.issuer, keys or [new_key("rsa-1", "RS256"),
                                                          new_key("ec-1", "ES256"),
                                                          new_key("ed-1", "EdDSA")])
@@ -154,6 +170,14 @@ class JwksServer:
     @property
     def introspection_url(self) -> str:
         return f"{self.issuer}/protocol/openid-connect/token/introspect"
+
+    @property
+    def authorization_endpoint(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/auth"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/token"
 
     def count(self, path_suffix: str) -> int:
         with self._lock:
@@ -175,9 +199,16 @@ class JwksServer:
             return 503, {"error": "temporarily_unavailable"}
         if method == "GET" and path == f"{REALM_PATH}/.well-known/openid-configuration":
             return 200, {"issuer": self.issuer, "jwks_uri": self.jwks_url,
-                         "introspection_endpoint": self.introspection_url}
+                         "introspection_endpoint": self.introspection_url,
+                         "authorization_endpoint": self.authorization_endpoint,
+                         "token_endpoint": self.token_endpoint}
         if method == "GET" and path == urllib.parse.urlsplit(self.jwks_url).path:
             return 200, self.signer.jwks(self.served_kids)
+        url = urllib.parse.urlsplit(path)
+        if method == "GET" and url.path == urllib.parse.urlsplit(self.authorization_endpoint).path:
+            return self._authorize(urllib.parse.parse_qs(url.query))
+        if method == "POST" and path == urllib.parse.urlsplit(self.token_endpoint).path:
+            return self._token(headers, urllib.parse.parse_qs(body.decode()))
         if method == "POST" and path == urllib.parse.urlsplit(self.introspection_url).path:
             expected = "Basic " + base64.b64encode(
                 f"{self.client_id}:{self.client_secret}".encode()).decode()
@@ -187,6 +218,40 @@ class JwksServer:
             token = form.get("token", [""])[0]
             return 200, self.opaque.get(token, {"active": False})
         return 404, {"error": "not_found"}
+
+    def _authorize(self, q: dict[str, list[str]]) -> tuple[int, Any]:
+        one = {k: v[0] for k, v in q.items()}
+        if (one.get("response_type") != "code" or one.get("client_id") != self.client_id
+                or one.get("code_challenge_method") != "S256" or not one.get("code_challenge")
+                or "openid" not in one.get("scope", "").split()):
+            return 400, {"error": "invalid_request"}
+        code = secrets.token_urlsafe(16)
+        self._codes[code] = {"redirect_uri": one["redirect_uri"], "nonce": one.get("nonce"),
+                             "challenge": one["code_challenge"], "user": self.login_as,
+                             "amr": list(self.login_amr)}
+        sep = "&" if "?" in one["redirect_uri"] else "?"
+        location = one["redirect_uri"] + sep + urllib.parse.urlencode(
+            {"code": code, "state": one.get("state", "")})
+        return 302, {"__location__": location}
+
+    def _token(self, headers: Any, form: dict[str, list[str]]) -> tuple[int, Any]:
+        one = {k: v[0] for k, v in form.items()}
+        expected = "Basic " + base64.b64encode(
+            f"{self.client_id}:{self.client_secret}".encode()).decode()
+        if headers.get("Authorization") != expected:
+            return 401, {"error": "invalid_client"}
+        grant = self._codes.pop(one.get("code", ""), None)  # one use
+        if grant is None or one.get("grant_type") != "authorization_code":
+            return 400, {"error": "invalid_grant"}
+        if one.get("redirect_uri") != grant["redirect_uri"]:
+            return 400, {"error": "invalid_grant", "error_description": "redirect_uri"}
+        verifier = one.get("code_verifier", "")
+        if b64url(hashlib.sha256(verifier.encode()).digest()) != grant["challenge"]:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE"}
+        id_token = self.signer.token(grant["user"], aud=self.client_id, nonce=grant["nonce"],
+                                     amr=grant["amr"])
+        return 200, {"id_token": id_token, "token_type": "Bearer",
+                     "access_token": self.signer.token(grant["user"], amr=grant["amr"])}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -198,6 +263,8 @@ class JwksServer:
                 status, doc = server._answer(method, self.path, self.headers, body)
                 data = json.dumps(doc).encode()
                 self.send_response(status)
+                if isinstance(doc, dict) and "__location__" in doc:
+                    self.send_header("Location", doc["__location__"])
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
