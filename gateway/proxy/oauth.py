@@ -238,6 +238,10 @@ class TokenVerifier:
         return self._loaded_at is None or self._clock() - self._loaded_at >= self.cfg.jwks_cache_ttl
 
     async def _current_keys(self) -> tokens.KeySet | None:
+        if self._stale() and self._keys is not None and self._lock.locked():
+            # Another session is refreshing (maybe waiting on a provider that hangs for
+            # http_timeout): the cached keys serve meanwhile, nobody else waits.
+            return self._keys
         if self._stale():
             async with self._lock:
                 # Another session may have loaded them while this one waited; a failing

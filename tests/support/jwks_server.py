@@ -128,7 +128,8 @@ class JwksServer:
     """HTTPS on 127.0.0.1: discovery, JWKS and introspection for ``signer``'s issuer.
 
     ``served_kids``: which of the signer's keys the JWKS lists now (None: all).
-    ``down``: answer every request with HTTP 503 (a provider outage).
+    ``down``: answer every request with HTTP 503 (a provider outage); ``hang``: hold every
+    answer until the event is set (a provider that accepts and does not answer).
     ``opaque``: introspection answers by opaque token; unknown tokens are inactive.
     """
 
@@ -143,6 +144,8 @@ class JwksServer:
         self.down = False
         self.opaque: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []
+        #: While set to an unset Event, every request waits for it (a provider that hangs).
+        self.hang: threading.Event | None = None
         self.login_as = "alice"
         self.login_amr = ["pwd", "otp"]
         self._codes: dict[str, dict[str, Any]] = {}
@@ -195,6 +198,8 @@ class JwksServer:
     def _answer(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
         with self._lock:
             self.requests.append(path)
+        if self.hang is not None:
+            self.hang.wait(timeout=60)
         if self.down:
             return 503, {"error": "temporarily_unavailable"}
         if method == "GET" and path == f"{REALM_PATH}/.well-known/openid-configuration":

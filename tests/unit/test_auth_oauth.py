@@ -250,6 +250,37 @@ def test_provider_outage_keeps_cached_keys(idp, make_verifier):
     assert idp.count("/certs") == 2  # it did try
 
 
+def test_a_hanging_provider_delays_only_the_session_that_refreshes(idp, make_verifier):
+    import threading
+
+    v = make_verifier(jwks_cache_ttl="1s", jwks_refetch_interval="0s", http_timeout="60s")
+    clock = [0.0]
+    v._clock = lambda: clock[0]
+    done: list[str] = []
+
+    async def main():
+        assert isinstance(await v.verify(idp.signer.token(), time.time()), oauth.TokenAccepted)
+        idp.hang = threading.Event()
+        clock[0] = 10.0  # stale: the next login refreshes, and the provider hangs
+
+        async def first():
+            got = await v.verify(idp.signer.token(kid="ec-1"), time.time())
+            assert isinstance(got, oauth.TokenAccepted)
+            done.append("first")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            while not v._lock.locked():
+                await trio.sleep(0.01)
+            got = await v.verify(idp.signer.token(kid="ed-1"), time.time())
+            assert isinstance(got, oauth.TokenAccepted)
+            done.append("second")
+            assert done == ["second"]  # answered from the cache while the refresh hangs
+            idp.hang.set()
+    trio.run(main)
+    assert done == ["second", "first"]
+
+
 def test_no_keys_at_all_is_not_the_tokens_fault(idp, make_verifier):
     idp.down = True
     v = make_verifier()
