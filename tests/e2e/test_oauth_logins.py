@@ -250,3 +250,26 @@ def test_token_failures_feed_the_limiter(gateway, tmp_path, certs, idp):
         assert event["reason"] == "oauth_wrong_audience"
     ban = gw.wait_for_event("ban.created")
     assert ban["network"].startswith(source)
+
+
+def test_jwks_file_is_reloaded_on_sighup(gateway, tmp_path, certs, idp):
+    """Air-gapped: keys from a local file, nothing fetched; SIGHUP re-reads it, so a key
+    taken out of the file stops working without a restart."""
+    import json
+    import os
+    import signal
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(idp.signer.jwks(["rsa-1"])))
+    gw = oauth_gateway(gateway, tmp_path, certs, idp, jwks_file=str(jwks),
+                       jwks_refetch_interval="1h")
+    lines, event = raw_oauth_login(gw, None, idp.signer.token("alice", kid="rsa-1"))
+    assert event["event"] == "login.ok", event
+    jwks.write_text(json.dumps(idp.signer.jwks(["ec-1"])))  # rsa-1 retired
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_event("oauth.keys_loaded", why="sighup")
+    lines, event = raw_oauth_login(gw, None, idp.signer.token("alice", kid="rsa-1"))
+    assert_refused(lines, event, "oauth_unknown_kid")
+    lines, event = raw_oauth_login(gw, None, idp.signer.token("alice", kid="ec-1"))
+    assert event["event"] == "login.ok", event
+    assert idp.requests == []  # nothing was fetched from the provider
