@@ -36,6 +36,12 @@ def resolve_config(flag: str | None, environ: Mapping[str, str]) -> tuple[str, s
     return DEFAULT_CONFIG, f"the default (no --config, no ${CONFIG_ENV})"
 
 
+def _policy_factors() -> tuple[str, ...]:
+    from gateway.policy.model import FACTORS
+
+    return FACTORS
+
+
 def _load(args: argparse.Namespace):
     from gateway.config import ConfigError, load_config
 
@@ -328,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--user", required=True)
     e.add_argument("--ip", required=True)
     e.add_argument("--factor", default="none",
-                   choices=["none", "totp", "app-password", "remembered-device"],
-                   help="the factor the login presents (default: none)")
+                   choices=list(_policy_factors()),
+                   help="the factor the login presents (default: none); oauth: an OAuth "
+                   "token without MFA in its amr, oauth-mfa: one with it")
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("totp", parents=[common], help="TOTP enrolment")

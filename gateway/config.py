@@ -60,6 +60,7 @@ __all__ = [
     "ListenerConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "OAuthConfig",
     "PolicyConfig",
     "StateConfig",
     "StoreConfig",
@@ -609,6 +610,84 @@ class AnomalyConfig(BaseModel):
     spray_action: Annotated[Literal["ban", "log"], _one_of("ban", "log")] = "ban"
 
 
+def _https_url(value: Any) -> str:
+    """An https:// URL or "" (off / not set): identity provider endpoints."""
+    if not isinstance(value, str):
+        raise _fail(f"must be a string like 'https://idp.example.org/realms/mail', got {_show(value)}")
+    if value == "":
+        return value
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise _fail(f"must not contain spaces or control characters, got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme != "https":
+        # Keys and token checks fetched over plain HTTP could be swapped by anyone on
+        # the path, which would let them mint tokens for every user.
+        raise _fail(f"must start with https:// (keys are only fetched over TLS), got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _fail(f"invalid port in {value!r}") from None
+    if not parts.hostname:
+        raise _fail(f"no host in {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise _fail("must not contain a user name or password")
+    return value
+
+
+def _claim_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise _fail(f"must be a claim name without spaces, e.g. 'preferred_username', "
+                    f"got {_show(value)}")
+    return value
+
+
+class OAuthConfig(BaseModel):
+    """OAuth 2.0 logins (AUTHENTICATE OAUTHBEARER / XOAUTH2); ``issuer = ""`` turns them off.
+
+    Tokens are JWTs checked locally against the issuer's keys (``jwks_url``, by default
+    from the issuer's discovery document, or ``jwks_file``), or opaque tokens checked
+    with the provider's RFC 7662 ``introspection_url`` as ``client_id`` with the secret
+    in ``client_secret_file``. The Dovecot login then goes through ``[backend]
+    master_user``.
+    """
+
+    model_config = _FROZEN
+    issuer: Annotated[str, BeforeValidator(_https_url)] = ""
+    audience: str = ""
+    jwks_url: Annotated[str, BeforeValidator(_https_url)] = ""
+    jwks_file: OptionalReadableFile = None
+    introspection_url: Annotated[str, BeforeValidator(_https_url)] = ""
+    client_id: str = ""
+    client_secret_file: PrivateFile = None
+    username_claim: Annotated[str, BeforeValidator(_claim_name)] = "preferred_username"
+    mfa_claims: tuple[Annotated[str, BeforeValidator(_claim_name)], ...] = Field(
+        ("mfa", "otp", "hwk"), strict=False)
+    # A scope every token must carry ("" = none required), e.g. "email" or "imap".
+    required_scope: str = ""
+    # Clock skew allowed on exp/nbf/iat between the provider and the gateway.
+    leeway: DurationOrZero = 60.0
+    # An unknown key id refetches the key set at most this often (a flood of made-up
+    # kids must not turn the gateway into a load generator against the provider).
+    jwks_refetch_interval: DurationOrZero = 60.0
+    # Known keys are refreshed this often; a failed refresh keeps the cached keys.
+    jwks_cache_ttl: Duration = 3600.0
+    # Deadline of one request to the provider (discovery, JWKS, introspection).
+    http_timeout: Duration = 10.0
+    # CA bundle for the provider's HTTPS certificate ("" = the system's).
+    ca_file: OptionalReadableFile = None
+    # The provider's name on the portal's "Sign in with ..." button ("" = its host name).
+    provider_name: str = ""
+
+    @property
+    def portal_sign_in(self) -> bool:
+        """The portal offers "Sign in with <provider>" (OpenID Connect code + PKCE)."""
+        return self.enabled and bool(self.client_id)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
 def _at_least_one(listeners: tuple[ListenerConfig, ...]) -> tuple[ListenerConfig, ...]:
     # An AfterValidator rather than min_length: min_length also fires when one
     # listener is invalid, which would add a misleading second error.
@@ -642,6 +721,7 @@ class Config(BaseModel):
     web: WebConfig = _section()
     logging: LoggingConfig = _section()
     anomaly: AnomalyConfig = _section()
+    oauth: OAuthConfig = _section()
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for ``check-config --json``: every value, no secret.
@@ -770,6 +850,7 @@ def _cross_checks(config: Config) -> tuple[tuple[str, str], ...]:
     if config.admin.address and config.admin.address == config.metrics.address:
         problems.append(("admin.address", "same address as metrics.address; use another port"))
     problems += _web_checks(config)
+    problems += _oauth_checks(config)
     return tuple(problems)
 
 
@@ -790,6 +871,31 @@ def _web_checks(config: Config) -> list[tuple[str, str]]:
     return problems
 
 
+def _oauth_checks(config: Config) -> list[tuple[str, str]]:
+    o = config.oauth
+    if not o.issuer:
+        set_keys = [k for k in ("audience", "jwks_url", "introspection_url", "client_id")
+                    if getattr(o, k)]
+        set_keys += [k for k in ("jwks_file", "client_secret_file") if getattr(o, k) is not None]
+        return [(f"oauth.{k}", "has no effect while oauth.issuer is empty (OAuth logins are "
+                 "off); set oauth.issuer or remove it") for k in set_keys]
+    problems: list[tuple[str, str]] = []
+    if not o.audience:
+        problems.append(("oauth.audience", "required when oauth.issuer is set: the audience "
+                         "(client id) the provider puts in tokens meant for this gateway"))
+    if not config.backend.master_user:
+        problems.append(("backend.master_user", "required when oauth.issuer is set: an OAuth "
+                         "user has no Dovecot password, so the gateway logs in as the master user"))
+    if o.jwks_url and o.jwks_file is not None:
+        problems.append(("oauth.jwks_file", "set jwks_url or jwks_file, not both"))
+    if o.introspection_url and not o.client_id:
+        problems.append(("oauth.client_id", "required when oauth.introspection_url is set"))
+    if o.introspection_url and o.client_secret_file is None:
+        problems.append(("oauth.client_secret_file",
+                         "required when oauth.introspection_url is set"))
+    return problems
+
+
 # ---------------------------------------------------------------------------
 # Translating pydantic's errors into admin-facing ones
 
@@ -798,6 +904,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "limits": LimitsConfig, "state": StateConfig, "store": StoreConfig,
     "policy": PolicyConfig, "admin": AdminConfig, "metrics": MetricsConfig,
     "web": WebConfig, "logging": LoggingConfig, "anomaly": AnomalyConfig,
+    "oauth": OAuthConfig,
 }  # fmt: skip
 _NO_ECHO = {("state", "redis")}
 

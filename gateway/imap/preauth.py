@@ -65,6 +65,7 @@ __all__ = [
     "CAPS_PLAINTEXT",
     "CAPS_STARTTLS",
     "CAPS_TLS",
+    "CAPS_TLS_OAUTH",
     "ClientIdentified",
     "CloseConnection",
     "CommandRejected",
@@ -86,6 +87,7 @@ _BASE_CAPS: Final = "IMAP4rev1 SASL-IR ID ENABLE IDLE LITERAL+"
 CAPS_STARTTLS: Final = _BASE_CAPS + " STARTTLS LOGINDISABLED"
 CAPS_PLAINTEXT: Final = _BASE_CAPS + " LOGINDISABLED"  # no TLS and none on offer
 CAPS_TLS: Final = _BASE_CAPS + " AUTH=PLAIN AUTH=LOGIN"
+CAPS_TLS_OAUTH: Final = CAPS_TLS + " AUTH=OAUTHBEARER AUTH=XOAUTH2"
 
 PRIVACY_TEXT: Final = "Plaintext authentication is disabled; use STARTTLS or port 993."
 
@@ -115,6 +117,9 @@ ID_MAX_VALUE: Final = 1024
 ID_MAX_LINE: Final = 65536
 #: ``tag ID `` at the start of a line: a line the framer lets grow to ID_MAX_LINE.
 _ID_LINE_RE: Final = re.compile(rb"[^ \r\n]{1,48} [Ii][Dd] ")
+
+#: ``_sasl_mech`` while the RFC 7628 error challenge waits for the client's answer.
+_OAUTH_ERROR: Final = "OAUTH-ERROR"
 
 #: Commands of later IMAP states: refused with a specific BAD text rather than "unknown".
 _LATER_COMMANDS: Final = frozenset(
@@ -150,8 +155,10 @@ class LoginRequest:
     """The client asked to log in; the shell decides and calls login_failed/succeeded."""
 
     tag: bytes
-    mechanism: str  # "LOGIN" | "PLAIN" | "AUTH-LOGIN"
+    mechanism: str  # "LOGIN" | "PLAIN" | "AUTH-LOGIN" | "OAUTHBEARER" | "XOAUTH2"
+    #: For OAUTHBEARER the user the client named, "" if none (the token's claim decides).
     username: str
+    #: The password, or for OAUTHBEARER/XOAUTH2 the bearer token.
     password: str = field(repr=False)
     authzid: str = ""
 
@@ -241,6 +248,7 @@ class Trigger(enum.Enum):
     SASL_ENDED = "sasl_ended"  # cancelled or malformed: back to commands
     LOGIN_REQUESTED = "login_requested"
     LOGIN_FAILED = "login_failed"
+    OAUTH_ERROR_SENT = "oauth_error_sent"  # RFC 7628 error challenge: await the client's ^A
     LOGIN_SUCCEEDED = "login_succeeded"
     CLOSE = "close"
 
@@ -257,6 +265,7 @@ TRANSITIONS: Final[dict[tuple[PreauthState, Trigger], PreauthState]] = {
     (S.NOT_AUTHENTICATED, T.LOGIN_REQUESTED): S.LOGGING_IN,
     (S.AUTHENTICATING, T.LOGIN_REQUESTED): S.LOGGING_IN,
     (S.LOGGING_IN, T.LOGIN_FAILED): S.NOT_AUTHENTICATED,
+    (S.LOGGING_IN, T.OAUTH_ERROR_SENT): S.AUTHENTICATING,
     (S.LOGGING_IN, T.LOGIN_SUCCEEDED): S.AUTHENTICATED,
     (S.NOT_AUTHENTICATED, T.CLOSE): S.CLOSED,
     (S.AUTHENTICATING, T.CLOSE): S.CLOSED,
@@ -288,7 +297,11 @@ class PreauthConnection:
         limits: PreauthLimits,
         greeting_text: str = "imap-gateway ready.",
         privacy_text: str = PRIVACY_TEXT,
+        oauth_challenge: bytes | None = None,
     ) -> None:
+        """``oauth_challenge``: the base64 RFC 7628 error message a failed OAUTHBEARER or
+        XOAUTH2 login is sent before its NO; None: those mechanisms are not offered."""
+        self.oauth_challenge = oauth_challenge
         self.tls_active = tls_active
         #: Text of ``NO [PRIVACYREQUIRED]``: see :func:`privacy_text`.
         self.privacy_text = privacy_text
@@ -302,6 +315,7 @@ class PreauthConnection:
         self._framer = self._new_framer()
         self._held = bytearray()  # input while LOGGING_IN (<= 4 * max_line)
         self._pending_tag = b""  # tag of the LOGIN/AUTHENTICATE being decided
+        self._pending_mech = ""  # its mechanism
         self._reset_command()
         self._sasl_mech = ""
         self._sasl_tag = b""
@@ -333,7 +347,7 @@ class PreauthConnection:
     def capabilities(self) -> str:
         """The capability list as the client sees it right now."""
         if self.tls_active:
-            return CAPS_TLS
+            return CAPS_TLS if self.oauth_challenge is None else CAPS_TLS_OAUTH
         return CAPS_STARTTLS if self.starttls_allowed else CAPS_PLAINTEXT
 
     def initial_events(self) -> list[Event]:
@@ -382,10 +396,28 @@ class PreauthConnection:
         client, and must be printable ASCII (a bad one is a ValueError, not a reply).
         """
         if alert is None:
+            if self._pending_mech in sasl.OAUTH_MECHANISMS and self.oauth_challenge is not None:
+                return self._oauth_error()
             return self._end_login(AUTH_FAILED)
         if not alert or not all(" " <= c <= "~" for c in alert):
             raise ValueError(f"alert text must be printable ASCII: {alert!r}")
         return self._end_login(b" NO [ALERT] " + alert.encode("ascii") + b"\r\n")
+
+    def _oauth_error(self) -> list[Event]:
+        """RFC 7628 §3.2.2: a failed token is answered with an error challenge; the client
+        answers it (with ^A) and only then gets the uniform tagged NO."""
+        if self.state is S.CLOSED:
+            return []
+        self._transition(T.OAUTH_ERROR_SENT)
+        self._sasl_mech, self._sasl_tag, self._sasl_user = _OAUTH_ERROR, self._pending_tag, None
+        assert self.oauth_challenge is not None
+        events: list[Event] = [SendData(b"+ " + self.oauth_challenge + b"\r\n")]
+        held = bytes(self._held)
+        self._held.clear()
+        if held:
+            self._framer.receive_data(held)
+        events += self._process()
+        return events
 
     def login_unavailable(self) -> list[Event]:
         """The backend could not be reached: the client may retry later (RFC 5530 UNAVAILABLE).
@@ -705,6 +737,7 @@ class PreauthConnection:
     def _request_login(self, out: list[Event], request: LoginRequest) -> None:
         self._transition(T.LOGIN_REQUESTED)
         self._pending_tag = request.tag
+        self._pending_mech = request.mechanism
         self._held = bytearray(self._framer.take_buffered())
         out.append(request)
         raise _Stop
@@ -722,14 +755,16 @@ class PreauthConnection:
             shown = mech if mech in ("PLAIN", "LOGIN") else "UNKNOWN"
             out += self._privacy_events(tag, shown)
             return
-        if mech not in ("PLAIN", "LOGIN"):
+        offered = ("PLAIN", "LOGIN") if self.oauth_challenge is None else (
+            "PLAIN", "LOGIN", *sorted(sasl.OAUTH_MECHANISMS))
+        if mech not in offered:
             self._bad(out, tag, "Unsupported authentication mechanism.", status="NO")
             return
         self._sasl_mech, self._sasl_tag, self._sasl_user = mech, tag, None
         self._transition(T.SASL_STARTED)
         if len(args) == 2:
             self._sasl_step(atoms[1].value.encode("ascii"), out)
-        elif mech == "PLAIN":
+        elif mech != "LOGIN":
             out.append(SendData(b"+ \r\n"))
         else:
             out.append(SendData(b"+ " + sasl.LOGIN_USERNAME_PROMPT + b"\r\n"))
@@ -737,6 +772,10 @@ class PreauthConnection:
     # -- SASL exchange ----------------------------------------------------------------------------
 
     def _on_sasl_segment(self, seg: LineSegment, text: bytes, out: list[Event]) -> None:
+        if (self._sasl_mech == _OAUTH_ERROR and seg.literal is None and seg.first
+                and self._refusal is None):
+            self._end_oauth_error(out)  # whatever the client answered (^A, "*", ...)
+            return
         if seg.literal is not None or not seg.first or self._refusal is not None:
             # SASL responses are single base64 lines; a literal here is malformed.
             if seg.literal is not None and seg.literal.sync:
@@ -751,7 +790,17 @@ class PreauthConnection:
             return
         self._sasl_step(text, out)
 
+    def _end_oauth_error(self, out: list[Event]) -> None:
+        tag = self._sasl_tag
+        self._transition(T.SASL_ENDED)
+        self._reset_command()
+        self._sasl_mech = ""
+        out.append(SendData(tag + AUTH_FAILED))
+
     def _sasl_fail(self, out: list[Event], text: str) -> None:
+        if self._sasl_mech == _OAUTH_ERROR:
+            self._end_oauth_error(out)  # the login failed already: its answer is the NO
+            return
         tag = self._sasl_tag
         self._transition(T.SASL_ENDED)
         self._reset_command()
@@ -759,6 +808,15 @@ class PreauthConnection:
 
     def _sasl_step(self, response: bytes, out: list[Event]) -> None:
         tag = self._sasl_tag
+        if self._sasl_mech in sasl.OAUTH_MECHANISMS:
+            bearer = (sasl.decode_oauthbearer(response) if self._sasl_mech == "OAUTHBEARER"
+                      else sasl.decode_xoauth2(response))
+            if isinstance(bearer, sasl.SaslError):
+                self._sasl_fail(out, bearer.message)
+                return
+            self._request_login(
+                out, LoginRequest(tag, self._sasl_mech, bearer.user, bearer.token))
+            return
         if self._sasl_mech == "PLAIN":
             creds = sasl.decode_plain(response)
             if isinstance(creds, sasl.SaslError):

@@ -52,6 +52,11 @@ auth_decision_seconds = Histogram(
     namespace=_NS, registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+oauth_key_fetches_total = Counter(
+    "oauth_key_fetches", "Fetches of the OAuth provider's signing keys (JWKS) by result "
+    "(ok, error); on error the cached keys stay in use.", ["result"],
+    namespace=_NS, registry=REGISTRY,
+)
 plaintext_logins_blocked_total = Counter(
     "plaintext_logins_blocked", "LOGIN/AUTHENTICATE refused because TLS was not active.",
     ["listener"], namespace=_NS, registry=REGISTRY,
@@ -192,6 +197,8 @@ def init_series(listeners: list[str], backend: str) -> None:
     for direction in ("client_to_backend", "backend_to_client"):
         bytes_relayed_total.labels(direction)
     backend_up.labels(backend)
+    for result in ("ok", "error"):
+        oauth_key_fetches_total.labels(result)
     for kind in ("connect_timeout", "refused", "tls", "login_timeout", "protocol", "closed"):
         backend_errors_total.labels(backend, kind)
     for scope, reason in (("ip", "ip_failures"), ("subnet", "subnet_failures"),

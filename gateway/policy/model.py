@@ -22,7 +22,9 @@ from gateway.netaddr import IPAddress, IPNetwork
 
 ACTIONS = ("allow", "deny")
 MFA_LEVELS = ("none", "totp", "app-password", "strong")
-FACTORS = ("none", "totp", "app-password", "remembered-device")
+# "oauth": an OAuth token whose amr shows no MFA; "oauth-mfa": one whose amr holds one of
+# [oauth] mfa_claims (the identity provider enforced the second factor).
+FACTORS = ("none", "totp", "app-password", "remembered-device", "oauth", "oauth-mfa")
 TOTP_SUFFIXES = ("separator", "plain")
 
 # Which presented factor satisfies which required level. "remembered-device" is
@@ -31,7 +33,7 @@ _SATISFIES: dict[str, frozenset[str]] = {
     "none": frozenset(FACTORS),
     "totp": frozenset({"totp", "remembered-device"}),
     "app-password": frozenset({"app-password"}),
-    "strong": frozenset({"totp", "remembered-device", "app-password"}),
+    "strong": frozenset({"totp", "remembered-device", "app-password", "oauth-mfa"}),
 }
 
 # ASCII-only case folding: user names and domains are compared case-insensitively

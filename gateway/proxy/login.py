@@ -15,6 +15,11 @@ The order matters and each step can only narrow:
    be satisfied by a weaker factor than it names.
 5. The backend verifies the password (forwarded plans) or the master login.
 
+OAUTHBEARER/XOAUTH2 logins take their own branch (``_login_oauth``): the token is checked
+(``gateway.proxy.oauth``), its username claim is the user (a user the client named must
+match it), the policy is asked with the factor ``oauth-mfa`` or ``oauth``, and the backend
+login goes through the master user, since the user has no Dovecot password to send.
+
 Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
 the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only. The one
 other answer is for a device that needs approval (``gateway.auth.approval``, only with
@@ -35,9 +40,12 @@ from gateway.auth.approval import alert_text, check_deadline
 from gateway.auth.cache import RecentSecrets
 from gateway.auth.decide import Deny, ForwardPassword, NeedsApproval, UseAppPassword, decide
 from gateway.auth.factors import normalize_app_password
+from gateway.auth.oauth import TokenRejected
+from gateway.imap.sasl import OAUTH_MECHANISMS
 from gateway.observability import metrics
 from gateway.policy import LoginContext
 from gateway.proxy.backend import BackendUnavailable
+from gateway.proxy.oauth import TokenVerifier
 from gateway.proxy.values import BackendLoginResult, LoginClient, LoginOutcome, LoginServices
 from gateway.store.errors import DeviceNotFound, StoreError
 
@@ -53,6 +61,8 @@ class Authenticator:
         self.verified = RecentSecrets(ttl=600.0)
         #: Passwords the backend rejected recently (5 min): answered here, not re-asked.
         self.rejected = RecentSecrets(ttl=300.0)
+        oauth = ctx.config.oauth
+        self.oauth: TokenVerifier | None = TokenVerifier(oauth) if oauth.enabled else None
 
     def _recently_verified(
         self, user: str, canonical: str, ip: str, client_name: str | None, now: float
@@ -81,6 +91,8 @@ class Authenticator:
         return bool(self.ctx.config.web.address)
 
     async def login(self, client: LoginClient, req: LoginRequest) -> LoginOutcome:
+        if req.mechanism in OAUTH_MECHANISMS:
+            return await self._login_oauth(client, req)
         started = trio.current_time() if client.started is None else client.started
         user = req.username
         if req.authzid and req.authzid != user:
@@ -190,6 +202,67 @@ class Authenticator:
             except StoreError as exc:
                 client.log.error("store.error", error=str(exc))
         return outcome
+
+    async def _login_oauth(self, client: LoginClient, req: LoginRequest) -> LoginOutcome:
+        """An OAuth bearer token: check it, ask the policy, log in via the master user."""
+        if self.oauth is None:
+            return LoginOutcome(reason="oauth_disabled")  # the preauth core did not offer it
+        checked = await self.oauth.verify(req.password, time.time())
+        if isinstance(checked, TokenRejected):
+            client.log.info("oauth.token_rejected", reason=checked.reason, detail=checked.detail)
+            return LoginOutcome(reason=checked.reason)
+        user = checked.user
+        if req.username and req.username != user:
+            # The token is someone else's: the client may not pick the mailbox.
+            return LoginOutcome(reason="oauth_user_mismatch")
+        backend_cfg = self.ctx.config.backend
+        separator = backend_cfg.master_separator
+        if separator and separator in user:
+            return LoginOutcome(reason="master_separator_in_user")
+        if not self.master_configured:
+            return LoginOutcome(reason="master_user_missing")
+
+        policy = self.ctx.policy.current
+        assert policy is not None  # startup loads a policy before any listener opens
+        factor = "oauth-mfa" if checked.mfa else "oauth"
+        final = policy.decide(LoginContext(
+            user=user, ip=ipaddress.ip_address(client.endpoint.ip), factor=factor))
+        if not final.allowed:
+            metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
+            return LoginOutcome(reason=final.reason)
+
+        try:
+            backend = await self.ctx.connect_backend(client.endpoint)
+        except BackendUnavailable as exc:
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        master_password = self.ctx.master_password
+        assert master_password is not None  # master_configured
+        if backend_cfg.master_login == "separator":
+            authzid, authcid = "", f"{user}{separator}{backend_cfg.master_user}"
+        else:
+            authzid, authcid = user, backend_cfg.master_user
+        try:
+            result = await backend.login_plain(authzid=authzid, authcid=authcid,
+                                               password=master_password,
+                                               timeout=backend_cfg.login_timeout)
+        except BaseException as exc:
+            await backend.aclose()
+            if not isinstance(exc, BackendUnavailable):
+                raise
+            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        if not result.ok:
+            await backend.aclose()
+            if _not_a_verdict(client, result):
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            # Dovecot refuses a master login for a user it does not know, too.
+            client.log.error("backend.master_login_failed", code=result.code)
+            return LoginOutcome(reason="master_login_failed")
+        client.log.info("oauth.token_accepted", user=user, amr=list(checked.amr),
+                        subject=checked.subject)
+        return LoginOutcome(backend=backend, user=user, ok_line=result.line, factor=factor)
 
     async def _use_approval(self, client: LoginClient, user: str, approval_id: int) -> None:
         """The approved device is remembered now: its approval is used up."""

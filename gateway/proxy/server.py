@@ -284,6 +284,8 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
                         log.error("tls.reload_failed", error=str(exc))
                 _export_cert_expiry(ctx)
                 await ctx.reload_policy(force=True)
+                if ctx.authenticator.oauth is not None:
+                    await ctx.authenticator.oauth.reload_file()
             else:
                 log.info("gateway.stopping", signal=signal.Signals(signum).name,
                          sessions=len(ctx.sessions))

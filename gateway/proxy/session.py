@@ -16,6 +16,7 @@ Cancellation closes both sockets: every stream is closed in a ``finally``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import secrets
 import ssl
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.auth.oauth import unverified_user
 from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_patterns
 from gateway.config import ListenerConfig
 from gateway.imap import preauth as pa
@@ -33,10 +35,12 @@ from gateway.imap.capabilities import client_capabilities, commands_for_capabili
 from gateway.imap.commands import CommandFilter
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.imap.responses import capability_from_ok, rewrite_login_ok
+from gateway.imap.sasl import OAUTH_MECHANISMS
 from gateway.limits.outage import fail_open
 from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
+from gateway.proxy.oauth import INTROSPECTION_UNAVAILABLE, KEYS_UNAVAILABLE, error_challenge
 from gateway.proxy.relay import relay
 from gateway.proxy.values import (
     BackendLink,
@@ -75,7 +79,8 @@ def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> Capab
 
 #: Failures that say nothing about the client's credentials: not counted by the limiter.
 _NOT_THE_CLIENTS_FAULT = frozenset(
-    {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed"})
+    {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed",
+     KEYS_UNAVAILABLE, INTROSPECTION_UNAVAILABLE})
 
 
 def new_session_id() -> str:
@@ -261,6 +266,8 @@ class ClientSession:
                 max_literal=limits.max_preauth_literal,
                 max_bad_commands=limits.max_bad_commands,
             ),
+            oauth_challenge=(error_challenge(self.ctx.config.oauth)
+                             if self.ctx.config.oauth.enabled else None),
         )
         pending = collections.deque(conn.initial_events())
         with trio.move_on_after(limits.preauth_timeout) as timer:
@@ -318,6 +325,11 @@ class ClientSession:
     ) -> tuple[BackendLink | None, list[pa.Event]]:
         """Decide a login; on success return the backend and the machine's events."""
         started = trio.current_time()
+        if req.mechanism in OAUTH_MECHANISMS and not req.username:
+            # OAUTHBEARER without a=: the limiter and the logs use the name the token
+            # claims (checked later by the login step, which refuses a mismatch).
+            req = dataclasses.replace(req, username=unverified_user(
+                req.password, self.ctx.config.oauth.username_claim))
         mechanism = req.mechanism.lower()
         limiter = self.ctx.limiter
         gate = await fail_open(

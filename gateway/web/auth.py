@@ -43,6 +43,7 @@ Nothing here logs or stores a password, a code or a session id; log events are
 from __future__ import annotations
 
 import enum
+import hmac
 import ipaddress
 import re
 import secrets
@@ -54,10 +55,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
+from gateway.auth.oauth import TokenAccepted, TokenRejected, unverified_user
 from gateway.limits.outage import fail_open
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.backend import BackendUnavailable
+from gateway.proxy.oauth import KEYS_UNAVAILABLE, TokenVerifier
 from gateway.proxy.values import BackendLink, ClientEndpoint
 from gateway.store.base import (
     CredentialStore,
@@ -83,6 +86,7 @@ __all__ = [
     "Stage",
     "Verdict",
     "check_code",
+    "check_id_token",
     "check_password",
     "in_thread",
     "may_start_enrolment",
@@ -364,6 +368,57 @@ async def _failed(services: PortalServices, browser: Browser, user: str, verdict
     if end_session:
         return Verdict(False, verdict.reason, verdict.factor, end_session=True)
     return verdict
+
+
+# ---------------------------------------------------------------------------
+# The identity provider ("Sign in with <provider>", gateway.web.oidc)
+
+
+async def check_id_token(services: PortalServices, verifier: TokenVerifier, browser: Browser,
+                         id_token: str, nonce: str, *,
+                         clock: Callable[[], float] = time.time) -> tuple[Verdict, str]:
+    """Check an OpenID Connect ID token from the code flow; (verdict, user).
+
+    The same gates as a password: the limiter's ``check_login``, the policy (a rule that
+    denies the user from here denies this too), and on failure the same counting, log,
+    history and minimum time. A good token's factor is ``oauth-mfa`` when its ``amr``
+    holds one of ``[oauth] mfa_claims``, else ``oauth``.
+    """
+    started = trio.current_time()
+    checked = await verifier.verify_id_token(id_token, clock())
+    user = checked.user if isinstance(checked, TokenAccepted) else unverified_user(
+        id_token, services.config.oauth.username_claim)
+    counted = True
+    if isinstance(checked, TokenRejected):
+        verdict = Verdict(False, checked.reason,
+                          unavailable=checked.reason == KEYS_UNAVAILABLE)
+    elif not hmac.compare_digest(checked.nonce.encode(), nonce.encode()):
+        verdict = Verdict(False, "oauth_nonce_mismatch")
+    else:
+        factor = "oauth-mfa" if checked.mfa else "oauth"
+        gate = await fail_open("check_login", services.limiter.check_login(
+            user, browser.ip, clock()), log)
+        reason = None
+        if gate is not None and not gate.allowed:
+            reason = gate.reason
+            counted = not gate.reason.startswith("banned:")
+        else:
+            backend = services.config.backend
+            if backend.master_separator and backend.master_separator in user:
+                reason = "master_separator_in_user"
+            policy = services.policy.current
+            if reason is None and policy is not None:
+                requirement = policy.requirement_for(user, ipaddress.ip_address(browser.ip))
+                if not requirement.allowed:
+                    metrics.policy_denials_total.labels(
+                        requirement.rule or "no_rule_matched").inc()
+                    reason = requirement.reason
+        if reason is None:
+            return Verdict(True, factor=factor), user
+        verdict = Verdict(False, reason, factor=factor)
+    fingerprint = services.attempt_fingerprint(user, id_token)
+    return await _failed(services, browser, user, verdict, "oauth", fingerprint, counted,
+                         started, clock), user
 
 
 async def signed_in(services: PortalServices, browser: Browser, user: str, factor: str, *,

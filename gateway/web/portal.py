@@ -37,6 +37,8 @@ Routes::
     POST /devices/forget         forget a remembered device
     POST /devices/approve        approve a pending device (``remember_device`` of its rule)
     GET  /activity               recent activity (login history, IMAP and web)
+    GET  /oauth/start            "Sign in with <provider>": off to the provider (OIDC + PKCE)
+    GET  /oauth/callback         back from the provider (gateway.web.oidc)
     POST /signout                end this session
     POST /signout/everywhere     end every web session of the user
 """
@@ -60,6 +62,7 @@ from gateway.auth.factors import InvalidScopeError, TotpResult, totp_uri
 from gateway.config import WebConfig
 from gateway.netaddr import plain_ip
 from gateway.observability.logs import get_logger
+from gateway.proxy.oauth import ProviderError, TokenVerifier
 from gateway.store.base import (
     AppPasswordInfo,
     CredentialStore,
@@ -75,12 +78,14 @@ from gateway.store.errors import (
     StoreError,
     TooManyAppPasswords,
 )
+from gateway.web import oidc
 from gateway.web.auth import (
     Browser,
     PortalServices,
     Stage,
     Verdict,
     check_code,
+    check_id_token,
     check_password,
     in_thread,
     may_start_enrolment,
@@ -118,7 +123,8 @@ _UNAVAILABLE = "The mail server cannot be reached right now. Please try again in
 #: reason before ":"); anything else is shown as just "Failed".
 FACTOR_NAMES = {"none": "Password", "totp": "Authenticator code", "app-password": "App password",
                 "remembered-device": "Remembered device", "recovery-code": "Recovery code",
-                "invite": "Invitation"}
+                "invite": "Invitation", "oauth": "OAuth token",
+                "oauth-mfa": "OAuth token with MFA"}
 FAILURE_REASONS = {
     "backend_rejected": "wrong password", "password_known_bad": "wrong password",
     "totp_invalid": "wrong code", "totp_replay": "code used already",
@@ -179,6 +185,11 @@ class Portal:
         self.templates = templates
         self.clock = clock
         templates.env.filters["when"] = _when
+        oauth = services.config.oauth
+        #: "Sign in with <provider>" (its own key cache: the portal may run without IMAP).
+        self.oidc: TokenVerifier | None = (
+            TokenVerifier(oauth) if oauth.portal_sign_in and self.web.public_url else None)
+        self.provider_name = oauth.provider_name or (urlsplit(oauth.issuer).hostname or "")
 
     @property
     def store(self) -> CredentialStore:
@@ -210,6 +221,8 @@ class Portal:
             Route("/devices/forget", page(self.device_forget, full), methods=["POST"]),
             Route("/devices/approve", page(self.device_approve, full), methods=["POST"]),
             Route("/activity", page(self.activity, full), methods=["GET"]),
+            Route("/oauth/start", self.oauth_start, methods=["GET"]),
+            Route("/oauth/callback", self.oauth_callback, methods=["GET"]),
             Route("/signout", self.signout, methods=["POST"]),
             Route("/signout/everywhere", page(self.signout_everywhere, full),
                   methods=["POST"]),
@@ -264,7 +277,9 @@ class Portal:
         response = self.templates.TemplateResponse(
             request, f"portal/{name}",
             {"csrf_token": token, "session": session,
-             "user": session.user if session else None, **context},
+             "user": session.user if session else None,
+             "oidc_provider": self.provider_name if self.oidc is not None else None,
+             **context},
             status_code=status, headers={"Cache-Control": "no-store"})
         if cookie is not None:
             response.headers.append("set-cookie", cookie)
@@ -328,6 +343,78 @@ class Portal:
         new = await in_thread(self.store.create_web_session, user, self.web.session_ttl, now)
         stage = await in_thread(stage_of, new.session, self.store, self.web.enrollment, now)
         return new, stage
+
+    # -- sign-in with the identity provider (gateway.web.oidc) ------------------------------
+
+    @property
+    def _redirect_uri(self) -> str:
+        return self.web.public_url.rstrip("/") + "/oauth/callback"
+
+    async def oauth_start(self, request: Request) -> Response:
+        if self.oidc is None:
+            return Response("Not Found", 404)
+        try:
+            endpoint = await self.oidc.endpoint("authorization_endpoint")
+        except ProviderError as exc:
+            log.warning("web.oidc_unavailable", error=str(exc))
+            return self.render(request, "signin.html", 503, session=None, error=_UNAVAILABLE)
+        flow = oidc.new_flow(self.clock())
+        url = oidc.authorization_url(endpoint, self.services.config.oauth.client_id,
+                                     self._redirect_uri, flow)
+        response = RedirectResponse(url, status_code=303)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers.append("set-cookie", oidc.flow_cookie(flow))
+        return response
+
+    async def oauth_callback(self, request: Request) -> Response:
+        if self.oidc is None:
+            return Response("Not Found", 404)
+        flow = oidc.read_flow(request.headers.get("cookie", ""), self.clock())
+        params = request.query_params
+        code, state = params.get("code", ""), params.get("state", "")
+        browser = self._browser(request)
+        if flow is None or not oidc.state_matches(flow, state):
+            # Not the flow this browser started (or it is too old): nothing to check.
+            log.info("web.signin_failed", client_ip=browser.ip, step="oauth",
+                     reason="oauth_state_mismatch")
+            return self._oidc_failed(request, 400)
+        if not code:
+            log.info("web.signin_failed", client_ip=browser.ip, step="oauth",
+                     reason="oauth_provider_refused", error=params.get("error", "")[:64])
+            return self._oidc_failed(request, 200)
+        try:
+            id_token = await self.oidc.exchange_code(code, flow.verifier, self._redirect_uri)
+        except ProviderError as exc:
+            log.warning("web.oidc_unavailable", error=str(exc))
+            return self._oidc_failed(request, 503, _UNAVAILABLE)
+        verdict, user = await check_id_token(self.services, self.oidc, browser, id_token,
+                                             flow.nonce, clock=self.clock)
+        if not verdict.ok:
+            return self._oidc_failed(request, 503 if verdict.unavailable else 200,
+                                     _UNAVAILABLE if verdict.unavailable else None)
+        old = csrf_of(request).session_id
+        if old is not None:
+            await in_thread(self.store.end_web_session, old)
+        now = self.clock()
+        # The provider did the second factor when its amr says so; else the portal's own.
+        new = await in_thread(self.store.create_web_session, user, self.web.session_ttl, now,
+                              mfa_done=verdict.factor == "oauth-mfa")
+        stage = await in_thread(stage_of, new.session, self.store, self.web.enrollment, now)
+        if stage is not Stage.SECOND_FACTOR:
+            await signed_in(self.services, browser, user, verdict.factor, clock=self.clock)
+        # A page, not a redirect: after the provider's cross-site redirect, a browser would
+        # leave the SameSite=Strict session cookie off a redirected request; the page's own
+        # same-site navigation carries it.
+        response = self.render(request, "oidc_done.html", new_session=new,
+                               next=_HOME[stage])
+        response.headers.append("set-cookie", oidc.clear_flow_cookie())
+        return response
+
+    def _oidc_failed(self, request: Request, status: int, error: str | None = None) -> Response:
+        text = error or f"Sign-in with {self.provider_name} failed. Try again."
+        response = self.render(request, "signin.html", status, session=None, error=text)
+        response.headers.append("set-cookie", oidc.clear_flow_cookie())
+        return response
 
     async def verify(self, request: Request, session: WebSession, stage: Stage) -> Response:
         if request.method == "GET":

@@ -55,9 +55,10 @@ def spki_hash(cert_pem: Path) -> str:
 
 @contextlib.contextmanager
 def chromium(trust_cert: Path, *, viewport: tuple[int, int] = (1200, 860),
-             scale: float = 1.0) -> Iterator[BrowserContext]:
+             scale: float = 1.0, extra_args: tuple[str, ...] = ()) -> Iterator[BrowserContext]:
     """A headless Chromium context (fresh profile) that accepts the certificate in
-    ``trust_cert``; closed, with its profile removed, on exit."""
+    ``trust_cert``; closed, with its profile removed, on exit. ``extra_args``: more
+    command-line flags (e.g. ``--enable-features=...``)."""
     if shutil.which(CHROMIUM) is None:
         raise BrowserMissing(f"{CHROMIUM} not found: run scripts/deps.sh (Debian package chromium)")
     profile = tempfile.mkdtemp(prefix="igw-chromium-")
@@ -67,7 +68,8 @@ def chromium(trust_cert: Path, *, viewport: tuple[int, int] = (1200, 860),
                 profile,
                 executable_path=CHROMIUM,
                 headless=True,
-                args=[*FLAGS, f"--ignore-certificate-errors-spki-list={spki_hash(trust_cert)}"],
+                args=[*FLAGS, f"--ignore-certificate-errors-spki-list={spki_hash(trust_cert)}",
+                      *extra_args],
                 viewport={"width": viewport[0], "height": viewport[1]},
                 device_scale_factor=scale,
                 locale="en-GB",

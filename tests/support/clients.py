@@ -12,12 +12,13 @@ from pathlib import Path
 
 
 def curl(url: str, *, user: str, password: str, cacert: Path, extra: list[str] | None = None,
-         timeout: float = 30) -> subprocess.CompletedProcess:
+         timeout: float = 30, config: str = "") -> subprocess.CompletedProcess:
     """``curl -sS --cacert CA -u user:pass URL``; the password goes via a config on stdin
-    (``-K -``), not argv, so it never shows in the process list."""
+    (``-K -``), not argv, so it never shows in the process list. ``config``: more lines
+    for that config (e.g. ``oauth2-bearer = "<token>"``)."""
     exe = shutil.which("curl")
     assert exe, "curl is not installed (make deps)"
-    cfg = f'user = "{user}:{password}"\n'
+    cfg = f'user = "{user}:{password}"\n' + config
     return subprocess.run([exe, "-sS", "--max-time", str(int(timeout)), "--cacert", str(cacert),
                            "-K", "-", *(extra or []), url],
                           input=cfg.encode(), capture_output=True, timeout=timeout + 5)

@@ -59,10 +59,12 @@ METRICS: dict[str, Metric] = {
     ),
     # auth `reason` is open-ended ("..." in the lead's list): only result/mechanism are closed.
     "imap_gateway_auth_attempts_total": _m(
-        "counter", "result reason mechanism", result="success failure", mechanism="login plain auth-login"
+        "counter", "result reason mechanism", result="success failure",
+        mechanism="login plain auth-login oauthbearer xoauth2"
     ),
     "imap_gateway_auth_decision_seconds": _m("histogram"),
     "imap_gateway_plaintext_logins_blocked_total": _m("counter", "listener"),
+    "imap_gateway_oauth_key_fetches_total": _m("counter", "result", result="ok error"),
     "imap_gateway_policy_denials_total": _m("counter", "rule"),
     "imap_gateway_tarpit_delay_seconds": _m("histogram"),
     "imap_gateway_bans_active": _m("gauge", "scope", scope="ip subnet user_ip"),

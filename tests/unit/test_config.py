@@ -581,3 +581,45 @@ def test_web_errors_name_the_key(confdir: Path, body: str, key: str, words: str)
     assert err.key == key, err
     assert words in err.message, err.message
     assert str(confdir / "gateway.toml") in str(err)
+
+
+# --- [oauth] -------------------------------------------------------------------
+
+OAUTH = '[oauth]\nissuer = "https://idp.example.org/realms/mail"\naudience = "imap-gateway"\n'
+
+
+def test_oauth_is_off_by_default_and_on_with_an_issuer_and_master_user(confdir: Path) -> None:
+    assert load_config(write(confdir, MINIMAL)).oauth.enabled is False
+    cfg = load_config(write(confdir, _master(confdir, 0o600) + "\n" + OAUTH))
+    assert cfg.oauth.enabled and cfg.oauth.audience == "imap-gateway"
+    assert cfg.oauth.mfa_claims == ("mfa", "otp", "hwk")
+    assert cfg.oauth.username_claim == "preferred_username"
+
+
+def test_oauth_needs_the_master_user(confdir: Path) -> None:
+    err = load_error(confdir, MINIMAL + "\n" + OAUTH)
+    assert err.key == "backend.master_user"
+    assert "required when oauth.issuer is set" in err.message
+
+
+@pytest.mark.parametrize(("body", "key", "words"), [
+    ('issuer = "http://idp.example.org/realms/mail"\naudience = "x"', "oauth.issuer",
+     "must start with https://"),
+    ('issuer = "https://idp.example.org/realms/mail"', "oauth.audience", "required when"),
+    ('issuer = "https://idp.example.org"\naudience = "x"\nintrospection_url = '
+     '"https://idp.example.org/introspect"', "oauth.client_id", "required when"),
+    ('issuer = "https://idp.example.org"\naudience = "x"\njwks_url = "https://i/j"\n'
+     'jwks_file = "gateway.toml"', "oauth.jwks_file", "not both"),
+    ('audience = "x"', "oauth.audience", "has no effect while oauth.issuer is empty"),
+    ('issuer = "https://idp.example.org"\naudience = "x"\nmfa_claims = "mfa"',
+     "oauth.mfa_claims", "must be a list"),
+    ('issuer = "https://idp.example.org"\naudience = "x"\nleeway = 60', "oauth.leeway",
+     "duration"),
+    ('issuer = "https://idp.example.org"\naudience = "x"\nissuers = "y"', "oauth.issuers",
+     "did you mean 'issuer'"),
+])
+def test_oauth_errors_name_the_key(confdir: Path, body: str, key: str, words: str) -> None:
+    err = load_error(confdir, _master(confdir, 0o600) + "\n[oauth]\n" + body + "\n")
+    problems = dict(err.problems)
+    assert key in problems, err.problems
+    assert words in problems[key], problems[key]

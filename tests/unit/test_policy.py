@@ -417,3 +417,20 @@ def test_check_command_fails_with_the_error_location(tmp_path):
     assert code == 1
     assert f"{tmp_path}/10-office.toml: rule \"office staff\": networks: unknown network name 'ofice'" in text
     assert "did you mean 'office'?" in text
+
+
+def test_oauth_token_with_mfa_meets_strong_and_one_without_does_not(tmp_path):
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "10-test.toml").write_text(textwrap.dedent("""\
+        [[rule]]
+        name = "everyone strong"
+        users = ["*"]
+        action = "allow"
+        mfa = "strong"
+        """))
+    code, text = explain_command(d, "alice", "192.0.2.1", "oauth-mfa", True)
+    assert code == 0 and json.loads(text)["decision"]["allowed"] is True
+    code, text = explain_command(d, "alice", "192.0.2.1", "oauth", True)
+    data = json.loads(text)
+    assert data["factor"] == "oauth" and data["decision"]["allowed"] is False
