@@ -165,3 +165,16 @@ def test_a_wrong_api_key_is_refused_and_dovecot_goes_on(policy_gateway, policy_r
     gw.wait_for_event("auth_policy.unauthorized")
     assert sample_value(scrape(gw), "imap_gateway_auth_policy_unauthorized_total") >= 1
     assert policy_rig.token not in gw.log_text()
+
+
+def test_a_password_spray_over_pop3_is_an_anomaly_that_names_pop3(policy_gateway, policy_rig):
+    gw = policy_gateway(limits=fast_limits(),
+                        anomaly={"spray_distinct_users": 3, "spray_action": "log"})
+    sprayer = "127.0.5.7"
+    for user in ("alice", "bob", "carol"):
+        answer = pop3_login(policy_rig, user, "Summer2026!", source=sprayer)
+        assert answer.startswith(b"-ERR"), answer
+    anomaly = gw.wait_for_event("anomaly", kind="password_spray")
+    assert anomaly["protocol"] == "pop3" and anomaly["via"] == "auth_policy"
+    assert anomaly["ip"] == sprayer
+    assert anomaly["action"] == "logged"
