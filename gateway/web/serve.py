@@ -51,9 +51,10 @@ log = get_logger()
 
 #: Seconds Hypercorn gives open requests to finish when the gateway stops.
 GRACEFUL_SECONDS = 1.0
-#: How long the auth-policy listener keeps an idle connection: longer than Dovecot's
-#: own idle limit (10 s), so Dovecot closes first and never sends on a connection we
-#: are closing (that request would fail and be allowed unchecked).
+#: How long the auth-policy listener keeps an idle connection (keep-alive and read
+#: timeout): longer than Dovecot's own idle limit (10 s), so Dovecot closes first. Closed
+#: by us first, Dovecot 2.3 sends its next request on the dead connection and waits for
+#: its timeout: that login is slowed by 1.5 s and allowed unchecked.
 POLICY_KEEP_ALIVE = 30.0
 
 
@@ -227,6 +228,7 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         app = auth_policy_app(service, gateway.runtime.auth_policy_token)
         hc = hypercorn_config(policy.address, sockets=bound.auth_policy)
         hc.keep_alive_timeout = POLICY_KEEP_ALIVE
+        hc.read_timeout = int(POLICY_KEEP_ALIVE)
         metrics.init_auth_policy_series()
         servers.append(("auth_policy", policy.address, app, hc))
     async with trio.open_nursery() as nursery:

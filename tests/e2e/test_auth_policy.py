@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tests.support.authpolicy import PolicyRig, pop3_login, start_policy_rig
 from tests.support.certs import Certs
 from tests.support.dovecot import RigError
 from tests.support.gatewayproc import GatewayFactory, GatewayProcess
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
 from tests.support.scrape import sample_value, scrape
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +179,20 @@ def test_a_password_spray_over_pop3_is_an_anomaly_that_names_pop3(policy_gateway
     assert anomaly["protocol"] == "pop3" and anomaly["via"] == "auth_policy"
     assert anomaly["ip"] == sprayer
     assert anomaly["action"] == "logged"
+
+
+def test_dovecot_reuses_an_idle_connection_and_is_answered(policy_gateway, policy_rig):
+    """Dovecot keeps an idle connection to the policy server for 10 s. Had the gateway
+    closed it earlier (Hypercorn's 5 s default), Dovecot would send its next request on the
+    dead connection, wait out its timeout and let that login go unchecked."""
+    gw = policy_gateway()
+    source = "127.0.5.8"
+    assert pop3_login(policy_rig, "bob", "bobpass", source=source).startswith(b"+OK")
+    time.sleep(7)  # past Hypercorn's default, short of Dovecot's idle limit
+    mark = policy_rig.dovecot.mark()
+    assert pop3_login(policy_rig, "bob", "bobpass", source=source).startswith(b"+OK")
+    policy_rig.dovecot.wait_for_log(r"pop3-login: Info: Login: user=<bob>.*rip=127\.0\.5\.8",
+                                    since=mark)
+    assert "Policy server HTTP error" not in policy_rig.dovecot.log_since(mark)
+    wait_until(lambda: len(gw.events("auth_policy.login", client_ip=source)) == 2, 10,
+               what="both logins reported to the gateway")
