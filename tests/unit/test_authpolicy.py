@@ -283,3 +283,34 @@ def test_the_endpoint_refuses_what_is_not_a_policy_request():
     assert client.post("/?command=allow", content=b"{").status_code == 400
     assert client.post("/?command=allow", content=b"x" * (65 * 1024)).status_code == 413
     assert client.get("/?command=allow").status_code == 405
+
+
+# -- startup ----------------------------------------------------------------------------------
+
+
+def test_a_short_token_stops_the_start_naming_key_and_file(tmp_path):
+    from gateway.config import config_from_mapping
+    from gateway.startup import StartupError, prepare
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "00.toml").write_text(
+        '[[rule]]\nname = "all"\naction = "allow"\nmfa = "none"\n')
+    pem = tmp_path / "x.pem"
+    pem.write_text("not read here")
+    token = tmp_path / "policy.token"
+    token.write_text("short\n")
+    token.chmod(0o600)
+    data = {"tls": {"cert": str(pem), "key": str(pem)},
+            "listener": [{"address": "127.0.0.1:993"}],
+            "backend": {"address": "127.0.0.1:143"}, "admin": {"address": ""},
+            "auth_policy": {"address": "127.0.0.1:9145", "token_file": str(token)}}
+    config = config_from_mapping(data, source_path=tmp_path / "gateway.toml")
+    with pytest.raises(StartupError) as info:
+        prepare(config)
+    assert "auth_policy.token_file" in str(info.value) and str(token) in str(info.value)
+    assert "at least 16" in str(info.value)
+
+    token.write_text(TOKEN + "\n")
+    runtime = prepare(config)
+    assert runtime.auth_policy_token == TOKEN
+    assert TOKEN not in repr(runtime)
