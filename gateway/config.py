@@ -52,6 +52,7 @@ from gateway.secretfile import SecretFileError, check_secret_file
 __all__ = [
     "AdminConfig",
     "AnomalyConfig",
+    "AuthPolicyConfig",
     "BackendConfig",
     "Config",
     "ConfigError",
@@ -585,6 +586,26 @@ class WebConfig(_HasAddress, BaseModel):
     activity_retention: Duration = 90 * 86400.0
 
 
+class AuthPolicyConfig(_HasAddress, BaseModel):
+    """Dovecot's auth-policy server (``gateway.authpolicy``); ``address = ""`` (the
+    default) turns it off.
+
+    ``token_file``: the secret Dovecot sends in ``auth_policy_server_api_header``; without
+    it the endpoint must listen on loopback (anyone who can reach it can report failures,
+    and so ban addresses). ``timeout``: the longest a request waits for the limiter before
+    it is answered "allow". ``gateway_networks``: where the gateway's own backend
+    connections come from; Dovecot's IMAP logins with ``real_remote`` there are the
+    gateway's relays, already counted by the gateway.
+    """
+
+    model_config = _FROZEN
+    address: OptionalAddress = ""
+    token_file: PrivateFile = None
+    timeout: Duration = 1.0
+    gateway_networks: tuple[Network, ...] = Field(
+        ("127.0.0.1/32", "::1/128"), strict=False, validate_default=True)
+
+
 class LoggingConfig(BaseModel):
     model_config = _FROZEN
     format: Annotated[Literal["json", "console"], _one_of("json", "console")] = "json"
@@ -722,6 +743,7 @@ class Config(BaseModel):
     logging: LoggingConfig = _section()
     anomaly: AnomalyConfig = _section()
     oauth: OAuthConfig = _section()
+    auth_policy: AuthPolicyConfig = _section()
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for ``check-config --json``: every value, no secret.
@@ -851,6 +873,7 @@ def _cross_checks(config: Config) -> tuple[tuple[str, str], ...]:
         problems.append(("admin.address", "same address as metrics.address; use another port"))
     problems += _web_checks(config)
     problems += _oauth_checks(config)
+    problems += _auth_policy_checks(config)
     return tuple(problems)
 
 
@@ -896,6 +919,37 @@ def _oauth_checks(config: Config) -> list[tuple[str, str]]:
     return problems
 
 
+def _auth_policy_checks(config: Config) -> list[tuple[str, str]]:
+    policy = config.auth_policy
+    problems: list[tuple[str, str]] = []
+    if not policy.address:
+        return problems
+    endpoint = (policy.host, policy.port)
+    taken = [("admin.address", config.admin), ("metrics.address", config.metrics),
+             ("web.address", config.web)]
+    taken += [(f"listener[{i}].address", lst) for i, lst in enumerate(config.listeners)]
+    for key, other in taken:
+        if other.address and (other.host, other.port) == endpoint:
+            problems.append(("auth_policy.address", f"same address as {key}; use another port"))
+    if policy.token_file is None and not _is_loopback_host(policy.host):
+        problems.append((
+            "auth_policy.token_file",
+            f"required when auth_policy.address ({policy.address!r}) is not a loopback "
+            "address: whoever reaches the endpoint can report failed logins and so ban "
+            "any address; create one with `openssl rand -hex 32 > FILE; chmod 600 FILE` and "
+            "put the same value in Dovecot's auth_policy_server_api_header"))
+    return problems
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
 # ---------------------------------------------------------------------------
 # Translating pydantic's errors into admin-facing ones
 
@@ -905,6 +959,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "policy": PolicyConfig, "admin": AdminConfig, "metrics": MetricsConfig,
     "web": WebConfig, "logging": LoggingConfig, "anomaly": AnomalyConfig,
     "oauth": OAuthConfig,
+    "auth_policy": AuthPolicyConfig,
 }  # fmt: skip
 _NO_ECHO = {("state", "redis")}
 

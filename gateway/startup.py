@@ -34,6 +34,8 @@ class Runtime:
     store: CredentialStore
     master_password: str | None = field(repr=False, default=None)
     admin_token: str | None = field(repr=False, default=None)
+    # [auth_policy] token_file's content: the X-API-Key Dovecot must send.
+    auth_policy_token: str | None = field(repr=False, default=None)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -55,8 +57,33 @@ def read_master_password(config: Config) -> str | None:
         raise StartupError(f"{where}: {path} is not UTF-8 text") from None
 
 
+#: Shortest auth-policy token accepted (as for the admin API's).
+MIN_POLICY_TOKEN_CHARS = 16
+
+
+def _read_auth_policy_token(config: Config) -> str | None:
+    path = config.auth_policy.token_file
+    if not config.auth_policy.address or path is None:
+        return None
+    where = f"{config.source_path}: auth_policy.token_file"
+    try:
+        data = read_secret_file(path)
+    except SecretFileError as exc:
+        raise StartupError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise StartupError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    token = data.decode("utf-8", "replace").strip()
+    if (len(token) < MIN_POLICY_TOKEN_CHARS or not token.isascii()
+            or any(c.isspace() or not c.isprintable() for c in token)):
+        raise StartupError(
+            f"{where}: {path} must hold one token of at least {MIN_POLICY_TOKEN_CHARS} "
+            "printable ASCII characters without spaces, e.g. from `openssl rand -hex 32`")
+    return token
+
+
 def prepare(config: Config) -> Runtime:
-    """Load policy, credential store, master password and admin token; StartupError if any fails."""
+    """Load policy, credential store, master password, admin and auth-policy tokens;
+    StartupError if any fails."""
     try:
         policy: Policy = load_policy(Path(config.policy.dir))
     except PolicyError as exc:
@@ -70,7 +97,8 @@ def prepare(config: Config) -> Runtime:
     except (StoreError, OSError) as exc:
         raise StartupError(f"{config.source_path}: store: {exc}") from None
 
-    runtime = Runtime(policy=reloader, store=store, master_password=read_master_password(config))
+    runtime = Runtime(policy=reloader, store=store, master_password=read_master_password(config),
+                      auth_policy_token=_read_auth_policy_token(config))
     if runtime.master_password is None:
         runtime.warnings.append(
             "no [backend] master_user configured: app passwords will be refused "

@@ -9,9 +9,10 @@ set -euo pipefail
 
 PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
-  # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest; third: the
+  # dovecot-pop3d: the auth-policy tests log in over POP3; second line: what
+  # scripts/imaptest.sh needs to build Dovecot's imaptest; third: the
   # browser the portal's end-to-end tests drive (tests/support/browser.py)
-  PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv
+  PACKAGES=(dovecot-imapd dovecot-pop3d haproxy isync redis-server prometheus curl openssl python3-venv
             dovecot-dev autoconf automake libtool pkg-config gcc make patch
             chromium)
 fi

@@ -31,7 +31,9 @@ class Anomaly:
     networks); never a password, fingerprint or other secret. Distinct counts saturate at
     the state backend's per-key member cap, so read them as "at least".
     ``action`` says what the gateway did about it: only logged, tarpitted the failing
-    login, or banned the source.
+    login, or banned the source. ``protocol`` is the login path that raised it ("imap",
+    "web", or the protocol Dovecot named in an auth-policy report: "pop3", "smtp", ...);
+    None for anomalies not raised by a login.
     """
 
     kind: AnomalyKind
@@ -40,6 +42,7 @@ class Anomaly:
     subnet: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     action: AnomalyAction = "logged"
+    protocol: str | None = None
 
     def as_event(self) -> dict[str, Any]:
         """Fields for the structured ``anomaly`` log event."""
@@ -49,5 +52,6 @@ class Anomaly:
             "ip": self.ip,
             "subnet": self.subnet,
             "action": self.action,
+            "protocol": self.protocol,
             **{f"evidence_{k}": v for k, v in self.evidence.items()},
         }

@@ -162,12 +162,15 @@ class Limiter:
     # -- outcomes ---------------------------------------------------------------------
 
     async def record_failure(
-        self, user: str, ip: str, fingerprint: bytes, now: float
+        self, user: str, ip: str, fingerprint: bytes, now: float, *,
+        protocol: str = "imap", spray_key: bytes | None = None,
     ) -> FailureOutcome:
         """Count a failed login and say how to answer it (tarpit) and what it triggered.
 
         ``fingerprint`` is ``HMAC-SHA256(process_secret, user + "\\0" + password)[:8]``;
-        only its hex form is stored.
+        only its hex form is stored. ``protocol`` is the login path ("imap", "web", or
+        what Dovecot reported to the auth-policy server); it is carried into the
+        anomalies raised. ``spray_key`` is reserved for the spray detector (unused here).
         """
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
@@ -224,14 +227,17 @@ class Limiter:
                 a = dataclasses.replace(a, action="banned")
             elif tarpit > 0:
                 a = dataclasses.replace(a, action="tarpitted")
-            anomalies.append(a)
+            anomalies.append(dataclasses.replace(a, protocol=protocol))
         return FailureOutcome(tarpit_seconds=tarpit, new_bans=tuple(new_bans),
                               anomalies=tuple(anomalies), duplicate=duplicate, counts=counts)
 
-    async def record_success(self, user: str, ip: str, now: float) -> SuccessOutcome:
+    async def record_success(
+        self, user: str, ip: str, now: float, *, protocol: str = "imap"
+    ) -> SuccessOutcome:
         """A successful login: the user's subnet becomes familiar (exempt from the user
         lockout there) and the (user, IP) failure count is cleared. Raises
-        ``new_network_for_user`` when the subnet is new and the user had others."""
+        ``new_network_for_user`` (carrying ``protocol``) when the subnet is new and the
+        user had others."""
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
@@ -242,6 +248,7 @@ class Limiter:
         anomalies: list[Anomaly] = await self.anomalies.observe_login_success(
             user, ip, now, subnet=subnet, previous_networks=previous
         )
+        anomalies = [dataclasses.replace(a, protocol=protocol) for a in anomalies]
         return SuccessOutcome(anomalies=tuple(anomalies), new_network=subnet not in previous)
 
     # -- ban administration (imap-gateway bans list|add|remove) -------------------------

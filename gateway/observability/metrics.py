@@ -141,6 +141,30 @@ policy_last_reload_successful = Gauge(
     namespace=_NS, registry=REGISTRY, multiprocess_mode="livemin",
 )
 
+auth_policy_requests_total = Counter(
+    "auth_policy_requests",
+    "Dovecot auth-policy requests by Dovecot's protocol, command (allow, report) and decision "
+    "(allow, reject, delay, error).",
+    ["protocol", "command", "decision"], namespace=_NS, registry=REGISTRY,
+)
+auth_policy_reports_total = Counter(
+    "auth_policy_reports",
+    "Authentication results Dovecot reported to the auth-policy server: success, failure, "
+    "policy_reject (refused by this server), gateway_relay (the gateway's own login, not "
+    "counted again).",
+    ["protocol", "result"], namespace=_NS, registry=REGISTRY,
+)
+auth_policy_request_seconds = Histogram(
+    "auth_policy_request_seconds", "Time to answer one Dovecot auth-policy request.",
+    ["command"], namespace=_NS, registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+auth_policy_unauthorized_total = Counter(
+    "auth_policy_unauthorized",
+    "Auth-policy requests refused (401) for a missing or wrong API key.",
+    namespace=_NS, registry=REGISTRY,
+)
+
 # The command label set: everything else is folded into "other" (rule 2).
 KNOWN_COMMANDS = frozenset(
     """APPEND AUTHENTICATE CAPABILITY CHECK CLOSE COMPRESS COPY CREATE DELETE ENABLE EXAMINE
@@ -207,3 +231,15 @@ def init_series(listeners: list[str], backend: str) -> None:
     for mechanism in ("login", "plain", "auth-login"):
         auth_attempts_total.labels("success", "ok", mechanism)
         auth_attempts_total.labels("failure", "backend_rejected", mechanism)
+
+
+def init_auth_policy_series() -> None:
+    """The auth-policy server's series at zero (see ``init_series``); only when it is on."""
+    for protocol in ("imap", "pop3", "smtp", "submission", "sieve"):
+        for command, decisions in (("allow", ("allow", "reject", "delay", "error")),
+                                   ("report", ("allow", "error"))):
+            for decision in decisions:
+                auth_policy_requests_total.labels(protocol, command, decision)
+        for result in ("success", "failure", "policy_reject"):
+            auth_policy_reports_total.labels(protocol, result)
+    auth_policy_reports_total.labels("imap", "gateway_relay")

@@ -11,7 +11,8 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
 - store pruning: every hour, login history past ``[web] activity_retention``, expired
   web sessions and invites;
 - bans gauge;
-- the HTTP listeners (admin API, metrics, portal): ``gateway.web.serve``;
+- the HTTP listeners (admin API, metrics, portal, Dovecot's auth-policy server):
+  ``gateway.web.serve``;
 - the live event feed's Redis relay, with ``[state] redis``
   (``gateway.observability.events_relay``).
 
@@ -349,7 +350,8 @@ async def serve(config: Config, runtime: Runtime) -> None:
 
 
 def _bind_requests(config: Config) -> list[BindRequest]:
-    """Listeners first, then metrics, admin API and portal when on; see _BoundSockets.split."""
+    """Listeners first, then metrics, admin API, portal and auth-policy server when on; see
+    _BoundSockets.split."""
     wanted = [BindRequest("[[listener]] address", lst.address, backlog=1024)
               for lst in config.listeners]
     if config.metrics.address:
@@ -358,6 +360,8 @@ def _bind_requests(config: Config) -> list[BindRequest]:
         wanted.append(BindRequest("[admin] address", config.admin.address))
     if config.web.address:
         wanted.append(BindRequest("[web] address", config.web.address))
+    if config.auth_policy.address:
+        wanted.append(BindRequest("[auth_policy] address", config.auth_policy.address))
     return wanted
 
 
@@ -376,6 +380,7 @@ class _BoundSockets:
                 metrics=next(rest) if config.metrics.address else None,
                 admin=next(rest) if config.admin.address else None,
                 web=next(rest) if config.web.address else None,
+                auth_policy=next(rest) if config.auth_policy.address else None,
             ),
         )
 
@@ -410,6 +415,7 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
                      admin=config.admin.address or None, web=config.web.address or None,
+                     auth_policy=config.auth_policy.address or None,
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
 
 

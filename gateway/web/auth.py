@@ -355,7 +355,7 @@ async def _failed(services: PortalServices, browser: Browser, user: str, verdict
     end_session = False
     if counted and reason_label not in _NOT_THE_CLIENTS_FAULT:
         failure = await fail_open("record_failure", services.limiter.record_failure(
-            user, browser.ip, fingerprint, clock()), log)
+            user, browser.ip, fingerprint, clock(), protocol="web"), log)
         if failure is not None:
             tarpit = failure.tarpit_seconds
             if tarpit:
@@ -425,7 +425,7 @@ async def signed_in(services: PortalServices, browser: Browser, user: str, facto
                     clock: Callable[[], float] = time.time) -> None:
     """Book a completed sign-in: the limiter's success, the history row, log and metric."""
     success = await fail_open("record_success", services.limiter.record_success(
-        user, browser.ip, clock()), log)
+        user, browser.ip, clock(), protocol="web"), log)
     if success is not None:
         _report(success.anomalies)
     metrics.auth_attempts_total.labels("success", "ok", MECHANISM).inc()

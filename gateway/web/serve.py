@@ -2,7 +2,8 @@
 
 One Hypercorn server per configured listener, each with the app of its role
 (``gateway.web.app``): ``[admin] address`` and ``[metrics] address`` in plain HTTP (they
-default to loopback), ``[web] address`` in HTTPS only. All of them run in one nursery
+default to loopback), ``[web] address`` in HTTPS only, ``[auth_policy] address`` (Dovecot's
+policy requests, ``gateway.web.policy_app``) in plain HTTP. All of them run in one nursery
 that ``serve_web`` owns; cancelling it (SIGTERM) closes every listener.
 
 Choices and why:
@@ -30,7 +31,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.trio import serve as hypercorn_serve
 
+from gateway.authpolicy.service import AuthPolicyService
 from gateway.config import Config
+from gateway.limits.limiter import Limiter
+from gateway.observability import metrics
 from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
 from gateway.proxy.tls import server_context
@@ -38,6 +42,7 @@ from gateway.startup import Runtime
 from gateway.web.admin_pages import AdminPortalServices, admin_routes
 from gateway.web.app import MAX_BODY, REQUEST_DEADLINE, admin_app, metrics_app, portal_app
 from gateway.web.auth import PortalServices
+from gateway.web.policy_app import auth_policy_app
 from gateway.web.token import MIN_TOKEN_CHARS, AdminTokenError, check_admin_address
 
 __all__ = ["Gateway", "HttpSockets", "hypercorn_config", "serve_web", "switching_context"]
@@ -46,6 +51,11 @@ log = get_logger()
 
 #: Seconds Hypercorn gives open requests to finish when the gateway stops.
 GRACEFUL_SECONDS = 1.0
+#: How long the auth-policy listener keeps an idle connection (keep-alive and read
+#: timeout): longer than Dovecot's own idle limit (10 s), so Dovecot closes first. Closed
+#: by us first, Dovecot 2.3 sends its next request on the dead connection and waits for
+#: its timeout: that login is slowed by 1.5 s and allowed unchecked.
+POLICY_KEEP_ALIVE = 30.0
 
 
 class _ContextSource(Protocol):
@@ -68,6 +78,8 @@ class Gateway(AdminPortalServices, PortalServices, Protocol):
     def web_tls(self) -> _ContextSource | None: ...  # [web] cert/key, or None: [tls]'s
     @property
     def ready(self) -> bool: ...
+    @property
+    def limiter(self) -> Limiter: ...
 
 
 class _StructlogLogger(HypercornLogger):
@@ -119,6 +131,7 @@ class HttpSockets:
     metrics: list[trio.SocketListener] | None = None
     admin: list[trio.SocketListener] | None = None
     web: list[trio.SocketListener] | None = None
+    auth_policy: list[trio.SocketListener] | None = None
 
 
 def hypercorn_config(address: str, *, ssl_context: ssl.SSLContext | None = None,
@@ -209,6 +222,15 @@ async def serve_web(gateway: Gateway, sockets: HttpSockets | None = None, *,
         servers.append(("web", web.address, app, hypercorn_config(
             web.address, ssl_context=listening,
             handshake_timeout=config.limits.tls_handshake_timeout, sockets=bound.web)))
+    policy = config.auth_policy
+    if policy.address:
+        service = AuthPolicyService(gateway.limiter, policy, config.limits)
+        app = auth_policy_app(service, gateway.runtime.auth_policy_token)
+        hc = hypercorn_config(policy.address, sockets=bound.auth_policy)
+        hc.keep_alive_timeout = POLICY_KEEP_ALIVE
+        hc.read_timeout = int(POLICY_KEEP_ALIVE)
+        metrics.init_auth_policy_series()
+        servers.append(("auth_policy", policy.address, app, hc))
     async with trio.open_nursery() as nursery:
         for role, address, app, hc in servers:
             binds = await nursery.start(hypercorn_serve, app, hc)

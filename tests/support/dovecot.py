@@ -50,6 +50,8 @@ class DovecotRig:
     imap_port: int
     imaps_port: int
     proxy_port: int
+    #: Only a rig started with ``extra_conf`` that opens a POP3 listener has one.
+    pop3_port: int | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(USERS), repr=False)
     master: tuple[str, str] = field(default=MASTER, repr=False)
     host: str = "127.0.0.1"
@@ -189,8 +191,12 @@ def _is_our_master(pid: int, conf: Path) -> bool:
 
 def start_rig(*, disable_plaintext_auth: bool = True,
               trusted_networks: str = "127.0.0.1/32 ::1/128",
-              users_file: Path | None = None, attempts: int = 5) -> DovecotRig:
+              users_file: Path | None = None, attempts: int = 5,
+              extra_conf: str | None = None) -> DovecotRig:
     """Create a rig dir under /tmp and start Dovecot on free loopback ports.
+
+    ``extra_conf`` is Dovecot configuration appended to the rig's (later settings win);
+    ``@POP3_PORT@`` in it becomes a free port, kept as ``rig.pop3_port``.
 
     Retries with fresh ports when another process grabbed one between our choice and
     Dovecot's bind (several suites run on this machine). Raises RigError with rig.sh's
@@ -202,15 +208,22 @@ def start_rig(*, disable_plaintext_auth: bool = True,
     last = ""
     for _ in range(attempts):
         d = Path(tempfile.mkdtemp(prefix="igw-rig.", dir="/tmp"))
-        imap, imaps, proxy = free_ports(3)
+        imap, imaps, proxy, pop3 = free_ports(4)
         env = dict(os.environ, IMAP_PORT=str(imap), IMAPS_PORT=str(imaps), PROXY_PORT=str(proxy),
                    DISABLE_PLAINTEXT_AUTH="yes" if disable_plaintext_auth else "no",
                    TRUSTED_NETWORKS=trusted_networks)
         if users_file is not None:
             env["USERS_FILE"] = str(users_file)
+        has_pop3 = extra_conf is not None and "@POP3_PORT@" in extra_conf
+        if extra_conf is not None:
+            extra = Path(d) / "extra.conf"
+            extra.write_text(extra_conf.replace("@POP3_PORT@", str(pop3)))
+            extra.chmod(0o644)
+            env["EXTRA_CONF"] = str(extra)
         proc = subprocess.run([str(RIG_SH), "start", str(d)], env=env, capture_output=True,
                               text=True, timeout=60, stdin=subprocess.DEVNULL)
-        rig = DovecotRig(dir=d, imap_port=imap, imaps_port=imaps, proxy_port=proxy)
+        rig = DovecotRig(dir=d, imap_port=imap, imaps_port=imaps, proxy_port=proxy,
+                         pop3_port=pop3 if has_pop3 else None)
         if proc.returncode == 0:
             return rig
         last = proc.stdout + proc.stderr

@@ -623,3 +623,40 @@ def test_oauth_errors_name_the_key(confdir: Path, body: str, key: str, words: st
     problems = dict(err.problems)
     assert key in problems, err.problems
     assert words in problems[key], problems[key]
+
+# --- [auth_policy] ------------------------------------------------------------
+
+
+def test_auth_policy_is_off_by_default_and_shown_by_check_config(confdir: Path) -> None:
+    cfg = load_config(write(confdir, MINIMAL))
+    assert cfg.auth_policy.address == "" and cfg.auth_policy.port is None
+    token = confdir / "policy.token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o600)
+    cfg = load_config(write(confdir, with_section(
+        "auth_policy", 'address = "127.0.0.1:9145"\ntoken_file = "policy.token"\ntimeout = "2s"')))
+    summary = cfg.summary()["auth_policy"]
+    assert summary == {"address": "127.0.0.1:9145", "host": "127.0.0.1", "port": 9145,
+                       "token_file": str(token), "timeout": 2.0,
+                       "gateway_networks": ["127.0.0.1/32", "::1/128"]}
+    assert "0123456789abcdef" not in json.dumps(cfg.summary())  # the path, never the token
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ('address = "0.0.0.0:9145"', "auth_policy.token_file",
+         "required when auth_policy.address ('0.0.0.0:9145') is not a loopback address"),
+        ('address = "127.0.0.1:9143"', "auth_policy.address", "same address as metrics.address"),
+        ('address = "127.0.0.1:9145"\ntoken_file = "missing.token"', "auth_policy.token_file",
+         "file not found"),
+        ('timeout = "0s"', "auth_policy.timeout", "must be longer than zero"),
+        ('gateway_networks = ["10.0.0.1/8"]', "auth_policy.gateway_networks[0]",
+         "did you mean '10.0.0.0/8'?"),
+        ('adress = "127.0.0.1:9145"', "auth_policy.adress", "did you mean 'address'?"),
+    ],
+)
+def test_auth_policy_errors_name_the_key(confdir: Path, body: str, key: str, words: str) -> None:
+    err = load_error(confdir, with_section("auth_policy", body))
+    assert err.key == key
+    assert words in err.message

@@ -7,7 +7,8 @@
 # Environment: IMAP_PORT IMAPS_PORT PROXY_PORT (required for start/render: several rigs run side by side on
 #   one machine, so there are no fixed defaults; the caller picks free ports), and (defaults) MAIL_UID=nobody
 #   MAIL_GID=<primary group of MAIL_UID> DISABLE_PLAINTEXT_AUTH=yes TRUSTED_NETWORKS="127.0.0.0/8 ::1/128"
-#   USERS_FILE=<this dir>/users START_TIMEOUT=20
+#   USERS_FILE=<this dir>/users START_TIMEOUT=20 EXTRA_CONF=<file appended to the config, e.g. a POP3
+#   service or an auth policy; later settings override the template's>
 # Project copy of /work/shared/reference/dovecot-rig (see its README, "Gotchas"); changes: ports required,
 #   USERS_FILE, instance name per DIR.
 # Needs: dovecot-imapd (Debian package: gives the dovecot/dovenull users), openssl. Meant to run as root;
@@ -111,6 +112,10 @@ render() {
       -e "s|@MAIL_UID@|$MAIL_UID|g" -e "s|@MAIL_GID@|$MAIL_GID|g" \
       -e "s|@DISABLE_PLAINTEXT_AUTH@|$DISABLE_PLAINTEXT_AUTH|g" -e "s|@TRUSTED_NETWORKS@|$TRUSTED_NETWORKS|g" \
       "$HERE/dovecot.conf.in" >"$CONF"
+  if [[ -n "${EXTRA_CONF:-}" ]]; then
+    [[ -r "$EXTRA_CONF" ]] || die "EXTRA_CONF=$EXTRA_CONF: not readable"
+    { echo; echo "# --- appended from EXTRA_CONF=$EXTRA_CONF ---"; cat "$EXTRA_CONF"; } >>"$CONF"
+  fi
   if ! ((ROOT)); then
     # Non-root: Dovecot cannot switch users or chroot, so every process runs as the invoking user.
     cat >>"$CONF" <<EOF
