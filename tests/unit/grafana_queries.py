@@ -105,6 +105,12 @@ METRICS: dict[str, Metric] = {
         "counter", "protocol command decision",
         command="allow report", decision="allow reject delay error",
     ),
+    "imap_gateway_auth_policy_reports_total": _m(
+        "counter", "protocol result",
+        result="success failure policy_reject gateway_relay",
+    ),
+    "imap_gateway_auth_policy_request_seconds": _m("histogram", "command", command="allow report"),
+    "imap_gateway_auth_policy_unauthorized_total": _m("counter"),
     "imap_gateway_store_unavailable_total": _m("counter", "operation"),
     "imap_gateway_worker_restarts_total": _m("counter"),
 }
@@ -115,7 +121,6 @@ METRICS: dict[str, Metric] = {
 #: already show them; empty this set once metrics.py defines them all.
 NOT_DEFINED_YET = frozenset({
     "imap_gateway_state_fallback_active",
-    "imap_gateway_auth_policy_requests_total",
     "imap_gateway_store_unavailable_total",
     "imap_gateway_worker_restarts_total",
 })
