@@ -867,7 +867,9 @@ def _unknown_key_message(name: str, model: type[BaseModel], value: Any = None) -
         if sub is not model
         for key in _keys(sub)
     }
-    close = difflib.get_close_matches(name, list(elsewhere.values()), n=1, cutoff=0.75)
+    # Only a key that exists there as written: a fuzzy match across sections misleads
+    # (a [backend] "password" is not the store's password_file).
+    close = [name] if name in elsewhere.values() else []
     if close:
         home = next(k for k, v in elsewhere.items() if v == close[0])
         return f"unknown {what}; did you mean {home}?"

@@ -10,10 +10,13 @@ set -euo pipefail
 PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
   # second line: what scripts/imaptest.sh needs to build Dovecot's imaptest; third: the
-  # browser the portal's end-to-end tests drive (tests/support/browser.py)
+  # browser the portal's end-to-end tests drive (tests/support/browser.py); fourth: the
+  # PostgreSQL server the credential store tests start (tests/support/postgres.py) and the
+  # libpq that psycopg loads for [store] url
   PACKAGES=(dovecot-imapd haproxy isync redis-server prometheus curl openssl python3-venv
             dovecot-dev autoconf automake libtool pkg-config gcc make patch
-            chromium)
+            chromium
+            postgresql libpq5)
 fi
 
 missing=()

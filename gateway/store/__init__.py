@@ -82,6 +82,7 @@ __all__ = [
     "NewRecoveryCodes",
     "NewWebSession",
     "PendingDevice",
+    "SqlCredentialStore",
     "SqliteCredentialStore",
     "StoreError",
     "StoreKeyError",
