@@ -115,6 +115,11 @@ state_unavailable_total = Counter(
     "Limiter, detector or ban calls that found the shared state ([state] redis) down.",
     ["operation"], namespace=_NS, registry=REGISTRY,
 )
+store_unavailable_total = Counter(
+    "store_unavailable",
+    "Credential store calls that found its database server ([store] url) unreachable.",
+    ["operation"], namespace=_NS, registry=REGISTRY,
+)
 
 # The command label set: everything else is folded into "other" (rule 2).
 KNOWN_COMMANDS = frozenset(
@@ -147,6 +152,11 @@ STATE_OPERATIONS = (
 )
 
 
+#: The ``operation`` label of ``store_unavailable_total``: a login's credential check, the
+#: watcher that ends sessions of revoked app passwords, the login history writer.
+STORE_OPERATIONS = ("login", "credential_check", "login_history")
+
+
 def init_series(listeners: list[str], backend: str) -> None:
     """Export every fixed-label series at zero from the start.
 
@@ -162,6 +172,8 @@ def init_series(listeners: list[str], backend: str) -> None:
         preauth_disconnects_total.labels(reason)
     for operation in STATE_OPERATIONS:
         state_unavailable_total.labels(operation)
+    for operation in STORE_OPERATIONS:
+        store_unavailable_total.labels(operation)
     for scope in ("ip", "subnet", "user_ip"):
         bans_active.labels(scope)
     for listener in listeners:

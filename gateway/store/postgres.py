@@ -106,6 +106,7 @@ class PostgresCredentialStore(SqlCredentialStore):
 
     _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
     _lock_row: ClassVar[str] = " FOR UPDATE"
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -103,6 +103,9 @@ class SqlCredentialStore(SqlPortalTables):
     _fp_key: bytes | None
     _integrity_error: ClassVar[type[Exception]] = sqlite3.IntegrityError
     _lock_row: ClassVar[str] = ""
+    #: Every call is a network round trip (and may wait for a server that is down): the
+    #: trio shell must run even the cheap ones in a worker thread, never on its loop.
+    remote: ClassVar[bool] = False
 
     def _conn(self) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
