@@ -19,7 +19,7 @@ from tests.support.certs import Certs, make_certs
 from tests.support.dovecot import DovecotRig, RigError, start_rig
 from tests.support.gatewayproc import GatewayFactory
 from tests.support.postgres import PostgresServer, PostgresStartError, start_postgres
-from tests.support.stores import BACKENDS, StoreOpener, make_opener
+from tests.support.stores import BACKENDS, StoreOpener, make_opener, pg_store_section
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -72,6 +72,17 @@ def opener(request: pytest.FixtureRequest, tmp_path) -> StoreOpener:
     and a fresh database in the session's PostgreSQL (see tests/support/stores.py)."""
     pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
     return make_opener(request.param, tmp_path, pg)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_section(request: pytest.FixtureRequest, tmp_path) -> dict[str, str]:
+    """``[store]`` overrides for test gateways, once per backend: none (the SQLite file in
+    the gateway's dir), or a fresh database in the session's PostgreSQL with its password
+    file (pass it as ``gateway(store=store_section)``)."""
+    if request.param == "sqlite":
+        return {}
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg_store_section(pg, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 ``initdb`` into a temp dir, then ``postgres`` on a free loopback port with its unix socket
 in that dir; stopped by PID (SIGINT: PostgreSQL's "fast" shutdown). The server refuses to
 run as root, so as root (CI on a fresh Debian) both run as the ``postgres`` system user
-via ``runuser``; otherwise as the current user.
+(the child switches user itself, so the PID we hold is the postmaster's own); otherwise as
+the current user.
 
 The superuser is ``gateway`` with a random password (scram-sha-256 on every connection),
 so the tests exercise ``[store] password_file`` the way a deployment does.
@@ -20,10 +21,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .net import free_port
 
-PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
+PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"),
+               *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
 SUPERUSER = "gateway"
 
 
@@ -39,14 +42,11 @@ def _bin(name: str) -> str:
         f"{name} not found under /usr/lib/postgresql/*/bin: apt-get install postgresql")
 
 
-def _as_server_user() -> list[str]:
-    """The command prefix that runs initdb/postgres as a non-root user."""
+def _as_server_user() -> dict[str, Any]:
+    """Popen arguments that run initdb/postgres as a non-root user (none if we are not root)."""
     if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        raise PostgresStartError("running as root and runuser is missing (util-linux)")
-    return [runuser, "-u", "postgres", "--"]
+        return {}
+    return {"user": "postgres", "group": "postgres", "extra_groups": []}
 
 
 @dataclass
@@ -105,12 +105,13 @@ class PostgresServer:
             return
         log = open(self.dir / "postgres.log", "ab")  # noqa: SIM115 - the server holds it
         self.proc = subprocess.Popen(
-            [*_as_server_user(), _bin("postgres"), "-D", str(self.data_dir),
+            [_bin("postgres"), "-D", str(self.data_dir),
              "-p", str(self.port), "-c", f"listen_addresses={self.host}",
              "-c", f"unix_socket_directories={self.socket_dir}",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=200", "-c", "shared_buffers=16MB"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
+            **_as_server_user())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -164,10 +165,10 @@ def start_postgres() -> PostgresServer:
         shutil.chown(pwfile, "postgres", "postgres")
     d.chmod(0o700)
     p = subprocess.run(
-        [*_as_server_user(), initdb, "-D", str(d / "data"), "-U", SUPERUSER,
+        [initdb, "-D", str(d / "data"), "-U", SUPERUSER,
          "--pwfile", str(pwfile), "--auth", "scram-sha-256", "-E", "UTF8",
          "--locale", "C.UTF-8", "--no-sync"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, cwd=d, **_as_server_user())
     pwfile.unlink()
     if p.returncode != 0:
         shutil.rmtree(d, ignore_errors=True)

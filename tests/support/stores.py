@@ -89,3 +89,19 @@ def make_opener(backend: str, tmp_path: Path, pg: PostgresServer | None) -> Stor
     assert pg is not None
     return StoreOpener("postgresql", key, db, pg=pg, database=pg.new_database(),
                        password_file=pg.write_password_file(tmp_path / "pg.password"))
+
+
+def pg_store_section(pg: PostgresServer, tmp_path: Path, database: str = "") -> dict[str, str]:
+    """``[store]`` keys for a gateway on a (new) database of ``pg``; gateways given the same
+    section share the database, the password file and the TOTP key file."""
+    return {"url": pg.url(database or pg.new_database()),
+            "password_file": str(pg.write_password_file(tmp_path / "pg.password")),
+            "key_file": str(tmp_path / "shared-store.key")}
+
+
+def gateway_store(config_path: Path) -> SqlCredentialStore:
+    """The store a gateway's config names, opened as its admin CLI would."""
+    from gateway.config import load_config
+    from gateway.store import open_configured_store
+
+    return open_configured_store(load_config(config_path).store)
