@@ -153,8 +153,9 @@ STATE_OPERATIONS = (
 
 
 #: The ``operation`` label of ``store_unavailable_total``: a login's credential check, the
-#: watcher that ends sessions of revoked app passwords, the login history writer.
-STORE_OPERATIONS = ("login", "credential_check", "login_history")
+#: watcher that ends sessions of revoked app passwords, the login history writer, and the
+#: web portal's pages and sign-in.
+STORE_OPERATIONS = ("login", "credential_check", "login_history", "web")
 
 
 def init_series(listeners: list[str], backend: str) -> None:

@@ -94,6 +94,9 @@ METRICS: dict[str, Metric] = {
         "operation",
         operation="check_connect check_login record_failure record_success anomaly admin_bans",
     ),
+    "imap_gateway_store_unavailable_total": _m(
+        "counter", "operation", operation="login credential_check login_history web"
+    ),
 }
 
 # Labels Prometheus adds to every scraped series.
