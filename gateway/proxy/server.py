@@ -256,8 +256,8 @@ class GatewayContext:
         now = time.time()
 
         def live_ids() -> dict[str, dict[int, AppPasswordInfo]]:
-            return {user: {i.id: i for i in self.store.list_app_passwords(user)}
-                    for user in by_user}
+            return {user: {i.id: i for i in infos}
+                    for user, infos in self.store.app_passwords_of(list(by_user)).items()}
 
         try:
             current = await trio.to_thread.run_sync(live_ids)

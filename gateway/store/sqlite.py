@@ -80,6 +80,8 @@ LABEL_MAX = 64
 # makes that client's saved code unknown again (its login then needs a fresh code).
 MAX_TOTP_CODES_PER_USER = 100
 
+#: Bounds the parameters of one IN (...) list (SQLite's limit is 32766, PostgreSQL's 65535).
+_USERS_PER_QUERY = 500
 _APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip, last_client"
 _DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
 
@@ -439,6 +441,27 @@ class SqlCredentialStore(SqlPortalTables):
                 (user,),
             ).fetchall()
         return [_app_info(r) for r in rows]
+
+    def app_passwords_of(self, users: Sequence[str]) -> dict[str, list[AppPasswordInfo]]:
+        """``list_app_passwords`` of many users in a few queries (the gateway's revocation
+        watcher asks for every user with a live app-password session each second; one
+        query per user would be one database round trip per user on a server database).
+        Every user asked for is in the answer, with [] when they have none."""
+        out: dict[str, list[AppPasswordInfo]] = {user: [] for user in users}
+        names = list(out)
+        for start in range(0, len(names), _USERS_PER_QUERY):
+            chunk = names[start:start + _USERS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            with self._conn() as db:
+                rows = db.execute(
+                    f"SELECT {_APP_COLS} FROM app_passwords WHERE user IN ({marks}) "
+                    "ORDER BY created, id",
+                    chunk,
+                ).fetchall()
+            for row in rows:
+                info = _app_info(row)
+                out[info.user].append(info)
+        return out
 
     def revoke_app_password(self, user: str, label: str) -> None:
         """Delete the app password; it stops verifying immediately (the label becomes free)."""

@@ -29,7 +29,11 @@ from gateway.store import (
     open_store,
 )
 from gateway.store.migrations import LATEST_VERSION, current_version
-from gateway.store.sqlite import MAX_APP_PASSWORDS_PER_USER, MAX_TOTP_CODES_PER_USER
+from gateway.store.sqlite import (
+    _USERS_PER_QUERY,
+    MAX_APP_PASSWORDS_PER_USER,
+    MAX_TOTP_CODES_PER_USER,
+)
 from tests.support.stores import StoreOpener
 
 T0 = 1_700_000_015.0  # 5 s into a TOTP step
@@ -461,6 +465,23 @@ def test_labels_are_unique_per_user_and_validated(store: SqlCredentialStore) -> 
     for bad in ("", "   ", "x" * 65, "tab\there"):
         with pytest.raises(ValueError, match="label"):
             store.create_app_password("alice", bad, None, None, T0)
+
+
+def test_app_passwords_of_many_users_at_once(store: SqlCredentialStore, opener: StoreOpener) -> None:
+    """What the revocation watcher asks each second: every user's list, in few queries."""
+    made = store.create_app_password("alice", "phone", None, None, T0)
+    # more users than one query takes, most with a row written directly (no scrypt)
+    users = [f"u{i}" for i in range(_USERS_PER_QUERY + 20)]
+    for user in users[::2]:
+        opener.sql("INSERT INTO app_passwords (user, label, hash, scopes, created) "
+                   "VALUES (?, 'x', 'h', '[\"full\"]', ?)", (user, T0))
+    got = store.app_passwords_of(["alice", "nobody", *users])
+    assert [i.id for i in got["alice"]] == [made.info.id]
+    assert got["nobody"] == []
+    assert all(len(got[u]) == (1 - i % 2) for i, u in enumerate(users))
+    assert all(info.user == u for u in users for info in got[u])
+    store.revoke_app_password("alice", "phone")
+    assert store.app_passwords_of(["alice"]) == {"alice": []}
 
 
 def test_app_password_count_is_capped(store: SqlCredentialStore, opener: StoreOpener) -> None:
