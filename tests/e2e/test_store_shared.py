@@ -1,8 +1,9 @@
-"""Several gateway processes sharing one credential store on a real PostgreSQL: a TOTP code
-used through one is refused through another, a device remembered by one is remembered by
-all, one login history; revoking an app password on one ends its sessions on the others;
-and a database outage refuses new logins (uniform NO, logged, counted) while logged-in
-sessions carry on, until the database is back, without restarting the gateway."""
+"""Several gateway processes sharing one credential store: a TOTP code used through one is
+refused through another, a device remembered by one is remembered by all, one login
+history; revoking an app password on one ends its sessions on the others. Both ways to
+share: one PostgreSQL database (several hosts), and one SQLite file (several processes on
+one host). And a PostgreSQL outage refuses new logins (uniform NO, logged, counted) while
+logged-in sessions carry on, until the database is back, without restarting the gateway."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.support.mfa import (
 )
 from tests.support.net import wait_until
 from tests.support.scrape import sample_value, scrape
-from tests.support.stores import gateway_store, pg_store_section
+from tests.support.stores import BACKENDS, gateway_store, pg_store_section
 
 pytestmark = pytest.mark.e2e
 
@@ -42,10 +43,14 @@ remember_device = "14d"
 """
 
 
-@pytest.fixture
-def pair(gateway, postgres, tmp_path) -> tuple[GatewayProcess, GatewayProcess]:
+@pytest.fixture(params=BACKENDS)
+def pair(request, gateway, tmp_path) -> tuple[GatewayProcess, GatewayProcess]:
     """Gateways A and B: separate processes, ports and dirs, one database and key file."""
-    section = pg_store_section(postgres, tmp_path)
+    if request.param == "postgresql":
+        section = pg_store_section(request.getfixturevalue("postgres"), tmp_path)
+    else:
+        section = {"path": str(tmp_path / "shared.db"),
+                   "key_file": str(tmp_path / "shared-store.key")}
     kw = dict(policies={"10-alice.toml": POLICY}, limits=MFA_LIMITS,
               backend=master_backend(tmp_path), store=section)
     return gateway(**kw), gateway(**kw)
@@ -92,7 +97,8 @@ def test_revoking_on_one_instance_ends_the_session_on_another(pair, certs) -> No
         assert imap.login("alice", made["password"])[0] == "OK"
         assert other.login("alice", keep["password"])[0] == "OK"
         assert imap.select("INBOX")[0] == "OK"
-        # revoked through A's admin CLI; B's credential watcher sees the row gone
+        # revoked through A's admin CLI; B's credential watcher (every second) sees the
+        # row gone
         admin(a, "app-password", "revoke", "alice", "phone")
         revoked_at = time.monotonic()
         ended = None
