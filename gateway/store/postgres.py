@@ -58,8 +58,9 @@ STATEMENT_TIMEOUT_MS = 5000
 #: and lets the next request start a fresh one: short, so that logins work again soon
 #: after the server returns (the pool's retries back off exponentially).
 RECONNECT_TIMEOUT = 5.0
-#: pg_advisory_xact_lock key held while migrating ("imapgw" in ASCII).
+#: pg_advisory_xact_lock keys held while migrating ("imapgw" in ASCII) and enrolling.
 _MIGRATION_LOCK = 0x696D61706777
+_ENROLMENT_LOCK = _MIGRATION_LOCK + 1
 
 _USER_COLUMN = re.compile(r'(?<![\w."])user(?![\w"])')
 
@@ -107,6 +108,7 @@ class PostgresCredentialStore(SqlCredentialStore):
     _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
     _lock_row: ClassVar[str] = " FOR UPDATE"
     remote: ClassVar[bool] = True
+    _serialize_enrolment: ClassVar[str] = f"SELECT pg_advisory_xact_lock({_ENROLMENT_LOCK})"
 
     def __init__(
         self,

@@ -105,6 +105,10 @@ class SqlCredentialStore(SqlPortalTables):
     _fp_key: bytes | None
     _integrity_error: ClassVar[type[Exception]] = sqlite3.IntegrityError
     _lock_row: ClassVar[str] = ""
+    #: A statement that makes concurrent enrolments take turns (the first seeds of two
+    #: instances with different keys must not both be written); SQLite's BEGIN
+    #: IMMEDIATE already does.
+    _serialize_enrolment: ClassVar[str] = ""
     #: Every call is a network round trip (and may wait for a server that is down): the
     #: trio shell must run even the cheap ones in a worker thread, never on its loop.
     remote: ClassVar[bool] = False
@@ -182,11 +186,33 @@ class SqlCredentialStore(SqlPortalTables):
         An already active seed keeps working until the new one is confirmed, so a
         user who re-enrolls and gives up half way is not locked out. Enrolling
         again replaces an unconfirmed pending seed.
+
+        Several gateway instances share one database, so they must share the key file:
+        a seed this key cannot decrypt already in the database means another instance
+        (or admin command) uses another key, and enrolling is refused with a
+        StoreKeyError saying so, before a seed under a second key could exist.
         """
         cipher = self._require_cipher()
         secret = new_totp_secret()
         blob = cipher.encrypt(user, secret)
-        with self._conn() as db:
+        with self._transaction() as db:
+            if self._serialize_enrolment:
+                db.execute(self._serialize_enrolment)
+            other = db.execute(
+                "SELECT user, COALESCE(active_seed, pending_seed) FROM totp "
+                "WHERE active_seed IS NOT NULL OR pending_seed IS NOT NULL LIMIT 1"
+            ).fetchone()
+            if other is not None:
+                try:
+                    cipher.decrypt(other[0], bytes(other[1]))
+                except StoreKeyError:
+                    raise StoreKeyError(
+                        f"TOTP key file {self.key_file} is not the key the seeds in "
+                        f"{self._where()} are encrypted with: another gateway instance or "
+                        "admin command uses a different [store] key_file. Every instance "
+                        "must use the same key file: copy it from one whose TOTP logins work",
+                        key_file=self.key_file,
+                    ) from None
             db.execute(
                 "INSERT INTO totp (user, pending_seed, pending_since) VALUES (?, ?, ?) "
                 "ON CONFLICT (user) DO UPDATE SET pending_seed = excluded.pending_seed, "

@@ -556,3 +556,33 @@ def test_running_store_picks_up_key_created_later_by_admin(opener: StoreOpener) 
             secret = enroll_active(admin_cli, "alice")
         code = pyotp.TOTP(secret).at(T0 + 30)
         assert gateway.check_totp("alice", code, T0 + 30) is TotpResult.OK
+
+
+def test_instances_with_different_key_files_cannot_both_enrol(
+    opener: StoreOpener, tmp_path: Path
+) -> None:
+    """Gateways sharing a database must share the key: the second key is refused before
+    it could encrypt a seed the others cannot read."""
+    with opener(create_key=True) as first:
+        enroll_active(first, "alice")
+    other_key = tmp_path / "other" / "store.key"
+    other = StoreOpener(opener.backend, other_key, opener.db_path, opener.pg,
+                        opener.database, opener.password_file)
+    other_key.parent.mkdir()
+    other_key.write_bytes(os.urandom(32))
+    other_key.chmod(0o600)
+    # (opening with it already fails: it cannot decrypt alice's seed)
+    with pytest.raises(StoreKeyError, match="cannot decrypt"):
+        other()
+    # an instance that started before the first seed existed finds out at enrolment
+    with opener(create_key=True) as s:
+        s.disable("alice")
+        with other() as late:
+            with opener() as first:
+                enroll_active(first, "bob")
+            with pytest.raises(StoreKeyError, match=r"other/store\.key is not the key.*same "
+                                                    r"key file") as err:
+                late.enroll("carol", T0)
+            assert err.value.key_file == str(other_key)
+            assert late.totp_status("carol") is TotpStatus.NONE
+        assert s.totp_status("bob") is TotpStatus.ACTIVE
