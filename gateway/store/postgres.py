@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,12 @@ RECONNECT_TIMEOUT = 5.0
 #: pg_advisory_xact_lock keys held while migrating ("imapgw" in ASCII) and enrolling.
 _MIGRATION_LOCK = 0x696D61706777
 _ENROLMENT_LOCK = _MIGRATION_LOCK + 1
+
+# The pool's own reconnect warnings (one unstructured stderr line per retry while the
+# server is down) say nothing the store does not: callers get StoreUnavailable and log
+# store.unavailable as JSON. A handler here keeps Python's last-resort stderr printer off;
+# a root handler an embedding program configures still sees them.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 _USER_COLUMN = re.compile(r'(?<![\w."])user(?![\w"])')
 

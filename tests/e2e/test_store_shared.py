@@ -172,5 +172,8 @@ def test_database_outage_refuses_new_logins_and_spares_live_sessions(
         wait_until(logs_in, timeout=TOTP_STEP, interval=0.5, what="a login after the outage")
         assert c.command("n3", "NOOP")[-1].startswith(b"n3 OK")
         assert gw.returncode is None
+        # the outage is in the JSON log only: no traceback, no driver chatter on stderr
+        stderr = gw.stderr_path.read_text()
+        assert "Traceback" not in stderr and "error connecting" not in stderr, stderr
     finally:
         c.close()
