@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.secretfile import SecretFileError, read_secret_file
@@ -130,10 +131,17 @@ class PostgresCredentialStore(SqlCredentialStore):
         self.key_file = str(key_file)
         self._fp_key = None
         self._cipher = None
-        kwargs: dict[str, Any] = {"application_name": "imap-gateway"}
-        if "connect_timeout" not in url:
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT
-        kwargs["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        try:
+            given = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StoreError(f"store.url: {_one_line(exc)}") from None
+        # Defaults for what the URL leaves out; what it says wins (options are added to).
+        kwargs: dict[str, Any] = {"application_name": given.get("application_name")
+                                  or "imap-gateway",
+                                  "connect_timeout": given.get("connect_timeout")
+                                  or CONNECT_TIMEOUT}
+        kwargs["options"] = " ".join(filter(None, [
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", str(given.get("options") or "")]))
         if password_file is not None:
             kwargs["password"] = _read_password(password_file)
         self._migrate(kwargs)
@@ -143,7 +151,11 @@ class PostgresCredentialStore(SqlCredentialStore):
             check=ConnectionPool.check_connection, name="credential-store",
         )
         try:
-            self._pool.open(wait=True, timeout=ACQUIRE_TIMEOUT + CONNECT_TIMEOUT)
+            try:
+                self._pool.open(wait=True, timeout=ACQUIRE_TIMEOUT + CONNECT_TIMEOUT)
+            except PoolTimeout:
+                raise StoreUnavailable(
+                    f"cannot connect to the credential database {self._where()}") from None
             self._cipher = self._open_cipher(create_key)
         except BaseException:
             self._pool.close()

@@ -122,6 +122,18 @@ def test_sslmode_in_the_url_reaches_libpq(pg_opener: StoreOpener) -> None:
         assert s.list_app_passwords("alice") == []
 
 
+def test_url_parameters_are_kept_and_the_gateway_adds_its_timeouts(
+    pg_opener: StoreOpener,
+) -> None:
+    url = pg_opener.url + "?options=-c%20lock_timeout%3D1234&application_name=gw-east"
+    with PostgresCredentialStore(url, pg_opener.key, password_file=pg_opener.password_file,
+                                 create_key=True) as store, store._conn() as db:
+        assert db.execute("SHOW lock_timeout").fetchone() == ("1234ms",)
+        # a stuck lock or query cannot hold a login forever
+        assert db.execute("SHOW statement_timeout").fetchone() == ("5s",)
+        assert db.execute("SHOW application_name").fetchone() == ("gw-east",)
+
+
 def test_sqlite_spelling_is_translated_once_per_statement() -> None:
     assert translate("SELECT user, id FROM t WHERE user = ? AND x LIKE '5%'") == (
         'SELECT "user", id FROM t WHERE "user" = %s AND x LIKE \'5%%\'')
