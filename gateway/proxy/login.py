@@ -17,8 +17,8 @@ The order matters and each step can only narrow:
 
 Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
 the same minimum delay (a credential store whose database is down too: fail closed,
-logged as ``store.unavailable`` and counted); ``LoginOutcome.reason`` goes to logs and metrics only. The one
-other answer is for a device that needs approval (``gateway.auth.approval``, only with
+logged as ``store.unavailable`` and counted); ``LoginOutcome.reason`` goes to logs and
+metrics only. The one other answer is for a device that needs approval (``gateway.auth.approval``, only with
 the web portal on): ``NO [ALERT]`` naming the portal, the same text after the same delay
 whether the password was right (then the device is noted for the user to approve) or not.
 """
@@ -107,7 +107,7 @@ class Authenticator:
         try:
             if canonical is None:
                 # Not shaped like an app password: no scrypt, only a few small SQLite
-                # queries, cheaper inline than a thread hop.
+                # queries, cheaper inline than a thread hop (not so on a server database).
                 plan = await trio.to_thread.run_sync(run_decide) if remote else run_decide()
             else:
                 still_valid = functools.partial(
