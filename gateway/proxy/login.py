@@ -18,9 +18,10 @@ The order matters and each step can only narrow:
 Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
 the same minimum delay (a credential store whose database is down too: fail closed,
 logged as ``store.unavailable`` and counted); ``LoginOutcome.reason`` goes to logs and
-metrics only. The one other answer is for a device that needs approval (``gateway.auth.approval``, only with
-the web portal on): ``NO [ALERT]`` naming the portal, the same text after the same delay
-whether the password was right (then the device is noted for the user to approve) or not.
+metrics only. The one other answer is for a device that needs approval
+(``gateway.auth.approval``, only with the web portal on): ``NO [ALERT]`` naming the portal,
+the same text after the same delay whether the password was right (then the device is
+noted for the user to approve) or not.
 """
 
 from __future__ import annotations
