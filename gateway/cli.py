@@ -124,12 +124,11 @@ def _emit(result: tuple[int, object], as_json: bool) -> int:
 
 
 def _open_store(config, *, create_key: bool = False):
-    from gateway.store import open_store
+    from gateway.store import open_configured_store
     from gateway.store.errors import StoreError
 
     try:
-        config.store.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return open_store(config.store.path, config.store.key_file, create_key=create_key)
+        return open_configured_store(config.store, create_key=create_key)
     except (StoreError, OSError) as exc:
         print(f"imap-gateway: {config.source_path}: store: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

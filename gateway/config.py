@@ -12,8 +12,9 @@ Rules of this module:
    so a bad config never replaces a good one on reload.
 4. No secret is read or kept. The Dovecot master password stays in its file; only the
    path is stored, and that file must give group and others no access and must not be
-   empty (``gateway.secretfile``). The only value that may embed a secret (a Redis URL
-   with a password) is hidden from repr and redacted in ``Config.summary()``.
+   empty (``gateway.secretfile``). The only values that may embed a secret (a Redis URL
+   with a password; a PostgreSQL URL, which must keep its password in
+   ``store.password_file``) are hidden from repr and redacted in ``Config.summary()``.
 
 The result is a tree of frozen pydantic models: durations are float seconds, paths
 are absolute ``Path`` objects (relative ones are resolved against the directory of
@@ -32,7 +33,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -366,6 +367,38 @@ def _redis_url(value: Any) -> str:
     return value
 
 
+#: sslmode values libpq knows; anything else is a typo that would fail at the first login.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _postgres_url(value: Any) -> str:
+    # Never echo the value: a PostgreSQL URL may carry a password.
+    if not isinstance(value, str):
+        raise _fail("must be a string: '' (the SQLite file at store.path) or a "
+                    "postgresql:// URL")
+    if value == "":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise _fail(
+            f"must start with postgresql://, got scheme {parts.scheme!r}; use '' for the "
+            "SQLite file at store.path"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _fail("invalid port in the PostgreSQL URL") from None
+    if not parts.path.strip("/"):
+        raise _fail("the PostgreSQL URL names no database; write e.g. "
+                    "'postgresql://gateway@db.example.org/gateway'")
+    for key, val in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "sslmode" and val not in _SSLMODES:
+            raise _fail(f"sslmode {val!r} is not one of {', '.join(_SSLMODES)}")
+        if key == "password":
+            raise _fail("put the password in store.password_file, not in the URL")
+    return value
+
+
 def _redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -535,9 +568,12 @@ class StateConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    """The credential store (SQLite) and the key that encrypts TOTP seeds.
+    """The credential store and the key that encrypts TOTP seeds.
 
-    Neither file must exist yet: the store creates them on first use.
+    ``url = ""``: the SQLite file at ``path``; a ``postgresql://`` URL: that database,
+    shared by every gateway instance that names it (they must share ``key_file`` too),
+    with its password read from ``password_file``. Neither the SQLite file nor the key
+    file must exist yet: the store creates them on first use.
     """
 
     model_config = _FROZEN
@@ -545,6 +581,9 @@ class StoreConfig(BaseModel):
     key_file: ResolvedPath = Field("state/store.key", validate_default=True)
     # Shown by authenticator apps above the account name ("Example Mail: alice").
     totp_issuer: Annotated[str, BeforeValidator(_totp_issuer)] = "imap-gateway"
+    # repr=False: a URL may carry a password (refused, but never echoed either).
+    url: Annotated[str, BeforeValidator(_postgres_url)] = Field("", repr=False)
+    password_file: PrivateFile = None
 
 
 class PolicyConfig(BaseModel):
@@ -763,6 +802,8 @@ class Config(BaseModel):
                 out[name] = _section_summary(value)
         if self.state.redis:
             out["state"]["redis"] = _redact_url(self.state.redis)
+        if self.store.url:
+            out["store"]["url"] = _redact_url(self.store.url)
         return out
 
 
@@ -842,6 +883,9 @@ def _cross_checks(config: Config) -> tuple[tuple[str, str], ...]:
         problems.append(
             ("backend.master_user", "required when backend.master_password_file is set")
         )
+    if config.store.password_file is not None and not config.store.url:
+        problems.append(("store.url", "required when store.password_file is set (the "
+                         "password is for the PostgreSQL database the URL names)"))
     if b.master_user and b.master_login == "separator" and not b.master_separator:
         problems.append(
             ("backend.master_separator", "must not be empty when master_login = 'separator'")
@@ -961,7 +1005,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "oauth": OAuthConfig,
     "auth_policy": AuthPolicyConfig,
 }  # fmt: skip
-_NO_ECHO = {("state", "redis")}
+_NO_ECHO = {("state", "redis"), ("store", "url")}
 
 
 def _show(value: Any) -> str:
@@ -999,7 +1043,9 @@ def _unknown_key_message(name: str, model: type[BaseModel], value: Any = None) -
         if sub is not model
         for key in _keys(sub)
     }
-    close = difflib.get_close_matches(name, list(elsewhere.values()), n=1, cutoff=0.75)
+    # Only a key that exists there as written: a fuzzy match across sections misleads
+    # (a [backend] "password" is not the store's password_file).
+    close = [name] if name in elsewhere.values() else []
     if close:
         home = next(k for k, v in elsewhere.items() if v == close[0])
         return f"unknown {what}; did you mean {home}?"

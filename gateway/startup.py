@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
 from gateway.secretfile import SecretFileError, read_secret_file
-from gateway.store import open_store
+from gateway.store import open_configured_store
 from gateway.store.base import CredentialStore
 from gateway.store.errors import StoreError
 from gateway.web.token import (
@@ -90,10 +90,8 @@ def prepare(config: Config) -> Runtime:
         raise StartupError(f"{config.source_path}: policy.dir: {exc}") from None
     reloader = PolicyReloader(Path(config.policy.dir), current=policy)
 
-    store_path = Path(config.store.path)
     try:
-        store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        store = open_store(store_path, Path(config.store.key_file), create_key=True)
+        store = open_configured_store(config.store, create_key=True)
     except (StoreError, OSError) as exc:
         raise StartupError(f"{config.source_path}: store: {exc}") from None
 

@@ -11,10 +11,13 @@ PACKAGES=("$@")
 if ((${#PACKAGES[@]} == 0)); then
   # dovecot-pop3d: the auth-policy tests log in over POP3; second line: what
   # scripts/imaptest.sh needs to build Dovecot's imaptest; third: the
-  # browser the portal's end-to-end tests drive (tests/support/browser.py)
+  # browser the portal's end-to-end tests drive (tests/support/browser.py); fourth: the
+  # PostgreSQL server the credential store tests start (tests/support/postgres.py) and the
+  # libpq that psycopg loads for [store] url
   PACKAGES=(dovecot-imapd dovecot-pop3d haproxy isync redis-server prometheus curl openssl python3-venv
             dovecot-dev autoconf automake libtool pkg-config gcc make patch
-            chromium)
+            chromium
+            postgresql libpq5)
 fi
 
 missing=()

@@ -18,6 +18,8 @@ import pytest
 from tests.support.certs import Certs, make_certs
 from tests.support.dovecot import DovecotRig, RigError, start_rig
 from tests.support.gatewayproc import GatewayFactory
+from tests.support.postgres import PostgresServer, PostgresStartError, start_postgres
+from tests.support.stores import BACKENDS, StoreOpener, make_opener, pg_store_section
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -47,6 +49,40 @@ def dovecot() -> Iterator[DovecotRig]:
         rig.stop()
         if not os.environ.get("IGW_KEEP_RIG"):
             shutil.rmtree(rig.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the run (initdb takes seconds), started only by
+    tests that use it; each test gets its own database (``new_database``). A missing
+    PostgreSQL is a failure, not a skip. Tests that stop the server start their own."""
+    try:
+        server = start_postgres()
+    except PostgresStartError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(params=BACKENDS)
+def opener(request: pytest.FixtureRequest, tmp_path) -> StoreOpener:
+    """The credential store's database and key file, once per backend: SQLite in tmp_path,
+    and a fresh database in the session's PostgreSQL (see tests/support/stores.py)."""
+    pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    return make_opener(request.param, tmp_path, pg)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_section(request: pytest.FixtureRequest, tmp_path) -> dict[str, str]:
+    """``[store]`` overrides for test gateways, once per backend: none (the SQLite file in
+    the gateway's dir), or a fresh database in the session's PostgreSQL with its password
+    file (pass it as ``gateway(store=store_section)``)."""
+    if request.param == "sqlite":
+        return {}
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg_store_section(pg, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -164,6 +164,11 @@ auth_policy_unauthorized_total = Counter(
     "Auth-policy requests refused (401) for a missing or wrong API key.",
     namespace=_NS, registry=REGISTRY,
 )
+store_unavailable_total = Counter(
+    "store_unavailable",
+    "Credential store calls that found its database server ([store] url) unreachable.",
+    ["operation"], namespace=_NS, registry=REGISTRY,
+)
 
 # The command label set: everything else is folded into "other" (rule 2).
 KNOWN_COMMANDS = frozenset(
@@ -196,6 +201,12 @@ STATE_OPERATIONS = (
 )
 
 
+#: The ``operation`` label of ``store_unavailable_total``: a login's credential check, the
+#: watcher that ends sessions of revoked app passwords, the login history writer, and the
+#: web portal's pages and sign-in.
+STORE_OPERATIONS = ("login", "credential_check", "login_history", "web")
+
+
 def init_series(listeners: list[str], backend: str) -> None:
     """Export every fixed-label series at zero from the start.
 
@@ -211,6 +222,8 @@ def init_series(listeners: list[str], backend: str) -> None:
         preauth_disconnects_total.labels(reason)
     for operation in STATE_OPERATIONS:
         state_unavailable_total.labels(operation)
+    for operation in STORE_OPERATIONS:
+        store_unavailable_total.labels(operation)
     for scope in ("ip", "subnet", "user_ip"):
         bans_active.labels(scope)
     for listener in listeners:

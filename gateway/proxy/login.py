@@ -21,10 +21,12 @@ match it), the policy is asked with the factor ``oauth-mfa`` or ``oauth``, and t
 login goes through the master user, since the user has no Dovecot password to send.
 
 Whatever fails, the session answers with the same ``NO [AUTHENTICATIONFAILED]`` after
-the same minimum delay; ``LoginOutcome.reason`` goes to logs and metrics only. The one
-other answer is for a device that needs approval (``gateway.auth.approval``, only with
-the web portal on): ``NO [ALERT]`` naming the portal, the same text after the same delay
-whether the password was right (then the device is noted for the user to approve) or not.
+the same minimum delay (a credential store whose database is down too: fail closed,
+logged as ``store.unavailable`` and counted); ``LoginOutcome.reason`` goes to logs and
+metrics only. The one other answer is for a device that needs approval
+(``gateway.auth.approval``, only with the web portal on): ``NO [ALERT]`` naming the portal,
+the same text after the same delay whether the password was right (then the device is
+noted for the user to approve) or not.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from gateway.policy import LoginContext
 from gateway.proxy.backend import BackendUnavailable
 from gateway.proxy.oauth import TokenVerifier
 from gateway.proxy.values import BackendLoginResult, LoginClient, LoginOutcome, LoginServices
-from gateway.store.errors import DeviceNotFound, StoreError
+from gateway.store.errors import DeviceNotFound, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.imap.preauth import LoginRequest
@@ -64,14 +66,12 @@ class Authenticator:
         oauth = ctx.config.oauth
         self.oauth: TokenVerifier | None = TokenVerifier(oauth) if oauth.enabled else None
 
-    def _recently_verified(
-        self, user: str, canonical: str, ip: str, client_name: str | None, now: float
+    def _still_valid(
+        self, user: str, app_password_id: int | None, ip: str, client_name: str | None,
+        now: float,
     ) -> UseAppPassword | None:
         """A plan for an app password verified within the cache TTL that is still valid."""
-        if not self.master_configured:
-            return None
-        app_password_id = self.verified.get(user, canonical, now)
-        if app_password_id is None:
+        if not self.master_configured or app_password_id is None:
             return None
         store = self.ctx.store
         info = next((i for i in store.list_app_passwords(user) if i.id == app_password_id), None)
@@ -114,19 +114,26 @@ class Authenticator:
             decide, user, req.password, client.endpoint.ip, client.client_name, requirement,
             self.ctx.store, now, self.master_configured, device_approval=self.device_approval)
         canonical = normalize_app_password(req.password)
+        # A server database answers over the network: never wait for it on the event loop.
+        remote = getattr(self.ctx.store, "remote", False)
         plan: UseAppPassword | ForwardPassword | NeedsApproval | Deny | None
         try:
             if canonical is None:
                 # Not shaped like an app password: no scrypt, only a few small SQLite
-                # queries, cheaper inline than a thread hop.
-                plan = run_decide()
+                # queries, cheaper inline than a thread hop (not so on a server database).
+                plan = await trio.to_thread.run_sync(run_decide) if remote else run_decide()
             else:
-                plan = self._recently_verified(user, canonical, client.endpoint.ip,
-                                                client.client_name, now)
+                still_valid = functools.partial(
+                    self._still_valid, user, self.verified.get(user, canonical, now),
+                    client.endpoint.ip, client.client_name, now)
+                plan = await trio.to_thread.run_sync(still_valid) if remote else still_valid()
                 if plan is None:
                     plan = await trio.to_thread.run_sync(run_decide)
                     if isinstance(plan, UseAppPassword):
                         self.verified.put(user, canonical, plan.app_password_id, now)
+        except StoreUnavailable as exc:
+            store_unavailable(client, exc)
+            return LoginOutcome(reason="store_error")
         except StoreError as exc:
             client.log.error("store.error", error=str(exc))
             return LoginOutcome(reason="store_error")
@@ -337,6 +344,12 @@ class Authenticator:
             client.log.info("device.approval_requested", user=plan.user, device_id=device.id,
                             client_name=device.client_name, state=device.state.value)
         return outcome
+
+
+def store_unavailable(client: LoginClient, exc: StoreUnavailable) -> None:
+    """Log and count a login that found the store's database down (it is refused)."""
+    client.log.error("store.unavailable", operation="login", error=str(exc))
+    metrics.store_unavailable_total.labels("login").inc()
 
 
 def _not_a_verdict(client: LoginClient, result: BackendLoginResult) -> bool:

@@ -59,7 +59,7 @@ from gateway.store.base import (
     CredentialStore,
     LoginRecord,
 )
-from gateway.store.errors import StoreError
+from gateway.store.errors import StoreError, StoreUnavailable
 from gateway.web.serve import HttpSockets, serve_web
 
 log = get_logger()
@@ -131,6 +131,11 @@ class GatewayContext:
         self._history.clear()
         try:
             await trio.to_thread.run_sync(self.store.record_logins, batch)
+        except StoreUnavailable as exc:
+            metrics.login_history_dropped_total.inc(len(batch))
+            metrics.store_unavailable_total.labels("login_history").inc()
+            log.error("store.unavailable", operation="login_history", error=str(exc),
+                      dropped=len(batch))
         except StoreError as exc:
             metrics.login_history_dropped_total.inc(len(batch))
             log.error("store.error", error=str(exc), dropped=len(batch))
@@ -256,10 +261,16 @@ class GatewayContext:
         now = time.time()
 
         def live_ids() -> dict[str, dict[int, AppPasswordInfo]]:
-            return {user: {i.id: i for i in self.store.list_app_passwords(user)}
-                    for user in by_user}
+            return {user: {i.id: i for i in infos}
+                    for user, infos in self.store.app_passwords_of(list(by_user)).items()}
 
-        current = await trio.to_thread.run_sync(live_ids)
+        try:
+            current = await trio.to_thread.run_sync(live_ids)
+        except StoreUnavailable as exc:
+            # Sessions carry on: the next look (1 s) ends those revoked meanwhile.
+            metrics.store_unavailable_total.labels("credential_check").inc()
+            log.error("store.unavailable", operation="credential_check", error=str(exc))
+            return
         for user, sessions in by_user.items():
             for session, app_password_id in sessions:
                 info = current[user].get(app_password_id)

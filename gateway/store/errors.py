@@ -42,3 +42,13 @@ class TooManyAppPasswords(StoreError):
 
 class DeviceNotFound(StoreError):
     """No remembered device with this id for this user."""
+
+
+class StoreUnavailable(StoreError):
+    """The database server could not be reached, or the connection broke mid-call.
+
+    Only a server database (PostgreSQL) raises it. Callers fail closed for what needs
+    the store (a login is refused like any failure) and log and count it
+    (``store.unavailable``, ``imap_gateway_store_unavailable_total``); the store
+    reconnects by itself once the server is back.
+    """

@@ -1,13 +1,19 @@
-"""The embedded credential store: one SQLite file plus a key file for TOTP seeds.
+"""The credential store's SQL (shared with PostgreSQL) and its embedded backend: one
+SQLite file plus a key file for TOTP seeds.
+
+``SqlCredentialStore`` holds every method; ``SqliteCredentialStore`` gives it one SQLite
+connection, ``gateway.store.postgres.PostgresCredentialStore`` a connection pool.
 
 Rules of this module:
 
-1. Thread-safe by construction: one connection (``check_same_thread=False``)
-   guarded by a lock held only around SQL, never around scrypt, so slow app
-   password checks from several worker threads run in parallel.
+1. Thread-safe by construction: SQLite's one connection (``check_same_thread=False``)
+   is guarded by a lock held only around SQL, never around scrypt, so slow app
+   password checks from several worker threads run in parallel (PostgreSQL: a pooled
+   connection is held only around SQL, the same way).
 2. State changes that must not race (TOTP replay counter and code owners,
-   enrollment) are one conditional UPDATE or one BEGIN IMMEDIATE transaction each,
-   atomic in SQLite even across processes sharing the file (WAL mode, busy timeout).
+   enrollment) are one conditional UPDATE or one ``_transaction`` each: atomic in
+   SQLite even across processes sharing the file (BEGIN IMMEDIATE, WAL mode, busy
+   timeout), and in PostgreSQL across hosts (the row lock ``_lock_row`` takes).
 3. Costs: ``verify_app_password`` runs at most one scrypt per app password of that
    user (capped at MAX_APP_PASSWORDS_PER_USER) and none at all when the secret is
    not shaped like an app password. Everything else is a few indexed queries.
@@ -23,7 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, Self
 
 from gateway.auth.factors import (
     TotpResult,
@@ -61,7 +67,7 @@ from gateway.store.errors import (
 )
 from gateway.store.keyfile import SeedCipher, load_key
 from gateway.store.migrations import migrate
-from gateway.store.sqlite_portal import SqlitePortalTables
+from gateway.store.sqlite_portal import SqlPortalTables
 
 # Bounds the scrypt work one login can cause (see verify_app_password).
 MAX_APP_PASSWORDS_PER_USER = 20
@@ -74,84 +80,82 @@ LABEL_MAX = 64
 # makes that client's saved code unknown again (its login then needs a fresh code).
 MAX_TOTP_CODES_PER_USER = 100
 
+#: Bounds the parameters of one IN (...) list (SQLite's limit is 32766, PostgreSQL's 65535).
+_USERS_PER_QUERY = 500
 _APP_COLS = "id, user, label, scopes, created, expires, last_used, last_ip, last_client"
 _DEV_COLS = "id, user, network, client_name, created, expires, last_seen"
 
 
-class SqliteCredentialStore(SqlitePortalTables):
-    """CredentialStore on SQLite. Open once per process; share it between threads.
+class SqlCredentialStore(SqlPortalTables):
+    """The CredentialStore methods, in SQL that SQLite and PostgreSQL both run.
 
-    The login-path methods are here; the web portal's (history, recovery codes,
-    invites, pending devices, web sessions) come from ``SqlitePortalTables``.
+    A backend subclass provides the connection: ``_conn()`` (one statement or a few
+    reads) and ``_transaction()`` (a read-decide-write that must be atomic against
+    other threads and other gateway processes), the exception a UNIQUE violation
+    raises, and ``_lock_row``, the clause that makes a SELECT inside a transaction
+    hold the row until COMMIT where the database needs it (PostgreSQL's
+    ``FOR UPDATE``; SQLite's BEGIN IMMEDIATE already locks the whole database).
 
-    ``create_key=True`` (admin commands, first start) creates a missing key file,
-    unless the database already holds seeds: a new key could not decrypt them,
-    so that case is a StoreKeyError whatever ``create_key`` says. Opening also
-    test-decrypts one stored seed, so a wrong key fails at start, not at the
-    first TOTP login.
+    The SQL is written in SQLite's spelling (``?`` placeholders, the column ``user``);
+    the PostgreSQL connection translates those two (``gateway.store.postgres``).
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        key_file: str | os.PathLike[str],
-        *,
-        create_key: bool = False,
-    ) -> None:
-        self.path = str(path)
-        self.key_file = str(key_file)
-        self._lock = threading.Lock()
-        self._fp_key: bytes | None = None
-        _create_private_file(Path(self.path))
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open credential database {self.path}: {exc}") from exc
-        try:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            migrate(self._db, self.path)
-            self._cipher = self._open_cipher(create_key)
-        except BaseException:
-            self._db.close()
-            raise
+    key_file: str
+    _cipher: SeedCipher | None
+    _fp_key: bytes | None
+    _integrity_error: ClassVar[type[Exception]] = sqlite3.IntegrityError
+    _lock_row: ClassVar[str] = ""
+    #: A statement that makes concurrent enrolments take turns (the first seeds of two
+    #: instances with different keys must not both be written); SQLite's BEGIN
+    #: IMMEDIATE already does.
+    _serialize_enrolment: ClassVar[str] = ""
+    #: Every call is a network round trip (and may wait for a server that is down): the
+    #: trio shell must run even the cheap ones in a worker thread, never on its loop.
+    remote: ClassVar[bool] = False
 
-    def _open_cipher(self, create_key: bool) -> SeedCipher | None:
-        has_seed = "active_seed IS NOT NULL OR pending_seed IS NOT NULL"
-        (seeds,) = self._db.execute(f"SELECT COUNT(*) FROM totp WHERE {has_seed}").fetchone()
-        key = load_key(self.key_file, create=create_key and not seeds)
-        if key is None:
-            if seeds:
-                raise StoreKeyError(
-                    f"TOTP key file {self.key_file} is missing, but {self.path} holds encrypted "
-                    f"TOTP seeds for {seeds} user(s): restore the key file from backup "
-                    "(check [store] key_file), or disable and re-enroll those users",
-                    key_file=self.key_file,
-                )
-            return None
-        cipher = SeedCipher(key, self.key_file)
-        self._fp_key = fingerprint_key(key)
-        if seeds:
-            user, blob = self._db.execute(
-                f"SELECT user, COALESCE(active_seed, pending_seed) FROM totp WHERE {has_seed} "
-                "LIMIT 1"
-            ).fetchone()
-            cipher.decrypt(user, blob)  # raises StoreKeyError naming the file if wrong
-        return cipher
+    def _conn(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
 
-    def __enter__(self) -> SqliteCredentialStore:
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        """The database as messages name it (a path, or a URL without its password)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"SqliteCredentialStore(path={self.path!r}, key_file={self.key_file!r})"
-
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        raise NotImplementedError
+
+    def _open_cipher(self, create_key: bool) -> SeedCipher | None:
+        has_seed = "active_seed IS NOT NULL OR pending_seed IS NOT NULL"
+        with self._conn() as db:
+            (seeds,) = db.execute(f"SELECT COUNT(*) FROM totp WHERE {has_seed}").fetchone()
+            sample = db.execute(
+                f"SELECT user, COALESCE(active_seed, pending_seed) FROM totp WHERE {has_seed} "
+                "LIMIT 1"
+            ).fetchone()
+        key = load_key(self.key_file, create=create_key and not seeds)
+        if key is None:
+            if seeds:
+                raise StoreKeyError(
+                    f"TOTP key file {self.key_file} is missing, but {self._where()} holds "
+                    f"encrypted TOTP seeds for {seeds} user(s): restore the key file from "
+                    "backup (check [store] key_file), or disable and re-enroll those users",
+                    key_file=self.key_file,
+                )
+            return None
+        cipher = SeedCipher(key, self.key_file)
+        self._fp_key = fingerprint_key(key)
+        if sample is not None:
+            user, blob = sample
+            cipher.decrypt(user, bytes(blob))  # raises StoreKeyError naming the file if wrong
+        return cipher
 
     def _require_cipher(self) -> SeedCipher:
         if self._cipher is None:
@@ -169,22 +173,6 @@ class SqliteCredentialStore(SqlitePortalTables):
             )
         return self._cipher
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The lock and one write transaction: COMMIT at the end, ROLLBACK on any error.
-
-        BEGIN IMMEDIATE takes SQLite's write lock up front, so a read-decide-write
-        inside it is atomic against other threads and other processes alike.
-        """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def _require_fp_key(self) -> bytes:
         self._require_cipher()  # loads the key file if an admin created it since
         assert self._fp_key is not None
@@ -198,12 +186,34 @@ class SqliteCredentialStore(SqlitePortalTables):
         An already active seed keeps working until the new one is confirmed, so a
         user who re-enrolls and gives up half way is not locked out. Enrolling
         again replaces an unconfirmed pending seed.
+
+        Several gateway instances share one database, so they must share the key file:
+        a seed this key cannot decrypt already in the database means another instance
+        (or admin command) uses another key, and enrolling is refused with a
+        StoreKeyError saying so, before a seed under a second key could exist.
         """
         cipher = self._require_cipher()
         secret = new_totp_secret()
         blob = cipher.encrypt(user, secret)
-        with self._lock:
-            self._db.execute(
+        with self._transaction() as db:
+            if self._serialize_enrolment:
+                db.execute(self._serialize_enrolment)
+            other = db.execute(
+                "SELECT user, COALESCE(active_seed, pending_seed) FROM totp "
+                "WHERE active_seed IS NOT NULL OR pending_seed IS NOT NULL LIMIT 1"
+            ).fetchone()
+            if other is not None:
+                try:
+                    cipher.decrypt(other[0], bytes(other[1]))
+                except StoreKeyError:
+                    raise StoreKeyError(
+                        f"TOTP key file {self.key_file} is not the key the seeds in "
+                        f"{self._where()} are encrypted with: another gateway instance or "
+                        "admin command uses a different [store] key_file. Every instance "
+                        "must use the same key file: copy it from one whose TOTP logins work",
+                        key_file=self.key_file,
+                    ) from None
+            db.execute(
                 "INSERT INTO totp (user, pending_seed, pending_since) VALUES (?, ?, ?) "
                 "ON CONFLICT (user) DO UPDATE SET pending_seed = excluded.pending_seed, "
                 "pending_since = excluded.pending_since",
@@ -221,8 +231,8 @@ class SqliteCredentialStore(SqlitePortalTables):
         "confirm with the current code, then put the same code into the mail
         client"; refusing it would lock the user out until the next code appears.
         """
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "SELECT pending_seed FROM totp WHERE user = ?", (user,)
             ).fetchone()
         if row is None or row[0] is None:
@@ -256,8 +266,8 @@ class SqliteCredentialStore(SqlitePortalTables):
             return db.execute("DELETE FROM totp WHERE user = ?", (user,)).rowcount > 0
 
     def totp_status(self, user: str) -> TotpStatus:
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "SELECT active_seed IS NOT NULL, pending_seed IS NOT NULL FROM totp WHERE user = ?",
                 (user,),
             ).fetchone()
@@ -299,8 +309,8 @@ class SqliteCredentialStore(SqlitePortalTables):
         so of several clients racing with one fresh code exactly one wins.
         Raises StoreKeyError if the seed cannot be decrypted: fail closed.
         """
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "SELECT active_seed FROM totp WHERE user = ?", (user,)
             ).fetchone()
         if row is None or row[0] is None:
@@ -310,8 +320,8 @@ class SqliteCredentialStore(SqlitePortalTables):
         fp_key = self._require_fp_key()
         code_fp = totp_code_fingerprint(fp_key, user, code)
         if step is None:
-            with self._lock:
-                known = self._db.execute(
+            with self._conn() as db:
+                known = db.execute(
                     "SELECT 1 FROM totp_codes WHERE user = ? AND code_fp = ? LIMIT 1",
                     (user, code_fp),
                 ).fetchone()
@@ -319,7 +329,8 @@ class SqliteCredentialStore(SqlitePortalTables):
         source = None if ip is None else totp_source_fingerprint(fp_key, user, ip, client_name)
         with self._transaction() as db:
             row = db.execute(
-                "SELECT last_step FROM totp WHERE user = ? AND active_seed = ?", (user, blob)
+                "SELECT last_step FROM totp WHERE user = ? AND active_seed = ?" + self._lock_row,
+                (user, blob),
             ).fetchone()
             if row is None:
                 return TotpResult.INVALID  # disabled or re-enrolled since the seed was read
@@ -347,7 +358,7 @@ class SqliteCredentialStore(SqlitePortalTables):
                     (source, code_id),
                 )
                 return TotpResult.OK
-            if owner is not None and hmac.compare_digest(owner, source):
+            if owner is not None and hmac.compare_digest(bytes(owner), source):
                 return TotpResult.OK
             return TotpResult.REPLAY
 
@@ -374,8 +385,8 @@ class SqliteCredentialStore(SqlitePortalTables):
             raise ValueError("expiry must be in the future")
         password = generate_app_password()
         encoded = hash_app_password(password)
-        with self._lock:
-            (count,) = self._db.execute(
+        with self._conn() as db:
+            (count,) = db.execute(
                 "SELECT COUNT(*) FROM app_passwords WHERE user = ?", (user,)
             ).fetchone()
             if count >= MAX_APP_PASSWORDS_PER_USER:
@@ -385,20 +396,20 @@ class SqliteCredentialStore(SqlitePortalTables):
                     f"`imap-gateway app-password revoke {user} LABEL`"
                 )
             try:
-                cur = self._db.execute(
+                cur = db.execute(
                     "INSERT INTO app_passwords (user, label, hash, scopes, created, expires) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                     (user, label, encoded, json.dumps(list(canon_scopes)), now, expires),
                 )
-            except sqlite3.IntegrityError:
+                (new_id,) = cur.fetchone()
+            except self._integrity_error:
                 raise AppPasswordLabelExists(
                     f"user {user!r} already has an app password labelled {label!r}: choose "
                     f"another label or revoke it first (imap-gateway app-password revoke {user} "
                     f"{label!r})"
                 ) from None
-            new_id = cur.lastrowid
         info = AppPasswordInfo(
-            id=int(new_id or 0),
+            id=int(new_id),
             user=user,
             label=label,
             scopes=canon_scopes,
@@ -423,8 +434,8 @@ class SqliteCredentialStore(SqlitePortalTables):
         canon = normalize_app_password(secret)
         if canon is None:
             return AppPasswordCheck(AppPasswordStatus.NO_MATCH)
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_APP_COLS}, hash FROM app_passwords WHERE user = ? ORDER BY "
                 "(expires IS NOT NULL AND expires <= ?), last_used IS NULL, last_used DESC, id",
                 (user, now),
@@ -443,24 +454,45 @@ class SqliteCredentialStore(SqlitePortalTables):
     ) -> None:
         """Note a successful use: when, from which address, by which client (IMAP ID name,
         bounded like a device's)."""
-        with self._lock:
-            self._db.execute(
+        with self._conn() as db:
+            db.execute(
                 "UPDATE app_passwords SET last_used = ?, last_ip = ?, last_client = ? WHERE id = ?",
                 (now, ip, device_client_name(client_name), app_password_id),
             )
 
     def list_app_passwords(self, user: str) -> list[AppPasswordInfo]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_APP_COLS} FROM app_passwords WHERE user = ? ORDER BY created, id",
                 (user,),
             ).fetchall()
         return [_app_info(r) for r in rows]
 
+    def app_passwords_of(self, users: Sequence[str]) -> dict[str, list[AppPasswordInfo]]:
+        """``list_app_passwords`` of many users in a few queries (the gateway's revocation
+        watcher asks for every user with a live app-password session each second; one
+        query per user would be one database round trip per user on a server database).
+        Every user asked for is in the answer, with [] when they have none."""
+        out: dict[str, list[AppPasswordInfo]] = {user: [] for user in users}
+        names = list(out)
+        for start in range(0, len(names), _USERS_PER_QUERY):
+            chunk = names[start:start + _USERS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            with self._conn() as db:
+                rows = db.execute(
+                    f"SELECT {_APP_COLS} FROM app_passwords WHERE user IN ({marks}) "
+                    "ORDER BY created, id",
+                    chunk,
+                ).fetchall()
+            for row in rows:
+                info = _app_info(row)
+                out[info.user].append(info)
+        return out
+
     def revoke_app_password(self, user: str, label: str) -> None:
         """Delete the app password; it stops verifying immediately (the label becomes free)."""
-        with self._lock:
-            cur = self._db.execute(
+        with self._conn() as db:
+            cur = db.execute(
                 "DELETE FROM app_passwords WHERE user = ? AND label = ?", (user, label)
             )
         if cur.rowcount == 0:
@@ -484,26 +516,20 @@ class SqliteCredentialStore(SqlitePortalTables):
             raise ValueError("remember-device ttl must be positive (0 means: do not remember)")
         network = device_network(ip)
         name = device_client_name(client_name)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM devices WHERE user = ? AND expires <= ?", (user, now))
-                row = self._db.execute(
-                    "INSERT INTO devices (user, network, client_name, created, expires, last_seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user, network, client_name) DO UPDATE "
-                    "SET expires = excluded.expires, last_seen = excluded.last_seen "
-                    f"RETURNING {_DEV_COLS}",
-                    (user, network, name, now, now + ttl, now),
-                ).fetchone()
-                self._db.execute(
-                    "DELETE FROM devices WHERE user = ? AND id NOT IN (SELECT id FROM devices "
-                    "WHERE user = ? ORDER BY last_seen DESC, id DESC LIMIT ?)",
-                    (user, user, MAX_DEVICES_PER_USER),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute("DELETE FROM devices WHERE user = ? AND expires <= ?", (user, now))
+            row = db.execute(
+                "INSERT INTO devices (user, network, client_name, created, expires, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user, network, client_name) DO UPDATE "
+                "SET expires = excluded.expires, last_seen = excluded.last_seen "
+                f"RETURNING {_DEV_COLS}",
+                (user, network, name, now, now + ttl, now),
+            ).fetchone()
+            db.execute(
+                "DELETE FROM devices WHERE user = ? AND id NOT IN (SELECT id FROM devices "
+                "WHERE user = ? ORDER BY last_seen DESC, id DESC LIMIT ?)",
+                (user, user, MAX_DEVICES_PER_USER),
+            )
         return _device_info(row)
 
     def is_remembered(self, user: str, ip: str, client_name: str | None, now: float) -> bool:
@@ -512,8 +538,8 @@ class SqliteCredentialStore(SqlitePortalTables):
             network = device_network(ip)
         except ValueError:
             return False
-        with self._lock:
-            cur = self._db.execute(
+        with self._conn() as db:
+            cur = db.execute(
                 "UPDATE devices SET last_seen = ? WHERE user = ? AND network = ? "
                 "AND client_name = ? AND expires > ?",
                 (now, user, network, device_client_name(client_name), now),
@@ -522,8 +548,8 @@ class SqliteCredentialStore(SqlitePortalTables):
 
     def list_devices(self, user: str) -> list[DeviceInfo]:
         """All remembered devices of the user, expired ones included (see is_expired)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_DEV_COLS} FROM devices WHERE user = ? ORDER BY created, id", (user,)
             ).fetchall()
         return [_device_info(r) for r in rows]
@@ -534,10 +560,10 @@ class SqliteCredentialStore(SqlitePortalTables):
         Raises DeviceNotFound for an id the user does not have (ids of other
         users' devices are not found either).
         """
-        with self._lock:
+        with self._conn() as db:
             if device_id == "all":
-                return self._db.execute("DELETE FROM devices WHERE user = ?", (user,)).rowcount
-            cur = self._db.execute(
+                return db.execute("DELETE FROM devices WHERE user = ?", (user,)).rowcount
+            cur = db.execute(
                 "DELETE FROM devices WHERE user = ? AND id = ?", (user, int(device_id))
             )
         if cur.rowcount == 0:
@@ -546,6 +572,76 @@ class SqliteCredentialStore(SqlitePortalTables):
                 f"`imap-gateway devices list {user}`"
             )
         return cur.rowcount
+
+
+class SqliteCredentialStore(SqlCredentialStore):
+    """CredentialStore on SQLite. Open once per process; share it between threads.
+
+    ``create_key=True`` (admin commands, first start) creates a missing key file,
+    unless the database already holds seeds: a new key could not decrypt them,
+    so that case is a StoreKeyError whatever ``create_key`` says. Opening also
+    test-decrypts one stored seed, so a wrong key fails at start, not at the
+    first TOTP login.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key_file: str | os.PathLike[str],
+        *,
+        create_key: bool = False,
+    ) -> None:
+        self.path = str(path)
+        self.key_file = str(key_file)
+        self._lock = threading.Lock()
+        self._fp_key = None
+        _create_private_file(Path(self.path))
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open credential database {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            migrate(self._db, self.path)
+            self._cipher = self._open_cipher(create_key)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqliteCredentialStore(path={self.path!r}, key_file={self.key_file!r})"
+
+    def _where(self) -> str:
+        return self.path
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock (autocommit: each statement is its own
+        transaction)."""
+        with self._lock:
+            yield self._db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The lock and one write transaction: COMMIT at the end, ROLLBACK on any error.
+
+        BEGIN IMMEDIATE takes SQLite's write lock up front, so a read-decide-write
+        inside it is atomic against other threads and other processes alike.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
 
 def open_store(

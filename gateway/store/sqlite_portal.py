@@ -1,4 +1,4 @@
-"""The web portal's tables on SQLite, mixed into ``SqliteCredentialStore``.
+"""The web portal's tables, mixed into ``SqlCredentialStore`` (SQLite and PostgreSQL).
 
 Login history, recovery codes, invites, devices waiting for approval and web sessions:
 data the login path does not decide with, kept in the same database file (one backup,
@@ -7,7 +7,7 @@ logins.
 
 Rules of this module:
 
-1. Same as ``sqlite.py``: the lock is held only around SQL, never around scrypt;
+1. Same as ``sqlite.py``: a connection is held only around SQL, never around scrypt;
    every check-and-consume (a recovery code, an invite) is one conditional UPDATE, so
    of two concurrent uses exactly one wins, across processes too.
 2. Secrets in clear exist only in the values the create methods return. Recovery
@@ -27,9 +27,8 @@ import hashlib
 import ipaddress
 import secrets
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.auth.factors import (
     device_client_name,
@@ -96,13 +95,13 @@ def _address(address: str) -> str:
     return str(addr)
 
 
-class SqlitePortalTables:
-    """The portal methods of ``CredentialStore``; SqliteCredentialStore provides the connection."""
+class SqlPortalTables:
+    """The portal methods of ``CredentialStore``; ``SqlCredentialStore`` provides the
+    connection (``_conn``: a statement or a few reads; ``_transaction``: atomic writes)."""
 
-    # Provided by SqliteCredentialStore (annotations only: nothing here shadows them).
-    _db: sqlite3.Connection
-    _lock: threading.Lock
-    _transaction: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]
+    # Provided by the backend's store class (annotations only: nothing here shadows them).
+    _conn: Callable[[], contextlib.AbstractContextManager[Any]]
+    _transaction: Callable[[], contextlib.AbstractContextManager[Any]]
 
     # --- login history ------------------------------------------------------------------
 
@@ -131,22 +130,17 @@ class SqlitePortalTables:
         ]
         if not rows:
             return
-        with self._lock, _as_store_error("cannot record logins in the history"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO login_history (time, user, address, client_name, factor, "
-                    "result, protocol, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with _as_store_error("cannot record logins in the history"), \
+                self._transaction() as db:
+            db.executemany(
+                "INSERT INTO login_history (time, user, address, client_name, factor, "
+                "result, protocol, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def recent_logins(self, user: str, limit: int = 50) -> list[LoginRecord]:
         """The user's newest attempts first, at most ``limit`` (capped at MAX_HISTORY_LIST)."""
         limit = max(1, min(int(limit), MAX_HISTORY_LIST))
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_HISTORY_COLS} FROM login_history WHERE user = ? "
                 "ORDER BY time DESC, id DESC LIMIT ?",
                 (user, limit),
@@ -164,8 +158,8 @@ class SqlitePortalTables:
         cutoff = now - retention
         total = 0
         while True:
-            with self._lock:
-                deleted = self._db.execute(
+            with self._conn() as db:
+                deleted = db.execute(
                     "DELETE FROM login_history WHERE id IN (SELECT id FROM login_history "
                     "WHERE time < ? LIMIT ?)",
                     (cutoff, PRUNE_BATCH),
@@ -201,8 +195,8 @@ class SqlitePortalTables:
         canon = normalize_recovery_code(code)
         if canon is None:
             return False
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 "SELECT id, hash FROM recovery_codes WHERE user = ? AND used IS NULL ORDER BY id",
                 (user,),
             ).fetchall()
@@ -214,16 +208,16 @@ class SqlitePortalTables:
         index = match_recovery_code(canon, [r[1] for r in rows])
         if index is None:
             return False
-        with self._lock:
-            cur = self._db.execute(
+        with self._conn() as db:
+            cur = db.execute(
                 "UPDATE recovery_codes SET used = ? WHERE id = ? AND used IS NULL",
                 (now, rows[index][0]),
             )
         return cur.rowcount == 1
 
     def recovery_codes_left(self, user: str) -> int:
-        with self._lock:
-            (count,) = self._db.execute(
+        with self._conn() as db:
+            (count,) = db.execute(
                 "SELECT COUNT(*) FROM recovery_codes WHERE user = ? AND used IS NULL", (user,)
             ).fetchone()
         return int(count)
@@ -235,13 +229,15 @@ class SqlitePortalTables:
         if ttl <= 0:
             raise ValueError("invite lifetime must be positive")
         token = _new_token()
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO invites (token_hash, user, created, expires) VALUES (?, ?, ?, ?)",
+        with self._conn() as db:
+            cur = db.execute(
+                "INSERT INTO invites (token_hash, user, created, expires) VALUES (?, ?, ?, ?) "
+                "RETURNING id",
                 (_token_hash(b"invite", token), user, now, now + ttl),
             )
+            (new_id,) = cur.fetchone()
         info = InviteInfo(
-            id=int(cur.lastrowid or 0), user=user, created=now, expires=now + ttl, consumed=None
+            id=int(new_id), user=user, created=now, expires=now + ttl, consumed=None
         )
         return NewInvite(token=token, info=info)
 
@@ -253,8 +249,8 @@ class SqlitePortalTables:
         """
         if not token or len(token) > _TOKEN_MAX:
             return None
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "UPDATE invites SET consumed = ? WHERE token_hash = ? AND consumed IS NULL "
                 f"AND expires > ? RETURNING {_INVITE_COLS}",
                 (now, _token_hash(b"invite", token), now),
@@ -262,8 +258,8 @@ class SqlitePortalTables:
         return None if row is None else _invite_info(row)
 
     def list_invites(self, user: str) -> list[InviteInfo]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_INVITE_COLS} FROM invites WHERE user = ? ORDER BY created, id", (user,)
             ).fetchall()
         return [_invite_info(r) for r in rows]
@@ -306,8 +302,8 @@ class SqlitePortalTables:
         """
         if until is not None and until <= now:
             raise ValueError("an approval must end in the future (or give no end)")
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "UPDATE pending_devices SET state = 'approved', approved_until = ? "
                 f"WHERE user = ? AND id = ? RETURNING {_PENDING_COLS}",
                 (until, user, int(device_id)),
@@ -318,8 +314,8 @@ class SqlitePortalTables:
 
     def list_pending_devices(self, user: str) -> list[PendingDevice]:
         """Every noted device of the user, pending and approved, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_PENDING_COLS} FROM pending_devices WHERE user = ? "
                 "ORDER BY first_seen, id",
                 (user,),
@@ -328,12 +324,12 @@ class SqlitePortalTables:
 
     def remove_pending_device(self, user: str, device_id: int | Literal["all"]) -> int:
         """Remove one noted device by id, or ``"all"`` of the user's; return how many went."""
-        with self._lock:
+        with self._conn() as db:
             if device_id == "all":
-                return self._db.execute(
+                return db.execute(
                     "DELETE FROM pending_devices WHERE user = ?", (user,)
                 ).rowcount
-            cur = self._db.execute(
+            cur = db.execute(
                 "DELETE FROM pending_devices WHERE user = ? AND id = ?", (user, int(device_id))
             )
         if cur.rowcount == 0:
@@ -350,15 +346,16 @@ class SqlitePortalTables:
             raise ValueError("web session lifetime must be positive")
         session_id = _new_token()
         csrf = _new_token()
-        with self._lock:
-            cur = self._db.execute(
+        with self._conn() as db:
+            cur = db.execute(
                 "INSERT INTO web_sessions (token_hash, user, created, expires, mfa_done, "
-                "csrf_secret) VALUES (?, ?, ?, ?, ?, ?)",
+                "csrf_secret) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (_token_hash(b"web-session", session_id), user, now, now + ttl, int(mfa_done),
                  csrf),
             )
+            (new_id,) = cur.fetchone()
         session = WebSession(
-            id=int(cur.lastrowid or 0), user=user, created=now, expires=now + ttl,
+            id=int(new_id), user=user, created=now, expires=now + ttl,
             mfa_done=mfa_done, csrf_secret=csrf,
         )
         return NewWebSession(session_id=session_id, session=session)
@@ -367,8 +364,8 @@ class SqlitePortalTables:
         """The live session for a cookie value; None if unknown, ended or expired."""
         if not session_id or len(session_id) > _TOKEN_MAX:
             return None
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 f"SELECT {_SESSION_COLS} FROM web_sessions WHERE token_hash = ? AND expires > ?",
                 (_token_hash(b"web-session", session_id), now),
             ).fetchone()
@@ -384,8 +381,8 @@ class SqlitePortalTables:
         if not session_id or len(session_id) > _TOKEN_MAX:
             return None
         new_id = _new_token()
-        with self._lock:
-            row = self._db.execute(
+        with self._conn() as db:
+            row = db.execute(
                 "UPDATE web_sessions SET token_hash = ?, mfa_done = 1 WHERE token_hash = ? "
                 f"AND expires > ? RETURNING {_SESSION_COLS}",
                 (_token_hash(b"web-session", new_id), _token_hash(b"web-session", session_id),
@@ -395,8 +392,8 @@ class SqlitePortalTables:
 
     def list_web_sessions(self, user: str, now: float) -> list[WebSession]:
         """The user's live sessions, oldest first (for "sign out other sessions")."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._conn() as db:
+            rows = db.execute(
                 f"SELECT {_SESSION_COLS} FROM web_sessions WHERE user = ? AND expires > ? "
                 "ORDER BY created, id",
                 (user, now),
@@ -407,23 +404,23 @@ class SqlitePortalTables:
         """Log out: forget the session of this cookie value. True if there was one."""
         if not session_id or len(session_id) > _TOKEN_MAX:
             return False
-        with self._lock:
-            return self._db.execute(
+        with self._conn() as db:
+            return db.execute(
                 "DELETE FROM web_sessions WHERE token_hash = ?",
                 (_token_hash(b"web-session", session_id),),
             ).rowcount > 0
 
     def revoke_web_session(self, user: str, web_session_id: int) -> bool:
         """End one of the user's sessions by its listed id. True if it existed."""
-        with self._lock:
-            return self._db.execute(
+        with self._conn() as db:
+            return db.execute(
                 "DELETE FROM web_sessions WHERE user = ? AND id = ?", (user, int(web_session_id))
             ).rowcount > 0
 
     def revoke_web_sessions(self, user: str) -> int:
         """End every session of the user (password change, lost device); return how many."""
-        with self._lock:
-            return self._db.execute("DELETE FROM web_sessions WHERE user = ?", (user,)).rowcount
+        with self._conn() as db:
+            return db.execute("DELETE FROM web_sessions WHERE user = ?", (user,)).rowcount
 
     # --- housekeeping ----------------------------------------------------------------------------
 
@@ -440,6 +437,7 @@ def _as_store_error(what: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
+        # (PostgreSQL's connection raises StoreError itself.)
         raise StoreError(f"{what}: {exc}") from exc
 
 

@@ -70,7 +70,7 @@ from gateway.store.base import (
     TotpStatus,
     WebSession,
 )
-from gateway.store.errors import StoreError
+from gateway.store.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.anomaly.model import Anomaly
@@ -320,6 +320,10 @@ async def _check_code(store: CredentialStore, user: str, code: str, factor: str,
             return Verdict(result == "ok", "ok" if result == "ok" else f"totp_{result}", factor)
         used = await in_thread(store.use_recovery_code, user, code, now)
         return Verdict(used, "ok" if used else "recovery_code_invalid", factor)
+    except StoreUnavailable as exc:
+        metrics.store_unavailable_total.labels("web").inc()
+        log.error("store.unavailable", operation="web", error=str(exc))
+        return Verdict(False, "store_error", factor)
     except StoreError as exc:
         log.error("store.error", error=str(exc), via="web")
         return Verdict(False, "store_error", factor)

@@ -61,6 +61,7 @@ from starlette.templating import Jinja2Templates
 from gateway.auth.factors import InvalidScopeError, TotpResult, totp_uri
 from gateway.config import WebConfig
 from gateway.netaddr import plain_ip
+from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.oauth import ProviderError, TokenVerifier
 from gateway.store.base import (
@@ -76,6 +77,7 @@ from gateway.store.errors import (
     AppPasswordNotFound,
     DeviceNotFound,
     StoreError,
+    StoreUnavailable,
     TooManyAppPasswords,
 )
 from gateway.web import oidc
@@ -682,9 +684,14 @@ class Portal:
         return requirement.remember_device
 
     async def store_unavailable(self, request: Request, exc: Exception) -> Response:
-        """Any page whose store call failed (disk full, database locked too long)."""
-        log.error("store.error", error=str(exc), via="web", path=request.url.path
-                  if not request.url.path.startswith("/invite/") else "/invite/...")
+        """Any page whose store call failed (disk full, database locked too long, the
+        database server down)."""
+        path = request.url.path if not request.url.path.startswith("/invite/") else "/invite/..."
+        if isinstance(exc, StoreUnavailable):
+            metrics.store_unavailable_total.labels("web").inc()
+            log.error("store.unavailable", operation="web", error=str(exc), path=path)
+        else:
+            log.error("store.error", error=str(exc), via="web", path=path)
         return self.render(request, "message.html", 503, session=None,
                            title="Not available",
                            message="This page cannot be shown right now. Please try again "

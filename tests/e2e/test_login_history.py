@@ -1,6 +1,7 @@
 """Every IMAP login attempt lands in the store's login history (what the portal will show a
 user): successes and each kind of refusal, with address, IMAP ID name, factor and the
-internal reason, and never a password or code."""
+internal reason, and never a password or code. Once per store backend (SQLite,
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import LoginRecord, open_store
+from gateway.store import LoginRecord
 from tests.support.gatewayproc import GatewayProcess
 from tests.support.imap import LineClient
 from tests.support.mfa import (
@@ -21,6 +22,7 @@ from tests.support.mfa import (
     login,
     step_now,
 )
+from tests.support.stores import gateway_store
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +38,16 @@ mfa = "totp"
 def history(gw: GatewayProcess, user: str, count: int, timeout: float = 5.0) -> list[LoginRecord]:
     """The user's newest ``count`` history entries, read from the gateway's own database
     (as the portal will), once that many are there."""
-    state = Path(gw.dir) / "state"
     deadline = time.monotonic() + timeout
-    with open_store(state / "gateway.db", state / "store.key") as store:
+    with gateway_store(gw.config_path) as store:
         while True:
             entries = store.recent_logins(user)
             if len(entries) >= count or time.monotonic() >= deadline:
                 return entries
 
 
-def test_every_attempt_is_recorded_without_secrets(gateway) -> None:
-    gw = gateway(policies={"10-totp.toml": POLICY}, limits=MFA_LIMITS)
+def test_every_attempt_is_recorded_without_secrets(gateway, store_section) -> None:
+    gw = gateway(policies={"10-totp.toml": POLICY}, limits=MFA_LIMITS, store=store_section)
     secret, step = enroll_totp(gw, "alice")
     code = code_at(secret, step + 1)
     assert_ok(login(gw, "alice", f"alicepass${code}", client_name="Thunderbird"), "totp")
@@ -75,8 +76,25 @@ def test_every_attempt_is_recorded_without_secrets(gateway) -> None:
     times = [e.time for e in reversed(entries)]
     assert times == sorted(times) and time.time() - times[0] < 120
     text = repr(entries)
-    db = b"".join(p.read_bytes() for p in (Path(gw.dir) / "state").iterdir()
-                  if p.name.startswith("gateway.db"))
+    db = dump_store(gw, store_section)
     for secret_text in ("alicepass", "wrongpass", code, fresh):
         assert secret_text not in text
         assert secret_text.encode() not in db
+
+
+def dump_store(gw: GatewayProcess, store_section: dict[str, str]) -> bytes:
+    """Every byte the gateway's store holds: its SQLite files, or every PostgreSQL row."""
+    if not store_section:
+        return b"".join(p.read_bytes() for p in (Path(gw.dir) / "state").iterdir()
+                        if p.name.startswith("gateway.db"))
+    import psycopg
+
+    password = Path(store_section["password_file"]).read_text().strip()
+    out = []
+    with psycopg.connect(store_section["url"], password=password) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                out += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    return b"\n".join(out)

@@ -1,7 +1,8 @@
 """App passwords end to end: the gateway verifies them and logs in to Dovecot as the
 user through the rig's master user (SASL authzid or the ``user*master`` form); wrong,
 expired and revoked ones are refused, and revoking one ends the sessions that use it.
-Also: the credential store refuses to start without its key."""
+Also: the credential store refuses to start without its key. The gateways of ``ap_gw``
+run once per store backend (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ mfa = "app-password"
 
 
 @pytest.fixture
-def ap_gw(gateway, tmp_path):
+def ap_gw(gateway, tmp_path, store_section):
     return gateway(policies={"10-ap.toml": POLICY}, limits=MFA_LIMITS,
-                   backend=master_backend(tmp_path))
+                   backend=master_backend(tmp_path), store=store_section)
 
 
 def _create(gw, user: str = "alice", label: str = "iPhone", *extra: str) -> str:

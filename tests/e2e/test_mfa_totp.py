@@ -1,7 +1,8 @@
 """Password + TOTP at IMAP LOGIN against the real Dovecot: right, wrong, expired and
 replayed codes (a code belongs to the first client that uses it), the "plain" suffix,
 users without a seed, and remembered devices (accepted, bound to the client's ID name
-and /24, then forgotten by the admin)."""
+and /24, then forgotten by the admin). Each test's gateway runs once per store backend
+(SQLite, PostgreSQL); the module-wide replay gateway uses SQLite."""
 
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ remember_device = "14d"
 
 
 @pytest.fixture
-def totp_gw(gateway):
-    return gateway(policies={"10-totp.toml": TOTP_POLICY}, limits=MFA_LIMITS)
+def totp_gw(gateway, store_section):
+    return gateway(policies={"10-totp.toml": TOTP_POLICY}, limits=MFA_LIMITS,
+                   store=store_section)
 
 
 def test_password_and_current_code_logs_in_and_dovecot_gets_the_bare_password(totp_gw, dovecot):
@@ -132,8 +134,9 @@ def test_disabled_totp_no_longer_accepts_codes(totp_gw):
                   "totp_not_enrolled")
 
 
-def test_remembered_device_then_forgotten(gateway):
-    gw = gateway(policies={"10-remember.toml": REMEMBER_POLICY}, limits=MFA_LIMITS)
+def test_remembered_device_then_forgotten(gateway, store_section):
+    gw = gateway(policies={"10-remember.toml": REMEMBER_POLICY}, limits=MFA_LIMITS,
+                 store=store_section)
     secret, step = enroll_totp(gw, "alice")
     assert_denied(login(gw, "alice", "alicepass", client_name="Thunderbird"), "totp_required")
     assert_ok(login(gw, "alice", f"alicepass${code_at(secret, step + 1)}",

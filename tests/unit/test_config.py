@@ -660,3 +660,38 @@ def test_auth_policy_errors_name_the_key(confdir: Path, body: str, key: str, wor
     err = load_error(confdir, with_section("auth_policy", body))
     assert err.key == key
     assert words in err.message
+
+def test_store_url_is_redacted_and_needs_a_database(confdir: Path) -> None:
+    pw = confdir / "pg.password"
+    pw.write_text("pg-secret-pw\n")
+    pw.chmod(0o600)
+    text = with_section("store", 'url = "postgresql://gw:url-secret@db.example.org:5433/gateway'
+                                 '?sslmode=verify-full"\npassword_file = "pg.password"')
+    cfg = load_config(write(confdir, text))
+    assert cfg.store.password_file == pw
+    summary = json.dumps(cfg.summary())
+    assert "url-secret" not in summary and "url-secret" not in repr(cfg)
+    assert "postgresql://gw:***@db.example.org:5433/gateway?sslmode=verify-full" in summary
+    assert "pg-secret-pw" not in summary  # only the file's path is kept
+
+    err = load_error(confdir, with_section("store", 'url = "postgresql://gw:pw1@db.example.org"'))
+    assert err.key == "store.url" and "names no database" in err.message
+    assert "pw1" not in str(err)
+    err = load_error(confdir, with_section("store", 'url = "mysql://db/x"'))
+    assert err.key == "store.url" and "postgresql://" in err.message
+    err = load_error(confdir, with_section("store", 'url = "postgresql://db/x?sslmode=strict"'))
+    assert err.key == "store.url" and "verify-full" in err.message
+    err = load_error(confdir, with_section("store", 'url = "postgresql://db/x?password=pw2"'))
+    assert err.key == "store.url" and "password_file" in err.message and "pw2" not in str(err)
+
+
+def test_store_password_file_must_be_private_and_needs_a_url(confdir: Path) -> None:
+    pw = confdir / "pg.password"
+    pw.write_text("pg-secret-pw\n")
+    pw.chmod(0o644)
+    err = load_error(confdir, with_section(
+        "store", 'url = "postgresql://gw@db/x"\npassword_file = "pg.password"'))
+    assert err.key == "store.password_file" and "0644" in err.message
+    pw.chmod(0o600)
+    err = load_error(confdir, with_section("store", 'password_file = "pg.password"'))
+    assert err.key == "store.url" and "required" in err.message

@@ -1,11 +1,13 @@
-"""The web portal's data in the SQLite store: login history, recovery codes, invites,
-devices waiting for approval, web sessions. Real database and key file in tmp_path;
+"""The web portal's data in the credential store: login history, recovery codes, invites,
+devices waiting for approval, web sessions. Real database and key file, on both backends
+(SQLite in tmp_path, a database in a private PostgreSQL: the ``opener`` fixture);
 the clock is passed in."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,13 @@ from gateway.store import (
     LoginProtocol,
     LoginRecord,
     LoginResult,
-    SqliteCredentialStore,
+    SqlCredentialStore,
     open_store,
     sqlite_portal,
 )
 from gateway.store.migrations import LATEST_VERSION, current_version
 from gateway.store.sqlite_portal import MAX_PENDING_DEVICES_PER_USER
+from tests.support.stores import StoreOpener
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -35,18 +38,16 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def store(paths: tuple[Path, Path]) -> SqliteCredentialStore:
-    db, key = paths
-    s = open_store(db, key, create_key=True)
+def store(opener: StoreOpener) -> Iterator[SqlCredentialStore]:
+    s = opener(create_key=True)
     yield s
     s.close()
 
 
-def raw_db(store: SqliteCredentialStore, paths: tuple[Path, Path]) -> bytes:
-    """Every byte of the database files (main file and WAL), after closing the store."""
+def raw_db(store: SqlCredentialStore, opener: StoreOpener) -> bytes:
+    """Every byte the database holds, after closing the store."""
     store.close()
-    db, _ = paths
-    return b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("gateway.db"))
+    return opener.dump()
 
 
 def attempt(t: float, user: str = "alice", **kw) -> LoginRecord:
@@ -90,7 +91,7 @@ def test_migration_appends_the_portal_tables_to_a_version_1_database(
 # --- login history -----------------------------------------------------------------------------
 
 
-def test_history_lists_a_users_newest_attempts_first(store: SqliteCredentialStore) -> None:
+def test_history_lists_a_users_newest_attempts_first(store: SqlCredentialStore) -> None:
     store.record_login(attempt(T0))
     store.record_login(attempt(T0 + 10, result=LoginResult.FAILURE, factor="none",
                                reason="totp_replay", address="::ffff:198.51.100.7",
@@ -112,7 +113,7 @@ def test_history_lists_a_users_newest_attempts_first(store: SqliteCredentialStor
     assert store.recent_logins("carol") == []
 
 
-def test_history_fields_are_bounded_and_values_checked(store: SqliteCredentialStore) -> None:
+def test_history_fields_are_bounded_and_values_checked(store: SqlCredentialStore) -> None:
     store.record_login(attempt(T0, user="u" * 1000, client_name="c" * 1000, reason="r" * 500,
                                address="not-an-ip" * 50))
     [e] = store.recent_logins("u" * 256)
@@ -123,7 +124,7 @@ def test_history_fields_are_bounded_and_values_checked(store: SqliteCredentialSt
         store.record_login(attempt(T0, result="maybe"))  # type: ignore[arg-type]
 
 
-def test_prune_removes_entries_older_than_the_retention(store: SqliteCredentialStore) -> None:
+def test_prune_removes_entries_older_than_the_retention(store: SqlCredentialStore) -> None:
     for age_days in (100, 91, 89, 1):
         store.record_login(attempt(T0 - age_days * DAY))
     store.record_login(attempt(T0 - 95 * DAY, user="bob"))
@@ -135,7 +136,7 @@ def test_prune_removes_entries_older_than_the_retention(store: SqliteCredentialS
         store.prune_login_history(T0, 0)
 
 
-def test_prune_works_in_batches(store: SqliteCredentialStore, monkeypatch) -> None:
+def test_prune_works_in_batches(store: SqlCredentialStore, monkeypatch) -> None:
     monkeypatch.setattr(sqlite_portal, "PRUNE_BATCH", 10)
     rows = [(T0 - 10 * DAY, "alice", "192.0.2.1", "", "none", "failure", "imap", "x")] * 27
     with store._transaction() as db:
@@ -150,7 +151,7 @@ def test_prune_works_in_batches(store: SqliteCredentialStore, monkeypatch) -> No
 
 
 def test_recovery_codes_are_shown_once_stored_hashed_and_work_once(
-    store: SqliteCredentialStore, paths: tuple[Path, Path]
+    store: SqlCredentialStore, opener: StoreOpener
 ) -> None:
     new = store.generate_recovery_codes("alice", T0)
     assert len(new.codes) == factors.RECOVERY_CODE_COUNT == 10
@@ -167,13 +168,13 @@ def test_recovery_codes_are_shown_once_stored_hashed_and_work_once(
     assert not store.use_recovery_code("alice", "not a code", T0)
     assert not store.use_recovery_code("alice", "aaaaa-aaaaa", T0)
     assert store.use_recovery_code("alice", second, T0 + 3)
-    raw = raw_db(store, paths)
+    raw = raw_db(store, opener)
     for code in new.codes:
         assert code.encode() not in raw and code.replace("-", "").encode() not in raw
     assert b"scrypt$16384$8$1$" in raw
 
 
-def test_regenerating_recovery_codes_replaces_all(store: SqliteCredentialStore) -> None:
+def test_regenerating_recovery_codes_replaces_all(store: SqlCredentialStore) -> None:
     old = store.generate_recovery_codes("alice", T0)
     store.use_recovery_code("alice", old.codes[0], T0)
     new = store.generate_recovery_codes("alice", T0 + 60)
@@ -182,7 +183,7 @@ def test_regenerating_recovery_codes_replaces_all(store: SqliteCredentialStore) 
     assert store.use_recovery_code("alice", new.codes[9], T0 + 61)
 
 
-def test_a_recovery_code_raced_twice_works_once(store: SqliteCredentialStore) -> None:
+def test_a_recovery_code_raced_twice_works_once(store: SqlCredentialStore) -> None:
     new = store.generate_recovery_codes("alice", T0)
     results: list[bool] = []
     barrier = threading.Barrier(4)
@@ -214,7 +215,7 @@ def test_recovery_code_check_costs_one_scrypt(monkeypatch) -> None:
 
 
 def test_invite_is_one_time_hashed_and_expires(
-    store: SqliteCredentialStore, paths: tuple[Path, Path]
+    store: SqlCredentialStore, opener: StoreOpener
 ) -> None:
     new = store.create_invite("alice", 72 * 3600, T0)
     assert new.token not in repr(new) and len(new.token) >= 40
@@ -228,11 +229,11 @@ def test_invite_is_one_time_hashed_and_expires(
     assert store.consume_invite("", T0) is None
     assert store.consume_invite("x" * 10_000, T0) is None
     assert [(i.user, i.consumed) for i in store.list_invites("alice")] == [("alice", T0 + 60)]
-    raw = raw_db(store, paths)
+    raw = raw_db(store, opener)
     assert new.token.encode() not in raw and late.token.encode() not in raw
 
 
-def test_invite_raced_twice_is_consumed_once(store: SqliteCredentialStore) -> None:
+def test_invite_raced_twice_is_consumed_once(store: SqlCredentialStore) -> None:
     new = store.create_invite("alice", 3600, T0)
     results = []
     barrier = threading.Barrier(6)
@@ -249,7 +250,7 @@ def test_invite_raced_twice_is_consumed_once(store: SqliteCredentialStore) -> No
     assert sum(r is not None for r in results) == 1
 
 
-def test_invite_lifetime_must_be_positive(store: SqliteCredentialStore) -> None:
+def test_invite_lifetime_must_be_positive(store: SqlCredentialStore) -> None:
     with pytest.raises(ValueError, match="positive"):
         store.create_invite("alice", 0, T0)
 
@@ -257,7 +258,7 @@ def test_invite_lifetime_must_be_positive(store: SqliteCredentialStore) -> None:
 # --- devices waiting for approval ---------------------------------------------------------------
 
 
-def test_device_is_noted_pending_then_approved_until(store: SqliteCredentialStore) -> None:
+def test_device_is_noted_pending_then_approved_until(store: SqlCredentialStore) -> None:
     dev = store.note_device("alice", "192.0.2.10", " Thunderbird ", T0)
     assert (dev.state, dev.client_name, dev.first_seen, dev.approved_until) == (
         DeviceApproval.PENDING, "Thunderbird", T0, None)
@@ -287,7 +288,7 @@ def test_device_is_noted_pending_then_approved_until(store: SqliteCredentialStor
 
 
 def test_pending_devices_are_bounded_per_user_keeping_approved(
-    store: SqliteCredentialStore,
+    store: SqlCredentialStore,
 ) -> None:
     keep = store.note_device("alice", "192.0.2.1", "approved", T0)
     store.approve_device("alice", keep.id, None, T0)
@@ -303,7 +304,7 @@ def test_pending_devices_are_bounded_per_user_keeping_approved(
 # --- web sessions ---------------------------------------------------------------------------------
 
 
-def test_web_session_lifecycle(store: SqliteCredentialStore, paths: tuple[Path, Path]) -> None:
+def test_web_session_lifecycle(store: SqlCredentialStore, opener: StoreOpener) -> None:
     new = store.create_web_session("alice", 3600, T0)
     assert new.session_id not in repr(new) and new.session.csrf_secret not in repr(new)
     assert not new.session.mfa_done
@@ -319,12 +320,12 @@ def test_web_session_lifecycle(store: SqliteCredentialStore, paths: tuple[Path, 
     assert live is not None and live.mfa_done
     assert store.get_web_session(upgraded.session_id, T0 + 3600) is None  # expired
     assert store.get_web_session("x" * 5000, T0) is None
-    raw = raw_db(store, paths)
+    raw = raw_db(store, opener)
     for token in (new.session_id, upgraded.session_id):
         assert token.encode() not in raw
 
 
-def test_web_sessions_revoke_one_and_all(store: SqliteCredentialStore) -> None:
+def test_web_sessions_revoke_one_and_all(store: SqlCredentialStore) -> None:
     a = store.create_web_session("alice", 3600, T0, mfa_done=True)
     b = store.create_web_session("alice", 3600, T0 + 1)
     c = store.create_web_session("alice", 3600, T0 + 2)
@@ -343,7 +344,7 @@ def test_web_sessions_revoke_one_and_all(store: SqliteCredentialStore) -> None:
         store.create_web_session("alice", 0, T0)
 
 
-def test_prune_expired_sessions_and_invites(store: SqliteCredentialStore) -> None:
+def test_prune_expired_sessions_and_invites(store: SqlCredentialStore) -> None:
     store.create_web_session("alice", 60, T0)
     keep = store.create_web_session("alice", 3600, T0)
     store.create_invite("alice", 60, T0)
@@ -354,7 +355,7 @@ def test_prune_expired_sessions_and_invites(store: SqliteCredentialStore) -> Non
     assert store.consume_invite(kept_invite.token, T0 + 61) is not None
 
 
-def test_portal_records_never_show_secrets(store: SqliteCredentialStore) -> None:
+def test_portal_records_never_show_secrets(store: SqlCredentialStore) -> None:
     codes = store.generate_recovery_codes("alice", T0)
     invite = store.create_invite("alice", 60, T0)
     session = store.create_web_session("alice", 60, T0)
