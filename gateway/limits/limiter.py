@@ -255,6 +255,11 @@ class Limiter:
     ) -> Ban:
         """Ban an address or CIDR network for ``ttl`` seconds (default ``ban_ttl_max``).
 
+        A ``ttl`` longer than ``[limits] ban_ttl_max`` is cut to it: an admin ban is a
+        tool for an incident, not a permanent block list (a typo such as ``99999999d``
+        would otherwise outlive everyone's memory of it). ``ban_ttl_for`` tells the
+        caller whether it was cut, so the answer can say so.
+
         Raises ``BanRefused`` if it overlaps ``[limits] allow_networks`` (those are never
         banned; remove the entry from the allow list first) and ``InvalidAddress`` for text
         that is not an address or network.
@@ -271,14 +276,22 @@ class Limiter:
                 f"{net} overlaps allow-listed {clash} ([limits] allow_networks); "
                 "allow-listed networks are never banned"
             )
-        ttl = self.limits.ban_ttl_max if ttl is None else ttl
-        if ttl <= 0:
-            raise ValueError(f"ban ttl must be > 0 seconds, got {ttl}")
+        ttl, _ = self.ban_ttl_for(ttl)
         scope: BanScope = "ip" if net.prefixlen == net.max_prefixlen else "subnet"
         ban = Ban(scope=scope, network=str(net), reason=reason, created=now,
                   expires=now + ttl, source="admin")
         await self.state.ban_put(ban, now)
         return ban
+
+    def ban_ttl_for(self, ttl: float | None) -> tuple[float, bool]:
+        """The lifetime ``add_ban`` gives a ban asked for ``ttl`` seconds, and whether
+        ``[limits] ban_ttl_max`` cut it. ValueError for a ttl that is not > 0."""
+        ttl_max = self.limits.ban_ttl_max
+        if ttl is None:
+            return ttl_max, False
+        if not ttl > 0:  # also NaN
+            raise ValueError(f"ban ttl must be > 0 seconds, got {ttl}")
+        return (ttl_max, True) if ttl > ttl_max else (ttl, False)
 
     async def remove_ban(self, network: str, now: float) -> bool:
         """Lift the ban of exactly this network (as listed); False if none existed."""
