@@ -48,6 +48,7 @@ from gateway.limits.decisions import (
     LoginGate,
     SuccessOutcome,
 )
+from gateway.limits.fallback import FallbackState
 from gateway.limits.rules import (
     ban_ttl,
     canonical_ip,
@@ -59,7 +60,7 @@ from gateway.limits.rules import (
     subnet_of,
     tarpit_seconds,
 )
-from gateway.limits.state import StateBackend
+from gateway.limits.state import BanAdmin, StateBackend
 
 _K = "lim:"
 _FAMILIAR_CAP = 64  # networks remembered per user; the most recently used win
@@ -91,6 +92,8 @@ class Limiter:
         anomaly: AnomalyConfig | None = None,
     ) -> None:
         self.state = state
+        #: Ban administration: never a local fallback (gateway.limits.fallback).
+        self.bans: BanAdmin = state.shared if isinstance(state, FallbackState) else state
         self.limits = limits if limits is not None else LimitsConfig.model_validate({})
         self.anomalies = AnomalyDetector(state, anomaly)
 
@@ -248,7 +251,7 @@ class Limiter:
 
     async def list_bans(self, now: float) -> list[Ban]:
         """Active bans, soonest expiry first."""
-        return await self.state.ban_list(now)
+        return await self.bans.ban_list(now)
 
     async def add_ban(
         self, network: str, now: float, *, ttl: float | None = None, reason: str = "admin"
@@ -280,7 +283,7 @@ class Limiter:
         scope: BanScope = "ip" if net.prefixlen == net.max_prefixlen else "subnet"
         ban = Ban(scope=scope, network=str(net), reason=reason, created=now,
                   expires=now + ttl, source="admin")
-        await self.state.ban_put(ban, now)
+        await self.bans.ban_put(ban, now)
         return ban
 
     def ban_ttl_for(self, ttl: float | None) -> tuple[float, bool]:
@@ -295,4 +298,4 @@ class Limiter:
 
     async def remove_ban(self, network: str, now: float) -> bool:
         """Lift the ban of exactly this network (as listed); False if none existed."""
-        return await self.state.ban_delete(str(normalize_network(network)))
+        return await self.bans.ban_delete(str(normalize_network(network)))

@@ -94,6 +94,8 @@ METRICS: dict[str, Metric] = {
         "operation",
         operation="check_connect check_login record_failure record_success anomaly admin_bans",
     ),
+    "imap_gateway_state_fallback_active": _m("gauge"),
+    "imap_gateway_state_fallback_switches_total": _m("counter", "to", to="memory redis"),
 }
 
 # Labels Prometheus adds to every scraped series.

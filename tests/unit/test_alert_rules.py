@@ -24,6 +24,7 @@ REQUIRED_ALERTS = {
     "ImapGatewayBackendDown",
     "ImapGatewayBanSurge",
     "ImapGatewayPlaintextAttempts",
+    "ImapGatewayLimiterStateFallback",
 }
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not on PATH: apt-get install prometheus"
