@@ -20,7 +20,7 @@ AnomalyKind = Literal[
 ]
 ANOMALY_KINDS: tuple[str, ...] = AnomalyKind.__args__  # type: ignore[attr-defined]
 
-AnomalyAction = Literal["logged", "tarpitted", "banned"]
+AnomalyAction = Literal["logged", "tarpitted", "banned", "refused"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Anomaly:
     subnet: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     action: AnomalyAction = "logged"
+    #: The login protocol it was seen on ("imap", or what Dovecot's auth policy reports:
+    #: "pop3", "smtp"...), when it comes from logins; None for the rest.
+    protocol: str | None = None
 
     def as_event(self) -> dict[str, Any]:
         """Fields for the structured ``anomaly`` log event."""
@@ -49,5 +52,6 @@ class Anomaly:
             "ip": self.ip,
             "subnet": self.subnet,
             "action": self.action,
+            "protocol": self.protocol,
             **{f"evidence_{k}": v for k, v in self.evidence.items()},
         }

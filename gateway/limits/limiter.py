@@ -66,6 +66,15 @@ _K = "lim:"
 _FAMILIAR_CAP = 64  # networks remembered per user; the most recently used win
 
 
+_NETWORKS_CAP = 64  # networks remembered per user under attack; far above user_fail_networks
+_SPRAY_CAP = 256  # accounts remembered per sprayed password; far above spray_password_users
+
+
+def _refused(found: list[Anomaly]) -> tuple[Anomaly, ...]:
+    """The anomalies of a login the gate refused, saying so."""
+    return tuple(dataclasses.replace(a, action="refused") for a in found)
+
+
 #: The widest network an administrator may ban in one go (a typo must not lock out everyone).
 MIN_ADMIN_BAN_PREFIX = {4: 8, 6: 16}
 
@@ -106,11 +115,6 @@ class Limiter:
     def is_allow_listed(self, ip: str) -> bool:
         return is_allow_listed(ip, self.limits.allow_networks)
 
-    async def _familiar(self, user: str, subnet: str, now: float) -> bool:
-        return await self.state.window_contains(
-            f"{_K}fam:{user}", subnet, now, self.limits.familiar_ttl
-        )
-
     async def _ban(self, scope: BanScope, network: str, reason: str, now: float) -> Ban:
         s = self.limits
         offences = await self.state.incr(f"{_K}off:{network}", now, s.offence_memory)
@@ -137,12 +141,25 @@ class Limiter:
             return ConnectDecision(False, f"banned:{ban.reason}", ban)
         return ConnectDecision(True, "ok")
 
-    async def check_login(self, user: str, ip: str, now: float) -> LoginGate:
+    async def check_login(
+        self, user: str, ip: str, now: float, *, password_attempt: bool = False,
+        spray_key: bytes | None = None, protocol: str = "imap",
+    ) -> LoginGate:
         """May ``user`` attempt a login from ``ip`` now (asked before verifying anything)?
 
-        Blocks a banned source, and a user under attack but only from networks where the
-        user has not logged in recently (smart lockout). The client must get the same
-        generic NO as for a wrong password; the reason is for logs.
+        Blocks a banned source (hard), and, only from networks where the user has not
+        logged in recently (smart lockout), a user under attack: too many failures
+        (``user_lockout``, ``user_ip_failures``), too many networks trying the password
+        (``user_networks``), or a password being sprayed (``sprayed_password``). Those
+        lockouts let a second factor pass (``LoginGate.second_factor_passes``).
+
+        ``password_attempt``: the login carries a password (the shell's LOGIN and
+        AUTHENTICATE PLAIN do); then this attempt's network is counted for the user now,
+        before the password is checked, so parallel attempts from many networks cannot
+        all slip through before their failures are counted. ``spray_key`` is the
+        user-independent fingerprint of the secret (``HMAC(spray secret, password)[:8]``;
+        None when unknown): it is counted against the user the same way. The client gets
+        the same generic NO as for a wrong password; the reason is for logs.
         """
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
@@ -154,36 +171,102 @@ class Limiter:
         user_n, pair_n = await self.state.window_count(
             [f"{_K}f:u:{user}", f"{_K}f:ui:{user}|{ip}"], now, s.fail_window
         )
-        if user_n < s.user_fail_threshold and pair_n < s.user_ip_fail_threshold:
-            return LoginGate(True, "ok")
-        if await self._familiar(user, subnet, now):
-            return LoginGate(True, "familiar_network")
+        familiar_networks = await self._familiar_networks(user, now)
+        if subnet in familiar_networks:
+            calm = user_n < s.user_fail_threshold and pair_n < s.user_ip_fail_threshold
+            return LoginGate(True, "ok" if calm else "familiar_network")
+
+        # From here on the network is not familiar to the user.
+        found: list[Anomaly] = []
+        if spray_key is not None:
+            users, new = await self._count_spray(user, spray_key, now, protocol)
+            found += new
+            if users >= self.anomalies.config.spray_password_users:
+                return LoginGate(False, "sprayed_password", True, _refused(found))
+        if password_attempt:
+            (tried,) = await self.state.window_add(
+                [(f"{_K}un:{user}", subnet)], now, s.fail_window, _NETWORKS_CAP)
+            if tried >= s.user_fail_networks:
+                networks, new = await self._count_networks(user, familiar_networks, now,
+                                                            protocol)
+                found += new
+                if networks >= s.user_fail_networks:
+                    return LoginGate(False, "user_networks", True, _refused(found))
         if pair_n >= s.user_ip_fail_threshold:
-            return LoginGate(False, "user_ip_failures")
-        return LoginGate(False, "user_lockout")
+            return LoginGate(False, "user_ip_failures", True, tuple(found))
+        if user_n >= s.user_fail_threshold:
+            return LoginGate(False, "user_lockout", True, tuple(found))
+        return LoginGate(True, "ok", anomalies=tuple(found))
+
+    async def _familiar_networks(self, user: str, now: float) -> list[str]:
+        return await self.state.window_members(f"{_K}fam:{user}", now, self.limits.familiar_ttl)
+
+    async def _count_spray(
+        self, user: str, spray_key: bytes, now: float, protocol: str
+    ) -> tuple[int, list[Anomaly]]:
+        """Add ``user`` to the accounts this password was tried against (from networks not
+        familiar to them); report a spray the first time the count reaches the threshold."""
+        a = self.anomalies.config
+        key = spray_key.hex()
+        (users,) = await self.state.window_add(
+            [(f"{_K}pw:{key}", user)], now, a.spray_password_window, _SPRAY_CAP)
+        found = []
+        if users >= a.spray_password_users and await self.anomalies.claim(
+                "password_spray", f"pw:{key}", now):
+            # The fingerprint stays out of the event: it is a (keyed) hash of a password.
+            found.append(Anomaly("password_spray", protocol=protocol, evidence={
+                "scope": "password", "distinct_users": users}))
+        return users, found
+
+    async def _count_networks(
+        self, user: str, familiar: list[str], now: float, protocol: str
+    ) -> tuple[int, list[Anomaly]]:
+        """Networks that tried ``user``'s password within the window and are still not
+        familiar (a network where the user then logged in no longer counts)."""
+        s = self.limits
+        tried = await self.state.window_members(f"{_K}un:{user}", now, s.fail_window)
+        networks = len(set(tried) - set(familiar))
+        found = []
+        if networks >= s.user_fail_networks and await self.anomalies.claim(
+                "distributed_brute_force", f"user:{user}", now):
+            found.append(Anomaly("distributed_brute_force", user=user, protocol=protocol,
+                                 evidence={"distinct_networks": networks}))
+        return networks, found
 
     # -- outcomes ---------------------------------------------------------------------
 
     async def record_failure(
-        self, user: str, ip: str, fingerprint: bytes, now: float
+        self, user: str, ip: str, fingerprint: bytes, now: float, *,
+        protocol: str = "imap", spray_key: bytes | None = None,
     ) -> FailureOutcome:
         """Count a failed login and say how to answer it (tarpit) and what it triggered.
 
         ``fingerprint`` is ``HMAC-SHA256(process_secret, user + "\\0" + password)[:8]``;
-        only its hex form is stored.
+        only its hex form is stored. ``spray_key`` is the user-independent fingerprint
+        (see ``check_login``), None when the caller has none (Dovecot's auth policy
+        reports carry only a per-user hash). ``protocol`` goes into the anomalies raised.
         """
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
         allow = self.is_allow_listed(ip)
         fp = fingerprint.hex()
-        familiar = await self._familiar(user, subnet, now)
+        familiar_networks = await self._familiar_networks(user, now)
+        familiar = subnet in familiar_networks
         keys = {
             "ip": f"{_K}f:ip:{ip}",
             "subnet": f"{_K}f:net:{subnet}",
             "user_ip": f"{_K}f:ui:{user}|{ip}",
             "user": f"{_K}f:u:{user}",
         }
+        gate_anomalies: list[Anomaly] = []
+        if not familiar:
+            # What check_login counts at the gate, for callers that report failures
+            # without asking it first (Dovecot's auth policy); adding again is a no-op.
+            await self.state.window_add([(f"{_K}un:{user}", subnet)], now, s.fail_window,
+                                        _NETWORKS_CAP)
+            if spray_key is not None:
+                gate_anomalies += (await self._count_spray(user, spray_key, now, protocol))[1]
         duplicate = await self.state.window_contains(f"{_K}fp:{user}", fp, now, s.fail_window)
         if duplicate:
             values = await self.state.window_count(list(keys.values()), now, s.fail_window)
@@ -215,7 +298,10 @@ class Limiter:
             banned |= {b.network for b in new_bans}
 
         anomalies = []
-        for a in await self.anomalies.observe_login_failure(user, ip, subnet, now):
+        observed = await self.anomalies.observe_login_failure(
+            user, ip, subnet, now, unknown_user=not familiar_networks)
+        for a in [*gate_anomalies, *observed]:
+            a = dataclasses.replace(a, protocol=protocol)
             spray_ban = (a.kind == "password_spray" and not allow
                          and self.anomalies.config.spray_action == "ban")
             if spray_ban:
@@ -231,7 +317,9 @@ class Limiter:
         return FailureOutcome(tarpit_seconds=tarpit, new_bans=tuple(new_bans),
                               anomalies=tuple(anomalies), duplicate=duplicate, counts=counts)
 
-    async def record_success(self, user: str, ip: str, now: float) -> SuccessOutcome:
+    async def record_success(
+        self, user: str, ip: str, now: float, *, protocol: str = "imap"
+    ) -> SuccessOutcome:
         """A successful login: the user's subnet becomes familiar (exempt from the user
         lockout there) and the (user, IP) failure count is cleared. Raises
         ``new_network_for_user`` when the subnet is new and the user had others."""
@@ -242,9 +330,11 @@ class Limiter:
         previous = await self.state.window_members(fam_key, now, s.familiar_ttl)
         await self.state.window_add([(fam_key, subnet)], now, s.familiar_ttl, _FAMILIAR_CAP)
         await self.state.delete([f"{_K}f:ui:{user}|{ip}"])
-        anomalies: list[Anomaly] = await self.anomalies.observe_login_success(
-            user, ip, now, subnet=subnet, previous_networks=previous
-        )
+        anomalies: list[Anomaly] = [
+            dataclasses.replace(a, protocol=protocol)
+            for a in await self.anomalies.observe_login_success(
+                user, ip, now, subnet=subnet, previous_networks=previous)
+        ]
         return SuccessOutcome(anomalies=tuple(anomalies), new_network=subnet not in previous)
 
     # -- ban administration (imap-gateway bans list|add|remove) -------------------------

@@ -204,7 +204,8 @@ async def check_password(services: PortalServices, browser: Browser, user: str,
     """
     started = trio.current_time()
     limiter = services.limiter
-    gate = await fail_open("check_login", limiter.check_login(user, browser.ip, clock()), log)
+    gate = await fail_open("check_login", limiter.check_login(
+        user, browser.ip, clock(), password_attempt=True, protocol="web"), log)
     counted = True
     if gate is not None and not gate.allowed:
         verdict = Verdict(False, gate.reason)
