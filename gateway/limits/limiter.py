@@ -22,8 +22,28 @@ Smart lockout (why a per-user limit cannot lock a victim out): a successful logi
 the user's subnet "familiar" for ``familiar_ttl``. The per-user and per-(user, IP)
 thresholds only block logins from unfamiliar networks, and failures from a familiar
 network do not count toward the per-user threshold. An attacker elsewhere can make the
-user's account unreachable from *other* unfamiliar networks, never from the networks
-the user actually uses; the user's own typos at home never lock them out on the road.
+user's account refuse *password-only* logins from *other* unfamiliar networks, never from
+the networks the user actually uses, and never a login with a second factor (an app
+password, a TOTP code, a remembered or approved device: ``LoginGate.second_factor_passes``).
+The attacker's cost is the lockout's whole point (their guesses stop reaching the
+backend); the user's is to bring a second factor while travelling.
+
+Attacks spread thin (each source under every per-address threshold) are caught by what
+does not depend on the source, counted in ``check_login`` as each password login arrives,
+before the password is checked, so a burst from many networks in parallel cannot all
+reach the backend before its failures are counted:
+
+* a password (``spray_key``: a user-independent keyed fingerprint) tried against
+  ``[anomaly] spray_password_users`` accounts from networks not familiar to them within
+  ``spray_password_window``: a ``password_spray``; that password is refused from networks
+  not familiar to the account (``sprayed_password``);
+* an account tried from ``[limits] user_fail_networks`` networks not familiar to it within
+  ``fail_window`` (a network where the user then logged in no longer counts): a
+  ``distributed_brute_force``; password-only logins from unfamiliar networks are refused
+  (``user_networks``).
+
+``record_failure`` counts the same two (idempotently), for callers that report failures
+without asking ``check_login`` first (Dovecot's auth policy for POP3/SMTP).
 
 ``[limits] allow_networks`` are never banned (and exempt from IP-wide tarpits); their
 failures are still counted and their anomalies still raised.
