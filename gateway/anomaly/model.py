@@ -31,7 +31,8 @@ class Anomaly:
     networks); never a password, fingerprint or other secret. Distinct counts saturate at
     the state backend's per-key member cap, so read them as "at least".
     ``action`` says what the gateway did about it: only logged, tarpitted the failing
-    login, or banned the source.
+    login, banned the source, or refused the login before the backend saw the password
+    (a sprayed password, an account tried from too many networks).
     """
 
     kind: AnomalyKind

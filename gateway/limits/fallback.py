@@ -106,17 +106,22 @@ class FallbackState:
                   "failures and keeps bans in its own memory until Redis answers again")
 
     async def _recover(self, now: float) -> None:
-        """Redis answered: write back the bans made meanwhile, then use Redis again."""
-        pending = list(self._pending.values())
-        for ban in pending:
+        """Redis answered: write back the bans made meanwhile, then use Redis again.
+
+        Other tasks may ban while a write is awaited; the loop takes those too, and the
+        switch happens with no await after the last check, so no ban is left behind."""
+        written = 0
+        while self._pending:
+            key, ban = next(iter(self._pending.items()))
             await self.primary.ban_put(ban, now)
-        for ban in pending:
-            self._pending.pop(network_key(normalize_network(ban.network)), None)
+            written += 1
+            if self._pending.get(key) is ban:  # not replaced by a newer ban meanwhile
+                del self._pending[key]
         if self._fallback:
             self._fallback = False
             metrics.state_fallback_active.set(0)
             metrics.state_fallback_switches_total.labels("redis").inc()
-            log.warning("state.fallback_ended", bans_written_back=len(pending),
+            log.warning("state.fallback_ended", bans_written_back=written,
                         detail="Redis ([state] redis) answers again; limiter state is "
                         "shared again")
 

@@ -86,7 +86,6 @@ _K = "lim:"
 _FAMILIAR_CAP = 64  # networks remembered per user; the most recently used win
 
 
-_NETWORKS_CAP = 64  # networks remembered per user under attack; far above user_fail_networks
 _SPRAY_CAP = 256  # accounts remembered per sprayed password; far above spray_password_users
 
 
@@ -162,7 +161,7 @@ class Limiter:
         return ConnectDecision(True, "ok")
 
     async def check_login(
-        self, user: str, ip: str, now: float, *, password_attempt: bool = False,
+        self, user: str, ip: str, now: float, *, fingerprint: bytes | None = None,
         spray_key: bytes | None = None, protocol: str = "imap",
     ) -> LoginGate:
         """May ``user`` attempt a login from ``ip`` now (asked before verifying anything)?
@@ -173,13 +172,16 @@ class Limiter:
         (``user_networks``), or a password being sprayed (``sprayed_password``). Those
         lockouts let a second factor pass (``LoginGate.second_factor_passes``).
 
-        ``password_attempt``: the login carries a password (the shell's LOGIN and
-        AUTHENTICATE PLAIN do); then this attempt's network is counted for the user now,
-        before the password is checked, so parallel attempts from many networks cannot
-        all slip through before their failures are counted. ``spray_key`` is the
-        user-independent fingerprint of the secret (``HMAC(spray secret, password)[:8]``;
-        None when unknown): it is counted against the user the same way. The client gets
-        the same generic NO as for a wrong password; the reason is for logs.
+        ``fingerprint``: the attempt fingerprint of a login that carries a password (as
+        for ``record_failure``). From an unfamiliar network it is counted now, before the
+        password is checked, in the user's and the (user, IP) failure windows, and the
+        network in the networks that tried the user: so attempts in flight in parallel
+        (from one address or from many networks) cannot all reach the backend before their
+        failures are counted. A failure adds the same again (no second count); a success
+        clears the (user, IP) window as before. ``spray_key`` is the user-independent
+        fingerprint of the secret (``HMAC(spray secret, password)[:8]``; None when
+        unknown), counted the same way. The client gets the same generic NO as for a
+        wrong password; the reason is for logs.
         """
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
@@ -203,9 +205,13 @@ class Limiter:
             found += new
             if users >= self.anomalies.config.spray_password_users:
                 return LoginGate(False, "sprayed_password", True, _refused(found))
-        if password_attempt:
-            (tried,) = await self.state.window_add(
-                [(f"{_K}un:{user}", subnet)], now, s.fail_window, _NETWORKS_CAP)
+        if fingerprint is not None:
+            fp = fingerprint.hex()
+            # The failure thresholds below compare the counts from before this attempt
+            # (as after sequential failures); attempts still in flight are in them now.
+            tried, _, _ = await self.state.window_add(
+                [(f"{_K}un:{user}", subnet), (f"{_K}f:ui:{user}|{ip}", fp),
+                 (f"{_K}f:u:{user}", fp)], now, s.fail_window)
             if tried >= s.user_fail_networks:
                 networks, new = await self._count_networks(user, familiar_networks, now,
                                                             protocol)
@@ -283,8 +289,7 @@ class Limiter:
         if not familiar:
             # What check_login counts at the gate, for callers that report failures
             # without asking it first (Dovecot's auth policy); adding again is a no-op.
-            await self.state.window_add([(f"{_K}un:{user}", subnet)], now, s.fail_window,
-                                        _NETWORKS_CAP)
+            await self.state.window_add([(f"{_K}un:{user}", subnet)], now, s.fail_window)
             if spray_key is not None:
                 gate_anomalies += (await self._count_spray(user, spray_key, now, protocol))[1]
         duplicate = await self.state.window_contains(f"{_K}fp:{user}", fp, now, s.fail_window)

@@ -320,7 +320,7 @@ class ClientSession:
         fingerprint = self.ctx.attempt_fingerprint(req.username, req.password)
         spray_key = self.ctx.spray_fingerprint(req.password)
         gate = await fail_open("check_login", limiter.check_login(
-            req.username, self.client_ip, time.time(), password_attempt=True,
+            req.username, self.client_ip, time.time(), fingerprint=fingerprint,
             spray_key=spray_key), self.log)
         if gate is not None and gate.anomalies:
             self._report(gate.anomalies)

@@ -29,6 +29,9 @@ def fp(user: str, password: str) -> bytes:
     return hmac.new(b"process-secret", f"{user}\0{password}".encode(), hashlib.sha256).digest()[:8]
 
 
+ANY = fp("someone", "a password")  # the attempt fingerprint where it does not matter
+
+
 def limiter(**anomaly) -> Limiter:
     return Limiter(MemoryState(), limits_config(), anomaly_config(**anomaly))
 
@@ -43,7 +46,7 @@ async def attempt(lim: Limiter, user: str, password: str, ip: str, now: float,
     """One login as the shell makes it: the gate, then (if let through) the backend's NO;
     a refusal at the gate is counted as a failure too. Returns (gate, failure outcome)."""
     key = spray_fingerprint(SECRET, password)
-    gate = await lim.check_login(user, ip, now, password_attempt=True, spray_key=key,
+    gate = await lim.check_login(user, ip, now, fingerprint=fp(user, password), spray_key=key,
                                  protocol=protocol)
     out = await lim.record_failure(user, ip, fp(user, password), now, spray_key=key,
                                    protocol=protocol)
@@ -69,23 +72,23 @@ def test_one_password_over_400_accounts_from_20_networks_reaches_the_backend_4_t
             "refused", {"scope": "password", "distinct_users": 5})
         assert all(a.evidence.get("scope") != "password" for a in sprays[1:])
         # The refusal is of that password from networks new to the account, nothing more.
-        gate = await lim.check_login("user999", source(33), T0 + 500, password_attempt=True,
+        gate = await lim.check_login("user999", source(33), T0 + 500, fingerprint=ANY,
                                      spray_key=spray_fingerprint(SECRET, "own-Passw0rd"))
         assert (gate.allowed, gate.reason) == (True, "ok")
         sprayed = spray_fingerprint(SECRET, "Winter2025!")
-        at_home = await lim.check_login("legit", "192.0.2.99", T0 + 500, password_attempt=True,
+        at_home = await lim.check_login("legit", "192.0.2.99", T0 + 500, fingerprint=ANY,
                                         spray_key=sprayed)
         assert at_home.allowed  # a familiar network: even that password still works
-        away = await lim.check_login("legit", "198.51.100.1", T0 + 500, password_attempt=True,
+        away = await lim.check_login("legit", "198.51.100.1", T0 + 500, fingerprint=ANY,
                                      spray_key=sprayed)
         assert (away.allowed, away.reason, away.second_factor_passes) == (
             False, "sprayed_password", True)
         # Refused while 5 accounts were tried with it within spray_password_window (1 h).
         later = await lim.check_login("user998", source(50), T0 + 400 + 1800,
-                                      password_attempt=True, spray_key=sprayed)
+                                      fingerprint=ANY, spray_key=sprayed)
         assert later.reason == "sprayed_password"
         assert (await lim.check_login("user997", source(51), T0 + 400 + 3600 + 600,
-                                      password_attempt=True, spray_key=sprayed)).allowed
+                                      fingerprint=ANY, spray_key=sprayed)).allowed
 
     trio.run(main)
 
@@ -123,9 +126,9 @@ def test_brute_force_on_one_account_from_60_networks_is_stopped_after_4():
                 "user_networks", True) or gate.reason == "user_lockout"
         assert passed == 4  # user_fail_networks = 5
         assert kinds.count("distributed_brute_force") == 1
-        office = await lim.check_login("ceo", "192.0.2.77", T0 + 301, password_attempt=True)
+        office = await lim.check_login("ceo", "192.0.2.77", T0 + 301, fingerprint=ANY)
         assert office.allowed  # her familiar network keeps working
-        assert (await lim.check_login("cfo", source(7), T0 + 301, password_attempt=True)).allowed
+        assert (await lim.check_login("cfo", source(7), T0 + 301, fingerprint=ANY)).allowed
 
     trio.run(main)
 
@@ -178,5 +181,30 @@ def test_many_unknown_accounts_failing_from_anywhere_is_credential_stuffing():
                                            fp(f"nobody{n}", f"pw{n}"), T0 + 2 + n)
             kinds += [(a.kind, a.evidence.get("scope")) for a in out.anomalies]
         assert kinds == [("credential_stuffing", "unknown_accounts")]
+
+    trio.run(main)
+
+
+def test_a_burst_in_flight_is_cut_at_the_gate_before_any_failure_is_counted():
+    """Attempts sent in parallel all ask the gate before the first backend answer: the gate
+    itself counts them, from one address (16 connections) or from 60 networks."""
+    async def main():
+        lim = limiter()
+        await lim.record_success("victim", "192.0.2.10", T0 - 60)
+        one_address = [await lim.check_login("victim", "203.0.113.9", T0,
+                                             fingerprint=fp("victim", f"guess{n}"))
+                       for n in range(16)]
+        assert sum(g.allowed for g in one_address) == 5  # user_ip_fail_threshold = 5
+        assert {g.reason for g in one_address[5:]} == {"user_ip_failures"}
+        assert all(g.second_factor_passes for g in one_address[5:])
+        many = [await lim.check_login("boss", source(n), T0, fingerprint=fp("boss", f"g{n}"))
+                for n in range(60)]
+        assert sum(g.allowed for g in many) == 4  # user_fail_networks = 5
+        # The same password again (a mail client retrying) does not count twice.
+        again = [await lim.check_login("amy", "198.51.100.4", T0 + n, fingerprint=fp("amy", "pw"))
+                 for n in range(20)]
+        assert all(g.allowed for g in again)
+        assert (await lim.check_login("victim", "192.0.2.11", T0 + 1,
+                                      fingerprint=fp("victim", "right"))).allowed  # home
 
     trio.run(main)
