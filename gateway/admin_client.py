@@ -245,7 +245,10 @@ def bans_add_command(client: AdminClient, network: str, ttl: str | None, reason:
         return _failure(exc, as_json)
     if as_json:
         return 0, json_times(ban)
-    return 0, _ban_line("banned", ban, time.time() if now is None else now)
+    line = _ban_line("banned", ban, time.time() if now is None else now)
+    if ban.get("ttl_capped"):
+        line += f" (--ttl capped at {_age(ban['ttl_max'])}, [limits] ban_ttl_max)"
+    return 0, line
 
 
 def bans_remove_command(client: AdminClient, network: str, as_json: bool) -> tuple[int, Any]:

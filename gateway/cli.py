@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("add", parents=[common],
                         help="ban an address or CIDR network; it gets BYE at connect")
     b.add_argument("network", help="e.g. 192.0.2.7 or 192.0.2.0/24")
-    b.add_argument("--ttl", help="lifetime, e.g. 1h (default: [limits] ban_ttl_max)")
+    b.add_argument("--ttl", help="lifetime, e.g. 1h (default and most: [limits] ban_ttl_max)")
     b.add_argument("--reason", help='shown in "bans list" and logs (default: admin)')
     b = bsub.add_parser("remove", parents=[common], help="lift a ban (exactly as listed)")
     b.add_argument("network")

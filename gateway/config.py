@@ -544,6 +544,11 @@ class LimitsConfig(BaseModel):
     subnet_fail_threshold: int = Field(30, ge=1)
     user_fail_threshold: int = Field(20, ge=1)
     user_ip_fail_threshold: int = Field(5, ge=1)
+    # Distinct networks (subnets) not familiar to a user that tried the user's password
+    # within fail_window: from this many on, password-only logins from unfamiliar networks
+    # are refused (a second factor still passes). Counted when the login is asked, so a
+    # brute force spread over many networks is stopped however many attempts are in flight.
+    user_fail_networks: int = Field(5, ge=2)
     subnet_v4_prefix: int = Field(24, ge=1, le=32)
     subnet_v6_prefix: int = Field(64, ge=1, le=128)
     tarpit_base: DurationOrZero = 1.0
@@ -664,6 +669,14 @@ class AnomalyConfig(BaseModel):
     stuffing_distinct_users: int = Field(20, ge=1)
     stuffing_failure_ratio: float = Field(0.8, gt=0, le=1)
     distributed_brute_force_ips: int = Field(10, ge=1)
+    # One password (a keyed fingerprint, never the password) tried against this many
+    # accounts from networks not familiar to them within spray_password_window is a spray,
+    # from however many sources: that password is then refused from unfamiliar networks.
+    spray_password_users: int = Field(5, ge=2)
+    spray_password_window: Duration = 3600.0
+    # Distinct accounts without any familiar network (never seen logging in: unknown or
+    # dormant) failing from anywhere within window: credential stuffing over many sources.
+    stuffing_unknown_users: int = Field(30, ge=2)
     high_volume_fetch_bytes: int = Field(2147483648, ge=1)
     mass_delete_messages: int = Field(500, ge=1)
     # What a password spray from one source does: "ban" it, or only "log" the anomaly.

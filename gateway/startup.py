@@ -7,15 +7,18 @@ one line that names the file and what to do, and nothing is listening yet.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.limits.rules import spray_secret
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
 from gateway.secretfile import SecretFileError, read_secret_file
 from gateway.store import open_configured_store
 from gateway.store.base import CredentialStore
-from gateway.store.errors import StoreError
+from gateway.store.errors import StoreError, StoreKeyError
+from gateway.store.keyfile import load_key
 from gateway.web.token import (
     AdminAddressRefused,
     AdminTokenError,
@@ -37,6 +40,9 @@ class Runtime:
     # [auth_policy] token_file's content: the X-API-Key Dovecot must send.
     auth_policy_token: str | None = field(repr=False, default=None)
     warnings: list[str] = field(default_factory=list)
+    #: Key of the limiter's password-spray fingerprints (``gateway.limits.rules``):
+    #: derived from the store key file, so every instance computes the same ones.
+    spray_secret: bytes = field(repr=False, default_factory=lambda: secrets.token_bytes(32))
 
 
 def read_master_password(config: Config) -> str | None:
@@ -97,6 +103,17 @@ def prepare(config: Config) -> Runtime:
 
     runtime = Runtime(policy=reloader, store=store, master_password=read_master_password(config),
                       auth_policy_token=_read_auth_policy_token(config))
+    try:
+        key = load_key(Path(config.store.key_file))
+    except StoreKeyError as exc:
+        raise StartupError(f"{config.source_path}: store.key_file: {exc}") from None
+    if key is not None:
+        runtime.spray_secret = spray_secret(key)
+    else:
+        runtime.warnings.append(
+            f"{config.source_path}: store.key_file {config.store.key_file} does not exist: "
+            "password-spray fingerprints use a key of this process only, so instances that "
+            "share [state] redis do not see each other's attempts of the same password")
     if runtime.master_password is None:
         runtime.warnings.append(
             "no [backend] master_user configured: app passwords will be refused "

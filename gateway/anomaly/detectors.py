@@ -15,10 +15,19 @@ What each kind counts (all over ``[anomaly] window``):
 kind                   counted                              subject
 ====================== ==================================== ===========================
 password_spray         distinct users failing from one       ip, else subnet
-                       IP (or one subnet)
+                       IP (or one subnet); and (counted by
+                       the limiter, ``[anomaly]
+                       spray_password_*``) distinct users    the password's keyed
+                       one password was tried against, from  fingerprint (never in
+                       any source                            the event)
 credential_stuffing    distinct failing IPs, distinct        none (the whole gateway)
-                       failing users, failures/(attempts)
-distributed_brute_force distinct IPs failing for one user    user
+                       failing users, failures/(attempts);
+                       or distinct failing users without a
+                       familiar network (``stuffing_unknown_users``)
+distributed_brute_force distinct IPs failing for one user;   user
+                       or (the limiter, ``[limits]
+                       user_fail_networks``) distinct
+                       unfamiliar networks trying it
 new_network_for_user   a success from a network not among    user
                        the user's familiar networks
 plaintext_login_attempt credentials offered before TLS       ip
@@ -58,28 +67,35 @@ class AnomalyDetector:
         self._cap = max(
             DEFAULT_CAP,
             2 * max(s.spray_distinct_users, s.stuffing_distinct_ips,
-                    s.stuffing_distinct_users, s.distributed_brute_force_ips),
+                    s.stuffing_distinct_users, s.distributed_brute_force_ips,
+                    s.stuffing_unknown_users),
         )
 
-    async def _once(self, kind: AnomalyKind, subject: str, now: float) -> bool:
-        """Claim the right to report ``kind`` about ``subject`` for this window."""
+    async def claim(self, kind: AnomalyKind, subject: str, now: float) -> bool:
+        """Claim the right to report ``kind`` about ``subject`` for this window (the
+        limiter reports what it detects itself through this too, so each is raised once)."""
         return await self.state.set_once(f"{_K}seen:{kind}:{subject}", now, self.config.window)
 
+    _once = claim
+
     async def observe_login_failure(
-        self, user: str, ip: str, subnet: str, now: float
+        self, user: str, ip: str, subnet: str, now: float, *, unknown_user: bool = False
     ) -> list[Anomaly]:
-        """A failed login of ``user`` from ``ip`` (in ``subnet``)."""
+        """A failed login of ``user`` from ``ip`` (in ``subnet``). ``unknown_user``: the
+        user has no familiar network (never logged in lately: unknown or dormant)."""
         s, w = self.config, self.config.window
-        spray_ip, spray_net, fail_ips, fail_users, dbf = await self.state.window_add(
-            [
-                (f"{_K}spray:ip:{ip}", user),
-                (f"{_K}spray:net:{subnet}", user),
-                (f"{_K}stuff:ips", ip),
-                (f"{_K}stuff:users", user),
-                (f"{_K}dbf:{user}", ip),
-            ],
-            now, w, self._cap,
-        )
+        entries = [
+            (f"{_K}spray:ip:{ip}", user),
+            (f"{_K}spray:net:{subnet}", user),
+            (f"{_K}stuff:ips", ip),
+            (f"{_K}stuff:users", user),
+            (f"{_K}dbf:{user}", ip),
+        ]
+        if unknown_user:
+            entries.append((f"{_K}stuff:unknown", user))
+        counts = await self.state.window_add(entries, now, w, self._cap)
+        spray_ip, spray_net, fail_ips, fail_users, dbf = counts[:5]
+        unknown = counts[5] if unknown_user else 0
         failures = await self.state.counter_add(f"{_K}stuff:failures", 1, now, w)
         successes = await self.state.counter_add(f"{_K}stuff:successes", 0, now, w)
         found: list[Anomaly] = []
@@ -102,6 +118,14 @@ class AnomalyDetector:
                     "failures": failures, "successes": successes,
                     "failure_ratio": round(ratio, 3),
                 }))
+
+        if unknown >= s.stuffing_unknown_users:
+            # Many accounts nobody has logged in to lately, failing from anywhere: a list
+            # of names (and passwords) being tried, however the sources are spread.
+            if await self._once("credential_stuffing", "*", now):
+                found.append(Anomaly("credential_stuffing", evidence={
+                    "scope": "unknown_accounts", "distinct_unknown_users": unknown,
+                    "distinct_ips": fail_ips}))
 
         if dbf >= s.distributed_brute_force_ips:
             if await self._once("distributed_brute_force", f"user:{user}", now):

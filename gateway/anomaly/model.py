@@ -20,7 +20,7 @@ AnomalyKind = Literal[
 ]
 ANOMALY_KINDS: tuple[str, ...] = AnomalyKind.__args__  # type: ignore[attr-defined]
 
-AnomalyAction = Literal["logged", "tarpitted", "banned"]
+AnomalyAction = Literal["logged", "tarpitted", "banned", "refused"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,8 @@ class Anomaly:
     networks); never a password, fingerprint or other secret. Distinct counts saturate at
     the state backend's per-key member cap, so read them as "at least".
     ``action`` says what the gateway did about it: only logged, tarpitted the failing
-    login, or banned the source. ``protocol`` is the login path that raised it ("imap",
-    "web", or the protocol Dovecot named in an auth-policy report: "pop3", "smtp", ...);
-    None for anomalies not raised by a login.
+    login, banned the source, or refused the login before the backend saw the password
+    (a sprayed password, an account tried from too many networks).
     """
 
     kind: AnomalyKind
@@ -42,6 +41,8 @@ class Anomaly:
     subnet: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     action: AnomalyAction = "logged"
+    #: The login path it was seen on ("imap", "web", or what Dovecot's auth policy
+    #: reports: "pop3", "smtp"...), when it comes from logins; None for the rest.
     protocol: str | None = None
 
     def as_event(self) -> dict[str, Any]:

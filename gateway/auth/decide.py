@@ -171,6 +171,7 @@ def decide(
     master_user_configured: bool,
     *,
     device_approval: bool = False,
+    second_factor_only: bool = False,
 ) -> AuthPlan:
     """Decide how this login proceeds (see the module docstring for the order).
 
@@ -182,6 +183,11 @@ def decide(
     client may reuse it while it is valid, an accepted app password's last use/IP is
     recorded, and a remembered device's last-seen time is updated. ``device_approval``
     turns step d on (the shell does when the web portal is; see gateway.auth.approval).
+
+    ``second_factor_only``: the limiter locked the user out of this network for
+    password-only logins (``LoginGate.second_factor_passes``). A policy of ``none`` is
+    then decided as ``totp`` (a TOTP code or a remembered device still passes), and the
+    shell refuses whatever plan has no factor beyond the password.
     """
     check = store.verify_app_password(username, secret, now)
     if check.status is AppPasswordStatus.OK and check.info is not None:
@@ -198,6 +204,8 @@ def decide(
         return Deny(DENY_APP_PASSWORD_EXPIRED)
 
     mfa = requirement.required_mfa
+    if mfa == MFA_NONE and second_factor_only:
+        mfa = MFA_TOTP
     if mfa == MFA_NONE:
         return ForwardPassword(user=username, password=secret, totp_ok=False, remember=False)
     if mfa == MFA_APP_PASSWORD:

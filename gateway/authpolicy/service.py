@@ -141,8 +141,13 @@ class AuthPolicyService:
         assert request.remote is not None
         now = self.clock()
         if request.login:
+            # The attempt is counted before Dovecot checks the password (a repeat of the
+            # same pwhash, like Dovecot's second "allow" after a success, counts once).
+            fp = (proto.fingerprint(self._key, request.login, request.pwhash)
+                  if request.pwhash else None)
             gate = await fail_open("check_login", self.limiter.check_login(
-                request.login, request.remote, now), log)
+                request.login, request.remote, now, fingerprint=fp,
+                protocol=request.protocol), log)
             allowed, reason = (None, "") if gate is None else (gate.allowed, gate.reason)
         else:
             connect = await fail_open("check_connect", self.limiter.check_connect(

@@ -77,10 +77,19 @@ class ConnectDecision:
 
 @dataclass(frozen=True)
 class LoginGate:
-    """May this user try to log in from this IP (asked before verifying credentials)?"""
+    """May this user try to log in from this IP (asked before verifying credentials)?
+
+    ``second_factor_passes``: a refusal that a login with more than a password still
+    passes (an app password, a TOTP code, a remembered or approved device): the lockouts
+    of a user from unfamiliar networks. The shell then decides the factor and refuses only
+    a password-only login, without asking the backend. A ban is never such a refusal.
+    ``anomalies``: what this question raised (a spray or brute force seen at the gate).
+    """
 
     allowed: bool
     reason: str
+    second_factor_passes: bool = False
+    anomalies: tuple[Anomaly, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """What the gateway does when the shared limiter state (``[state] redis``) is down.
 
-The state backend raises ``StateUnavailable`` when Redis cannot be reached or answers
-badly. Every caller handles it here, so the decision is written down once:
+With ``[state] redis`` set the state is a ``gateway.limits.fallback.FallbackState``: while
+Redis is down it counts and bans in the gateway's own memory, so the login path below
+does not see the outage at all (it shows as ``imap_gateway_state_fallback_active``).
+What still raises ``StateUnavailable`` is ban administration (which never falls back)
+and a state backend without a fallback. Every caller handles it here, so the decision
+is written down once:
 
 * Logins and connections fail OPEN. The ban check at connect, the login gate, counting
   a failure or a success, and the anomaly detectors are skipped: the connection is

@@ -29,6 +29,7 @@ import coredis
 import coredis.exceptions
 
 from gateway.limits.decisions import Ban, BanFormatError
+from gateway.limits.fallback import DEFAULT_PROBE_INTERVAL, FallbackState
 from gateway.limits.rules import network_key, normalize_network
 from gateway.limits.state import (
     COUNTER_BUCKETS,
@@ -149,6 +150,13 @@ class RedisState:
             }.items()
         }
 
+    async def ping(self) -> None:
+        """Return when Redis answers PING; ``StateUnavailable`` otherwise."""
+        try:
+            await self._r.ping()
+        except (coredis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable(f"Redis ([state] redis) failed during ping: {exc}") from exc
+
     def key(self, key: str) -> str:
         """The Redis key under which logical ``key`` is stored (for inspection and tests)."""
         return self._p + key
@@ -265,8 +273,10 @@ async def open_state(
     timeout: float = 2.0,
     max_keys: int = 200_000,
     max_bans: int = 100_000,
+    probe_interval: float = DEFAULT_PROBE_INTERVAL,
 ) -> AsyncIterator[StateBackend]:
-    """The backend ``[state] redis`` asks for: in-process when empty, else Redis.
+    """The backend ``[state] redis`` asks for: in-process when empty, else Redis with an
+    in-process fallback while Redis is down (``gateway.limits.fallback``).
 
     Connects (PING) on entry so a wrong URL fails at startup with ``StateUnavailable``
     naming the key, not at the first login.
@@ -292,7 +302,11 @@ async def open_state(
                     f"({exc.__class__.__name__}: {exc}); check the URL and that Redis is "
                     "running, or set redis = \"\" for in-process state"
                 ) from exc
-            yield RedisState(client, key_prefix=key_prefix)
+            yield FallbackState(
+                RedisState(client, key_prefix=key_prefix),
+                MemoryState(max_keys=max_keys, max_bans=max_bans),
+                probe_interval=probe_interval,
+            )
     except BaseExceptionGroup as group:
         # coredis's pool runs an anyio task group, which wraps whatever leaves this block
         # (ours or the caller's) in an exception group. Hand back a lone exception as

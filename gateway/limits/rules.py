@@ -9,6 +9,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
@@ -135,3 +137,25 @@ def ban_ttl(offences: int, base: float, cap: float) -> float:
     """Lifetime of a ban for the ``offences``-th offence: ``base * 2**(offences-1)``, at most
     ``cap``. Repeat offenders stay out longer; a one-off mistake costs ``base``."""
     return min(base * 2.0 ** min(max(offences, 1) - 1, _MAX_EXPONENT), cap)
+
+
+_SPRAY_LABEL = b"imap-gateway/password-spray-fingerprint/v1"
+
+
+def spray_secret(key: bytes) -> bytes:
+    """The key of spray fingerprints, derived from ``key`` (the ``[store] key_file``).
+
+    Instances that share ``[state] redis`` must compute the same fingerprint for the same
+    password, so a per-process random key would not do; they already share the store's
+    key file (it decrypts the TOTP seeds they all read), so it is derived from that, under
+    its own label: the TOTP key itself is never used for anything else.
+    """
+    return hmac.new(key, _SPRAY_LABEL, hashlib.sha256).digest()
+
+
+def spray_fingerprint(secret: bytes, password: str) -> bytes:
+    """``HMAC-SHA256(secret, password)[:8]``: the same for every user, so one password
+    tried against many accounts is seen as one. Only stored (hex) with a TTL, never logged;
+    without ``secret`` it cannot be checked against a dictionary."""
+    data = password.encode("utf-8", "surrogateescape")
+    return hmac.new(secret, data, hashlib.sha256).digest()[:8]

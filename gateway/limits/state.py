@@ -97,6 +97,17 @@ class StateBackend(Protocol):
         ...
 
 
+class BanAdmin(Protocol):
+    """The ban calls of ban administration (list, add, remove); every ``StateBackend``
+    has them, and ``FallbackState.shared`` is the one that never answers locally."""
+
+    async def ban_put(self, ban: Ban, now: float) -> None: ...
+
+    async def ban_delete(self, network: str) -> bool: ...
+
+    async def ban_list(self, now: float) -> list[Ban]: ...
+
+
 def bucket_width(window: float) -> float:
     return window / COUNTER_BUCKETS
 

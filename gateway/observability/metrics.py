@@ -170,6 +170,17 @@ store_unavailable_total = Counter(
     ["operation"], namespace=_NS, registry=REGISTRY,
 )
 
+state_fallback_active = Gauge(
+    "state_fallback_active",
+    "1 while the limiter counts in this process because [state] redis is unavailable.",
+    namespace=_NS, registry=REGISTRY,
+)
+state_fallback_switches_total = Counter(
+    "state_fallback_switches",
+    "Switches of the limiter state between Redis and this process's memory.",
+    ["to"], namespace=_NS, registry=REGISTRY,
+)
+
 # The command label set: everything else is folded into "other" (rule 2).
 KNOWN_COMMANDS = frozenset(
     """APPEND AUTHENTICATE CAPABILITY CHECK CLOSE COMPRESS COPY CREATE DELETE ENABLE EXAMINE
@@ -224,6 +235,8 @@ def init_series(listeners: list[str], backend: str) -> None:
         state_unavailable_total.labels(operation)
     for operation in STORE_OPERATIONS:
         store_unavailable_total.labels(operation)
+    for to in ("memory", "redis"):
+        state_fallback_switches_total.labels(to)
     for scope in ("ip", "subnet", "user_ip"):
         bans_active.labels(scope)
     for listener in listeners:

@@ -11,6 +11,9 @@ The order matters and each step can only narrow:
    into a plan: an app password (log in to Dovecot as the user via the master user),
    a password to forward (after a good TOTP code, or from a remembered or approved
    device), a device that needs the user's approval, or a refusal with a reason.
+   When the limiter locked the user out of this network in a way a second factor
+   passes (``LoginClient.lockout``), a plan without one (a password alone, or a device
+   asking for approval) is refused here with the limiter's reason.
 4. The policy is asked again with the factor actually presented, so a rule can never
    be satisfied by a weaker factor than it names.
 5. The backend verifies the password (forwarded plans) or the master login.
@@ -40,7 +43,16 @@ import trio
 
 from gateway.auth.approval import alert_text, check_deadline
 from gateway.auth.cache import RecentSecrets
-from gateway.auth.decide import Deny, ForwardPassword, NeedsApproval, UseAppPassword, decide
+from gateway.auth.decide import (
+    DENY_TOTP_NOT_ENROLLED,
+    DENY_TOTP_REQUIRED,
+    FACTOR_NONE,
+    Deny,
+    ForwardPassword,
+    NeedsApproval,
+    UseAppPassword,
+    decide,
+)
 from gateway.auth.factors import normalize_app_password
 from gateway.auth.oauth import TokenRejected
 from gateway.imap.sasl import OAUTH_MECHANISMS
@@ -53,6 +65,10 @@ from gateway.store.errors import DeviceNotFound, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.imap.preauth import LoginRequest
+
+
+#: Refusals that only say "a password alone is not enough here".
+_NO_SECOND_FACTOR = frozenset({DENY_TOTP_REQUIRED, DENY_TOTP_NOT_ENROLLED})
 
 
 class Authenticator:
@@ -112,7 +128,8 @@ class Authenticator:
         now = time.time()
         run_decide = functools.partial(
             decide, user, req.password, client.endpoint.ip, client.client_name, requirement,
-            self.ctx.store, now, self.master_configured, device_approval=self.device_approval)
+            self.ctx.store, now, self.master_configured, device_approval=self.device_approval,
+            second_factor_only=client.lockout is not None)
         canonical = normalize_app_password(req.password)
         # A server database answers over the network: never wait for it on the event loop.
         remote = getattr(self.ctx.store, "remote", False)
@@ -138,7 +155,14 @@ class Authenticator:
             client.log.error("store.error", error=str(exc))
             return LoginOutcome(reason="store_error")
         if isinstance(plan, Deny):
+            if client.lockout is not None and plan.reason in _NO_SECOND_FACTOR:
+                return LoginOutcome(reason=client.lockout)  # the lockout is why
             return LoginOutcome(reason=plan.reason)
+        if client.lockout is not None and plan.factor == FACTOR_NONE:
+            # Locked out of this network for password-only logins (an approval request
+            # too: its password check would reach the backend): refused here, so the
+            # attacker's guesses never reach the backend.
+            return LoginOutcome(reason=client.lockout)
         if isinstance(plan, NeedsApproval):
             # Refused whatever the password: the policy's second look has nothing to add.
             return await self._ask_for_approval(client, plan, started, now)

@@ -42,6 +42,7 @@ from gateway.limits.connections import ConnectionTracker
 from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
+from gateway.limits.rules import spray_fingerprint
 from gateway.observability import metrics
 from gateway.observability.events import EventFeed
 from gateway.observability.events_relay import open_feed
@@ -156,6 +157,11 @@ class GatewayContext:
         """Keyed, truncated hash of one attempt: counts distinct wrong passwords, reveals none."""
         msg = (user.casefold() + "\0" + password).encode("utf-8", "surrogateescape")
         return hmac.new(self._fingerprint_key, msg, hashlib.sha256).digest()[:8]
+
+    def spray_fingerprint(self, password: str) -> bytes:
+        """User-independent keyed hash of a password (``gateway.limits.rules``): the same
+        password tried against many accounts, from any source, is one fingerprint."""
+        return spray_fingerprint(self.runtime.spray_secret, password)
 
     async def connect_backend(self, endpoint: ClientEndpoint) -> BackendConnection:
         """Open a backend connection for one client, with metrics for success and failure."""

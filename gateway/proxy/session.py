@@ -332,18 +332,26 @@ class ClientSession:
                 req.password, self.ctx.config.oauth.username_claim))
         mechanism = req.mechanism.lower()
         limiter = self.ctx.limiter
-        gate = await fail_open(
-            "check_login", limiter.check_login(req.username, self.client_ip, time.time()), self.log)
-        if gate is not None and not gate.allowed:
+        fingerprint = self.ctx.attempt_fingerprint(req.username, req.password)
+        spray_key = self.ctx.spray_fingerprint(req.password)
+        gate = await fail_open("check_login", limiter.check_login(
+            req.username, self.client_ip, time.time(), fingerprint=fingerprint,
+            spray_key=spray_key), self.log)
+        if gate is not None and gate.anomalies:
+            self._report(gate.anomalies)
+        if gate is not None and not gate.allowed and not gate.second_factor_passes:
             outcome = LoginOutcome(reason=gate.reason)
             if gate.reason.startswith("banned:"):
                 # Already banned: counting this again would only escalate to the
                 # neighbours' subnet and inflate ban metrics.
                 outcome.counted = False
         else:
+            # A lockout that a second factor passes: the login step refuses a
+            # password-only login itself, before the backend sees the password.
+            lockout = gate.reason if gate is not None and not gate.allowed else None
             outcome = await self.ctx.authenticator.login(
                 LoginClient(self.endpoint(), self.client_id.get("name"), self.log,
-                            started=started), req)
+                            started=started, lockout=lockout), req)
         metrics.auth_decision_seconds.observe(trio.current_time() - started)
         self._record_attempt(req.username, outcome)
         if outcome.backend is not None:
@@ -359,8 +367,8 @@ class ClientSession:
         tarpit = 0.0
         if outcome.counted and reason_label not in _NOT_THE_CLIENTS_FAULT:
             failure = await fail_open("record_failure", limiter.record_failure(
-                req.username, self.client_ip,
-                self.ctx.attempt_fingerprint(req.username, req.password), time.time()), self.log)
+                req.username, self.client_ip, fingerprint, time.time(), spray_key=spray_key),
+                self.log)
             if failure is not None:
                 tarpit = failure.tarpit_seconds
                 if tarpit:

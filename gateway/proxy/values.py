@@ -50,6 +50,10 @@ class LoginClient:
     #: ``trio.current_time()`` when the session began deciding this login (the uniform
     #: failure delay counts from it); None: when the login step is called.
     started: float | None = None
+    #: The limiter's reason when the user is locked out of this network in a way a
+    #: second factor passes (``LoginGate.second_factor_passes``): a password-only login
+    #: is then refused with this reason, without asking the backend. None: no lockout.
+    lockout: str | None = None
 
 
 @dataclass(slots=True)
@@ -157,5 +161,7 @@ class SessionServices(LoginServices, Protocol):
     def authenticator(self) -> Authenticating: ...
 
     def attempt_fingerprint(self, user: str, password: str) -> bytes: ...
+
+    def spray_fingerprint(self, password: str) -> bytes: ...
 
     def record_login(self, record: LoginRecord) -> None: ...

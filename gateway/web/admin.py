@@ -260,9 +260,13 @@ async def add_ban(services: AdminServices, body: bytes, now: float) -> Reply:
     ask = parse_ban_request(body)
     with _ban_errors():
         ban = await limiter.add_ban(ask.network, now, ttl=ask.ttl, reason=ask.reason)
+    # The limiter cuts a ttl past [limits] ban_ttl_max; the answer says so, so the CLI
+    # can tell the administrator the ban is shorter than asked.
+    _, capped = limiter.ban_ttl_for(ask.ttl)
     log.info("admin.ban_added", network=ban.network, scope=ban.scope,
-             reason=ban.reason, expires=ban.expires)
-    return Reply(201, asdict(ban))
+             reason=ban.reason, expires=ban.expires, ttl_capped=capped)
+    return Reply(201, {**asdict(ban), "ttl_capped": capped,
+                       "ttl_max": limiter.limits.ban_ttl_max})
 
 
 async def remove_ban(services: AdminServices, item: str, now: float) -> Reply:

@@ -208,7 +208,11 @@ async def check_password(services: PortalServices, browser: Browser, user: str,
     """
     started = trio.current_time()
     limiter = services.limiter
-    gate = await fail_open("check_login", limiter.check_login(user, browser.ip, clock()), log)
+    # No fingerprint for the gate: a right password here is only half a sign-in (no
+    # record_success until the second factor), so counting it now would cost the user
+    # one of the wrong codes the (user, address) pair tolerates.
+    gate = await fail_open("check_login", limiter.check_login(
+        user, browser.ip, clock(), protocol="web"), log)
     counted = True
     if gate is not None and not gate.allowed:
         verdict = Verdict(False, gate.reason)

@@ -136,6 +136,7 @@ FAILURE_REASONS = {
     "app_password_expired": "expired app password",
     "app_password_required": "needs an app password", "banned": "address blocked",
     "user_lockout": "too many failures", "user_ip_failures": "too many failures",
+    "user_networks": "too many failures", "sprayed_password": "password under attack",
     "policy_denied": "not allowed from there", "no_rule_matched": "not allowed from there",
     "plaintext": "without encryption", "backend_unavailable": "server unavailable",
 }

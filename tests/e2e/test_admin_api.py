@@ -149,6 +149,16 @@ def test_ban_keeps_the_address_away_from_dovecot_until_removed(gateway, dovecot)
     assert json.loads(cli(gw, "bans", "list", "--json").stdout)["bans"] == []
 
 
+def test_cli_ban_ttl_is_capped_at_ban_ttl_max(gateway):
+    gw = admin_gateway(gateway, limits={"ban_ttl_max": "2h"})
+    added = cli(gw, "bans", "add", "127.0.0.3", "--ttl", "99999999d")
+    assert added.returncode == 0, added.stderr
+    assert "--ttl capped at 2h, [limits] ban_ttl_max" in added.stdout, added.stdout
+    [ban] = json.loads(cli(gw, "bans", "list", "--json").stdout)["bans"]
+    assert ban["network"] == "127.0.0.3/32"
+    assert abs(ban["expires"] - ban["created"] - 7200) < 1
+
+
 def test_banned_client_reads_bye_unavailable_at_connect(gateway):
     gw = admin_gateway(gateway)
     assert cli(gw, "bans", "add", "127.0.2.0/24").returncode == 0

@@ -65,7 +65,7 @@ EXPECTED_ALERTS = {"ImapGatewayBruteForce", "ImapGatewayPasswordSpray", "ImapGat
                    "ImapGatewayAbsent", "ImapGatewayCertificateExpiring",
                    "ImapGatewayCertificateExpiringCritical", "ImapGatewayPolicyReloadFailed",
                    "ImapGatewayCredentialStuffing", "ImapGatewayDistributedBruteForce",
-                   "ImapGatewayMassDelete"}
+                   "ImapGatewayMassDelete", "ImapGatewayLimiterStateFallback"}
 #: Series this gateway does not export yet, so a panel that reads only these may show
 #: "No data" here: the ones other branches define (``NOT_DEFINED_YET``), and the Dovecot
 #: auth-policy requests, whose series exist only with ``[auth_policy]`` on (this script

@@ -5,8 +5,9 @@ running several gateways behind a load balancer relies on.
 - failures an attacker spreads over both instances add up;
 - a ban survives a restart of the instance that made it;
 - every key in Redis has a TTL, so nothing piles up forever;
-- while Redis is down, logins go on without the limiter (fail open), and the outage is
-  logged and counted.
+- while Redis is down, the gateway counts in its own memory: wrong passwords are still
+  tarpitted and banned, the fallback shows in a metric; when Redis is back the bans made
+  meanwhile are written to it and counting is shared again.
 """
 
 from __future__ import annotations
@@ -92,26 +93,54 @@ def test_ban_is_shared_by_two_instances_and_survives_a_restart(gateway, redis_se
     assert time.time() < ban["expires"]
 
 
-def test_logins_fail_open_while_redis_is_down(gateway):
+def test_limiter_keeps_counting_while_redis_is_down_and_shares_again_after(gateway):
     try:
         server = start_redis()
     except RedisStartError as e:
         pytest.fail(str(e), pytrace=False)
     try:
-        gw = gateway(state={"redis": server.url}, limits=fast_limits(ip_fail_threshold=2),
-                     metrics=metrics_on())
+        _outage_and_recovery(gateway, server)
     finally:
         server.stop()
-    user, attacker = "127.0.3.50", "127.0.1.50"
+
+
+def _outage_and_recovery(gateway, server: RedisServer) -> None:
+    gw = gateway(state={"redis": server.url},
+                 limits=fast_limits(ip_fail_threshold=3, tarpit_base="10ms", tarpit_max="50ms"),
+                 metrics=metrics_on())
+    user, attacker, later = "127.0.3.50", "127.0.1.50", "127.0.1.51"
     assert attempt_login(gw, "alice", "alicepass", source=user).ok
-    # Wrong passwords still fail; nothing counts them, so the threshold bans nobody.
+    text = scrape(gw)
+    assert sample_value(text, "imap_gateway_state_fallback_active") == 0
+    tarpits_before = sample_value(text, "imap_gateway_tarpit_delay_seconds_count")
+
+    server.stop_process()  # by PID: the outage
+    # Wrong passwords are still counted (in the gateway's memory): tarpitted, then banned.
     for i in range(3):
         assert attempt_login(gw, "bob", f"guess-{i}", source=attacker).failed
-    assert greeting_from(gw, attacker).startswith(b"* OK")
+    ban = gw.wait_for_event("ban.created", network=f"{attacker}/32")
+    assert ban["ban_reason"] == "ip_failures"
+    assert greeting_from(gw, attacker).startswith(b"* BYE [UNAVAILABLE]")
+    event = gw.wait_for_event("state.fallback_started")
+    assert "Redis" in event["error"]
     text = scrape(gw)
-    for operation in ("check_connect", "check_login", "record_failure", "record_success"):
-        event = gw.wait_for_event("limiter.unavailable", operation=operation)
-        assert "Redis" in event["error"]
-        assert sample_value(text, "imap_gateway_state_unavailable_total",
-                            operation=operation) >= 1, operation
-    assert not gw.events("ban.created")
+    assert sample_value(text, "imap_gateway_state_fallback_active") == 1
+    assert sample_value(text, "imap_gateway_state_fallback_switches_total", to="memory") == 1
+    assert sample_value(text, "imap_gateway_tarpit_delay_seconds_count") >= tarpits_before + 3
+    assert attempt_login(gw, "alice", "alicepass", source=user).ok  # users still log in
+
+    server.restart()  # empty: persistence is off
+    deadline = time.monotonic() + 60  # the probe runs every few seconds; a loaded machine
+    while True:
+        text = scrape(gw)
+        if sample_value(text, "imap_gateway_state_fallback_active") == 0:
+            break
+        assert time.monotonic() < deadline, "still on the in-process fallback"
+        time.sleep(0.5)
+    assert sample_value(text, "imap_gateway_state_fallback_switches_total", to="redis") == 1
+    gw.wait_for_event("state.fallback_ended")
+    # The ban made during the outage was written to Redis; new failures count there again.
+    assert '"reason":"ip_failures"' in server.cli("GET", f"igw:ban:v4:{0x7F000132:x}/32")
+    assert attempt_login(gw, "bob", "guess-9", source=later).failed
+    assert server.keys(f"igw:lim:f:ip:{later}") == [f"igw:lim:f:ip:{later}"]
+    assert greeting_from(gw, attacker).startswith(b"* BYE [UNAVAILABLE]")

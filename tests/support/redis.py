@@ -51,8 +51,9 @@ class RedisServer:
         """Milliseconds left on ``key``: -1 = no TTL (would live forever), -2 = no such key."""
         return int(self.cli("PTTL", key))
 
-    def stop(self) -> None:
-        """SIGTERM our server by PID, SIGKILL after 5 s; idempotent."""
+    def stop_process(self) -> None:
+        """SIGTERM our server by PID, SIGKILL after 5 s; idempotent. The directory stays,
+        so ``restart`` can bring a server back on the same port (an outage, then recovery)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -60,6 +61,19 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    def restart(self) -> None:
+        """A new redis-server on the same port (empty: persistence is off), after
+        ``stop_process``. RedisStartError if it does not answer PING."""
+        self.stop_process()
+        self.proc = _spawn(self.port, self.dir)
+        if not _pong(self.port, self.proc, time.monotonic() + 10):
+            self.stop_process()
+            raise RedisStartError(f"redis-server did not come back on port {self.port}")
+
+    def stop(self) -> None:
+        """``stop_process`` and remove the server's directory; idempotent."""
+        self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -77,6 +91,16 @@ def _pong(port: int, proc: subprocess.Popen, deadline: float) -> bool:
     return False
 
 
+def _spawn(port: int, d: Path) -> subprocess.Popen:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RedisStartError("redis-server not found: apt-get install redis-server")
+    return subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
 def start_redis(attempts: int = 5) -> RedisServer:
     """A fresh redis-server on a free port (retried: the port can be taken between our
     probe and Redis's bind, other suites run on this machine)."""
@@ -86,10 +110,7 @@ def start_redis(attempts: int = 5) -> RedisServer:
     d = Path(tempfile.mkdtemp(prefix="igw-redis-e2e."))
     for _ in range(attempts):
         port = free_port()
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        proc = _spawn(port, d)
         if _pong(port, proc, time.monotonic() + 5):
             return RedisServer(port=port, dir=d, proc=proc)
         proc.terminate()

@@ -100,6 +100,7 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_policy_reload_failures_total": _m("counter"),
     "imap_gateway_policy_last_reload_successful": _m("gauge"),
     "imap_gateway_state_fallback_active": _m("gauge"),
+    "imap_gateway_state_fallback_switches_total": _m("counter", "to", to="memory redis"),
     # protocol is Dovecot's service name (open); command and decision are the endpoint's own.
     "imap_gateway_auth_policy_requests_total": _m(
         "counter", "protocol command decision",
@@ -122,7 +123,6 @@ METRICS: dict[str, Metric] = {
 #: each under exactly this name, type and labels. Until they are merged the dashboards may
 #: already show them; empty this set once metrics.py defines them all.
 NOT_DEFINED_YET = frozenset({
-    "imap_gateway_state_fallback_active",
     "imap_gateway_worker_restarts_total",
 })
 

@@ -198,6 +198,19 @@ def test_bans_add_list_remove_with_url_encoded_network():
     assert c.get("/bans", headers=AUTH).json() == {"bans": []}
 
 
+def test_a_ban_ttl_past_ban_ttl_max_is_capped_and_the_answer_says_so():
+    c = client()  # ban_ttl_max: the default 24h
+    r = c.post("/bans", json={"network": "192.0.2.9", "ttl": "99999999d"}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    ban = r.json()
+    assert ban["expires"] - ban["created"] == 86400
+    assert (ban["ttl_capped"], ban["ttl_max"]) == (True, 86400)
+    [listed] = c.get("/bans", headers=AUTH).json()["bans"]
+    assert listed["expires"] == NOW + 86400
+    r = c.post("/bans", json={"network": "192.0.2.10", "ttl": "1h"}, headers=AUTH)
+    assert r.json()["ttl_capped"] is False
+
+
 @pytest.mark.parametrize("body, words", [
     (b'{"network": "not-an-ip"}', "not an IP address"),
     (b'{"network": "127.0.3.7"}', "allow_networks"),

@@ -33,6 +33,7 @@ REQUIRED_ALERTS = {
     "ImapGatewayCredentialStuffing",
     "ImapGatewayDistributedBruteForce",
     "ImapGatewayMassDelete",
+    "ImapGatewayLimiterStateFallback",
 }
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not on PATH: apt-get install prometheus"

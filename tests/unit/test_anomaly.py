@@ -148,6 +148,8 @@ def test_event_fields_are_counts_not_secrets():
     assert a.as_event() == {"kind": "password_spray", "user": None, "ip": "192.0.2.1",
                             "subnet": "192.0.2.0/24", "action": "banned", "protocol": None,
                             "evidence_distinct_users": 20}
+    pop3 = Anomaly("distributed_brute_force", user="ceo", protocol="pop3")
+    assert pop3.as_event()["protocol"] == "pop3"
     assert set(ANOMALY_KINDS) == {
         "password_spray", "credential_stuffing", "distributed_brute_force",
         "new_network_for_user", "plaintext_login_attempt", "high_volume_fetch", "mass_delete"}

@@ -384,3 +384,21 @@ def test_admin_cannot_ban_the_whole_internet_and_mapped_networks_are_ipv4():
         assert not (await lim.check_connect("192.0.2.7", T0 + 1)).allowed
 
     run(main)
+
+
+def test_admin_ban_ttl_is_capped_at_ban_ttl_max():
+    lim = limiter(ban_ttl_max="2h")
+
+    async def main():
+        ban = await lim.add_ban("192.0.2.7", T0, ttl=99999999 * 86400.0)
+        assert ban.expires - ban.created == 7200
+        assert lim.ban_ttl_for(99999999 * 86400.0) == (7200, True)
+        assert lim.ban_ttl_for(60) == (60, False)
+        assert lim.ban_ttl_for(None) == (7200, False)
+        assert (await lim.check_connect("192.0.2.7", T0 + 7199)).allowed is False
+        assert (await lim.check_connect("192.0.2.7", T0 + 7200)).allowed is True
+        for bad in (0, -5, float("nan")):
+            with pytest.raises(ValueError, match="ttl must be > 0"):
+                await lim.add_ban("192.0.2.8", T0, ttl=bad)
+
+    run(main)

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from gateway.limits.decisions import Ban
+from gateway.limits.fallback import FallbackState
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_state import RedisState, open_state
 from gateway.limits.state import MemoryState, StateUnavailable
@@ -71,14 +72,16 @@ def test_ban_by_one_instance_is_enforced_by_another_and_survives_restart(redis_u
             assert not (await a.check_login("bob", "203.0.113.9", T0 + 4)).allowed
 
             # Every key has a TTL: the ban lives as long as the ban, counters as the window.
-            assert isinstance(a_state, RedisState)
-            r = a_state._r
-            ban_pttl = await r.pttl(a_state.ban_key(ban.network))
+            assert isinstance(a_state, FallbackState) and not a_state.fallback_active
+            redis_a = a_state.primary
+            assert isinstance(redis_a, RedisState)
+            r = redis_a._r
+            ban_pttl = await r.pttl(redis_a.ban_key(ban.network))
             assert 119_000 < ban_pttl <= 120_000
             keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
             ttls = {k: await r.pttl(k) for k in keys}
             assert len(ttls) >= 8 and all(t > 0 for t in ttls.values()), ttls
-            fail_key = a_state.key("lim:f:ui:alice|203.0.113.9")
+            fail_key = redis_a.key("lim:f:ui:alice|203.0.113.9")
             assert 0 < await r.pttl(fail_key) <= 900_000
             return ban
 
