@@ -173,11 +173,12 @@ def test_relayed_gateway_logins_and_policy_refusals_are_not_counted():
 
 def test_a_recent_failure_delays_the_next_attempt_from_that_address():
     svc = service(tarpit_base="2s", tarpit_max="10s")
-    run(svc, request("report", pwhash="0001", success=False))
-    answer = run(svc, request("allow"))[0]
+    # Dovecot asks "allow" with the pwhash of the attempt it then reports.
+    run(svc, request("allow", pwhash="0001"), request("report", pwhash="0001", success=False))
+    answer = run(svc, request("allow", pwhash="0002"))[0]
     assert (answer.status, answer.decision) == (2, "delay")
     run(svc, request("report", pwhash="0002", success=False))
-    assert run(svc, request("allow"))[0].status == 4
+    assert run(svc, request("allow", pwhash="0003"))[0].status == 4
     assert run(svc, request("allow", remote="192.0.2.99"))[0].status == 0
 
 
