@@ -39,6 +39,11 @@ class SecretFileError(Exception):
         super().__init__(f"{self.path} {problem}")
 
 
+class SecretTextError(Exception):
+    """A one-line secret (``read_secret_text``) that cannot be used; the message says
+    which config key, which file and what is wrong."""
+
+
 def _check_stat(path: Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise SecretFileError(path, "is not a regular file")
@@ -97,6 +102,25 @@ def read_secret_file(path: str | os.PathLike[str]) -> bytes:
     if not data.strip():
         raise SecretFileError(p, "is empty")
     return data
+
+
+def read_secret_text(path: str | os.PathLike[str], where: str) -> str:
+    """The one-line UTF-8 secret in ``path`` (a password or token), trailing newline cut.
+
+    Every failure, a missing file included, raises ``SecretTextError`` whose message
+    starts with ``where`` (the config key the path came from), for callers that turn it
+    into their own startup or store error.
+    """
+    try:
+        data = read_secret_file(path)
+    except SecretFileError as exc:
+        raise SecretTextError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise SecretTextError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise SecretTextError(f"{where}: {path} is not UTF-8 text") from None
 
 
 def create_secret_file(path: str | os.PathLike[str], data: bytes) -> bool:

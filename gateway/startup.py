@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.limits.rules import spray_secret
 from gateway.policy import Policy, PolicyError, PolicyReloader, load_policy
-from gateway.secretfile import SecretFileError, read_secret_file
+from gateway.secretfile import SecretTextError, read_secret_text
 from gateway.store import open_configured_store
 from gateway.store.base import CredentialStore
 from gateway.store.errors import StoreError, StoreKeyError
@@ -50,17 +50,10 @@ def read_master_password(config: Config) -> str | None:
     path = config.backend.master_password_file
     if not config.backend.master_user or path is None:
         return None
-    where = f"{config.source_path}: backend.master_password_file"
     try:
-        data = read_secret_file(path)
-    except SecretFileError as exc:
-        raise StartupError(f"{where}: {exc}") from None
-    except OSError as exc:
-        raise StartupError(f"{where}: cannot read {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise StartupError(f"{where}: {path} is not UTF-8 text") from None
+        return read_secret_text(path, f"{config.source_path}: backend.master_password_file")
+    except SecretTextError as exc:
+        raise StartupError(str(exc)) from None
 
 
 #: Shortest auth-policy token accepted (as for the admin API's).
@@ -73,12 +66,9 @@ def _read_auth_policy_token(config: Config) -> str | None:
         return None
     where = f"{config.source_path}: auth_policy.token_file"
     try:
-        data = read_secret_file(path)
-    except SecretFileError as exc:
-        raise StartupError(f"{where}: {exc}") from None
-    except OSError as exc:
-        raise StartupError(f"{where}: cannot read {path}: {exc.strerror}") from None
-    token = data.decode("utf-8", "replace").strip()
+        token = read_secret_text(path, where).strip()
+    except SecretTextError as exc:
+        raise StartupError(str(exc)) from None
     if (len(token) < MIN_POLICY_TOKEN_CHARS or not token.isascii()
             or any(c.isspace() or not c.isprintable() for c in token)):
         raise StartupError(

@@ -42,7 +42,7 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from gateway.secretfile import SecretFileError, read_secret_file
+from gateway.secretfile import SecretTextError, read_secret_text
 from gateway.store.errors import StoreError, StoreSchemaError, StoreUnavailable
 from gateway.store.migrations import LATEST_VERSION, POSTGRES
 from gateway.store.sqlite import SqlCredentialStore
@@ -244,15 +244,9 @@ class PostgresCredentialStore(SqlCredentialStore):
 
 def _read_password(path: str | os.PathLike[str]) -> str:
     try:
-        data = read_secret_file(path)
-    except SecretFileError as exc:
-        raise StoreError(f"store.password_file: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"store.password_file: cannot read {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise StoreError(f"store.password_file: {path} is not UTF-8 text") from None
+        return read_secret_text(path, "store.password_file")
+    except SecretTextError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _one_line(exc: BaseException) -> str:
