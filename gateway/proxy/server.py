@@ -16,8 +16,12 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
 - the live event feed's Redis relay, with ``[state] redis``
   (``gateway.observability.events_relay``).
 
-SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
-SIGTERM/SIGINT stop accepting and close every session.
+SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs).
+
+SIGTERM/SIGINT drain (``drain``): stop accepting, BYE to every session (a session before
+login at once; a logged-in one right after the response in flight, so a FETCH is never
+cut), one ``session.end`` line each, and exit. Sessions still open after
+``[server] drain_timeout`` get a BYE and are closed. A second signal ends at once.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
 from gateway.proxy.bind import BindRequest, bind_all, close_all
 from gateway.proxy.login import Authenticator
+from gateway.proxy.relay import SHUTDOWN_TEXT
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
@@ -100,6 +105,8 @@ class GatewayContext:
     web_tls: TLSContextHolder | None = None
     # The live event feed (admin API /events, the portal's admin pages).
     feed: EventFeed = field(default_factory=EventFeed)
+    #: SIGTERM received: a connection accepted from now on is drained at once.
+    draining: bool = False
 
     def __post_init__(self) -> None:
         b = self.config.backend
@@ -205,6 +212,8 @@ class GatewayContext:
             active.inc()
             session.on_login = lambda: self.tracker.authenticated(ticket)
             self.sessions[session.session_id] = session
+            if self.draining:
+                session.drain()
             try:
                 await session.run()
             except Exception:
@@ -286,29 +295,79 @@ class GatewayContext:
                     session.kill("app_password_revoked", "App password revoked.")
 
 
-async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
+DRAIN_POLL_SECONDS = 0.05
+#: After ``drain_timeout``: how long the sessions still open get to receive their BYE.
+DRAIN_GRACE_SECONDS = 2.0
+
+
+async def drain(ctx: GatewayContext, accepting: trio.CancelScope) -> None:
+    """Stop accepting and end every session with a BYE, within ``[server] drain_timeout``.
+
+    Sessions before login are told BYE at once; logged-in ones after the response in
+    flight (the relay waits for it). Whatever is still open after the timeout is killed
+    (BYE, bounded by ``DRAIN_GRACE_SECONDS``). Each session logs its ``session.end``.
+    """
+    ctx.draining = True
+    accepting.cancel()  # closes this process's listening sockets
+    started = trio.current_time()
+    for session in list(ctx.sessions.values()):
+        session.drain()
+    with trio.move_on_after(ctx.config.server.drain_timeout):
+        while ctx.sessions:
+            await trio.sleep(DRAIN_POLL_SECONDS)
+    left = len(ctx.sessions)
+    if left:
+        for session in list(ctx.sessions.values()):
+            session.kill("shutdown", SHUTDOWN_TEXT)
+        with trio.move_on_after(DRAIN_GRACE_SECONDS):
+            while ctx.sessions:
+                await trio.sleep(DRAIN_POLL_SECONDS)
+    with trio.move_on_after(DRAIN_GRACE_SECONDS):
+        await ctx.flush_history()
+    log.info("gateway.drained", forced=left, seconds=round(trio.current_time() - started, 3))
+
+
+async def _signals(ctx: GatewayContext, cancel: trio.CancelScope,
+                   accepting: trio.CancelScope | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                holders: list[tuple[TLSContextHolder, Path | None]] = [
-                    (ctx.tls, ctx.config.tls.cert)]
-                if ctx.web_tls is not None:
-                    holders.append((ctx.web_tls, ctx.config.web.cert))
-                for holder, cert in holders:
-                    try:
-                        holder.reload()
-                        log.info("tls.reloaded", cert=str(cert))
-                    except TLSSetupError as exc:
-                        log.error("tls.reload_failed", error=str(exc))
-                _export_cert_expiry(ctx)
-                await ctx.reload_policy(force=True)
-                if ctx.authenticator.oauth is not None:
-                    await ctx.authenticator.oauth.reload_file()
-            else:
-                log.info("gateway.stopping", signal=signal.Signals(signum).name,
-                         sessions=len(ctx.sessions))
-                cancel.cancel()
-                return
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(ctx)
+                elif ctx.draining or accepting is None:
+                    log.info("gateway.stopping", signal=signal.Signals(signum).name,
+                             sessions=len(ctx.sessions), drain=False)
+                    cancel.cancel()
+                    return
+                else:
+                    log.info("gateway.stopping", signal=signal.Signals(signum).name,
+                             sessions=len(ctx.sessions), drain=True,
+                             drain_timeout=ctx.config.server.drain_timeout)
+                    ctx.draining = True  # a second signal now ends at once
+                    nursery.start_soon(_drain_then_stop, ctx, accepting, cancel)
+
+
+async def _drain_then_stop(ctx: GatewayContext, accepting: trio.CancelScope,
+                           cancel: trio.CancelScope) -> None:
+    await drain(ctx, accepting)
+    cancel.cancel()
+
+
+async def _reload(ctx: GatewayContext) -> None:
+    """SIGHUP: the TLS certificates, the policy and the OAuth key file."""
+    holders: list[tuple[TLSContextHolder, Path | None]] = [(ctx.tls, ctx.config.tls.cert)]
+    if ctx.web_tls is not None:
+        holders.append((ctx.web_tls, ctx.config.web.cert))
+    for holder, cert in holders:
+        try:
+            holder.reload()
+            log.info("tls.reloaded", cert=str(cert))
+        except TLSSetupError as exc:
+            log.error("tls.reload_failed", error=str(exc))
+    _export_cert_expiry(ctx)
+    await ctx.reload_policy(force=True)
+    if ctx.authenticator.oauth is not None:
+        await ctx.authenticator.oauth.reload_file()
 
 
 def _export_cert_expiry(ctx: GatewayContext) -> None:
@@ -413,8 +472,9 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls, feed=feed,
         )
         _export_cert_expiry(ctx)
+        accepting = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signals, ctx, nursery.cancel_scope)
+            nursery.start_soon(_signals, ctx, nursery.cancel_scope, accepting)
             nursery.start_soon(_every, POLICY_POLL_SECONDS,
                                lambda: ctx.reload_policy(force=False), "policy_watch")
             nursery.start_soon(_every, CREDENTIAL_POLL_SECONDS, ctx.check_credentials,
@@ -425,15 +485,25 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
                                "store_prune")
             await nursery.start(partial(serve_web, ctx, sockets.http))
-            for listener, listener_sockets in zip(config.listeners, sockets.listeners,
-                                                  strict=True):
-                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), listener_sockets)
+            # Sessions run in the outer nursery, so that cancelling ``accepting`` (the
+            # drain) stops accepting without touching a live session.
+            nursery.start_soon(_accept, ctx, config, sockets.listeners, nursery, accepting)
             ctx.ready = True
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
                      admin=config.admin.address or None, web=config.web.address or None,
                      auth_policy=config.auth_policy.address or None,
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
+
+
+async def _accept(ctx: GatewayContext, config: Config,
+                  sockets: list[list[trio.SocketListener]], sessions: trio.Nursery,
+                  accepting: trio.CancelScope) -> None:
+    with accepting:
+        async with trio.open_nursery() as nursery:
+            for listener, listener_sockets in zip(config.listeners, sockets, strict=True):
+                nursery.start_soon(partial(trio.serve_listeners, _bind(ctx, listener),
+                                           listener_sockets, handler_nursery=sessions))
 
 
 def _bind(
