@@ -27,11 +27,14 @@ cut), one ``session.end`` line each, and exit. Sessions still open after
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -47,6 +50,7 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
 from gateway.limits.rules import spray_fingerprint
+from gateway.limits.state import StateBackend
 from gateway.observability import metrics
 from gateway.observability.events import EventFeed
 from gateway.observability.events_relay import open_feed
@@ -59,6 +63,7 @@ from gateway.proxy.relay import SHUTDOWN_TEXT
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
+from gateway.proxy.workerlink import RemoteState, RemoteTracker, WorkerSpec, open_link
 from gateway.startup import Runtime
 from gateway.store.base import (
     AppPasswordInfo,
@@ -98,7 +103,8 @@ class GatewayContext:
     tls: TLSContextHolder
     runtime: Runtime
     limiter: Limiter
-    tracker: ConnectionTracker
+    #: The host's connection caps: here, or the supervisor's (``[server] workers > 1``).
+    tracker: ConnectionTracker | RemoteTracker
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     ready: bool = False
     # [web] cert/key when set; None: the portal shares ``tls``. SIGHUP reloads both.
@@ -195,7 +201,10 @@ class GatewayContext:
         metrics.connections_total.labels(listener.address, tls_mode).inc()
         session = ClientSession(self, listener, tcp)
         now = time.time()
-        admitted = self.tracker.try_open(session.client_ip, now)
+        if isinstance(self.tracker, RemoteTracker):
+            admitted = await self.tracker.try_open(session.client_ip, now)
+        else:
+            admitted = self.tracker.try_open(session.client_ip, now)
         if not admitted.allowed:
             await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
                                admitted.reason)
@@ -407,22 +416,52 @@ async def _prune_store(ctx: GatewayContext) -> None:
         log.info("store.pruned", login_history=history, expired=expired)
 
 
-async def serve(config: Config, runtime: Runtime) -> None:
+async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT.
 
     Every address (listeners, metrics, admin API) is bound before anything is served or
     logged: one that cannot be raises :class:`~gateway.proxy.bind.BindError` with no
     socket left open. Whatever ends the gateway, every socket is closed on the way out.
+
+    ``worker``: this process is one of a supervisor's workers (``gateway.proxy.supervisor``):
+    its sockets were bound by the supervisor and are inherited, and the connection caps
+    (and, without Redis, the limiter state) are the supervisor's, over the link.
     """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
     web_tls = None
     if config.web.address and config.web.cert is not None and config.web.key is not None:
         web_tls = TLSContextHolder(config.web.cert, config.web.key, config.tls.min_version)
-    bound = await bind_all(_bind_requests(config))
+    if worker is not None:
+        # The supervisor serves [metrics] address for every worker (multiprocess files).
+        config = config.model_copy(update={"metrics": config.metrics.model_copy(
+            update={"address": ""})})
+        bound = _inherited(worker)
+        sockets = _BoundSockets(listeners=bound[:len(worker.listeners)], http=HttpSockets(
+            admin=_inherited_http(worker.admin), web=_inherited_http(worker.web)))
+        link = socket.socket(fileno=worker.link)
+    else:
+        metrics.workers.set(1)
+        bound = await bind_all(_bind_requests(config))
+        sockets = _BoundSockets.split(config, bound)
+        link = None
     try:
-        await _run(config, runtime, tls, web_tls, _BoundSockets.split(config, bound))
+        await _run(config, runtime, tls, web_tls, sockets, link)
     finally:
         close_all(bound)
+        if worker is not None:
+            close_all([lst for lst in (sockets.http.admin, sockets.http.web) if lst])
+
+
+def _listener(fd: int) -> trio.SocketListener:
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+def _inherited(worker: WorkerSpec) -> list[list[trio.SocketListener]]:
+    return [[_listener(fd) for fd in group] for group in worker.listeners]
+
+
+def _inherited_http(fds: list[int] | None) -> list[trio.SocketListener] | None:
+    return None if fds is None else [_listener(fd) for fd in fds]
 
 
 def _bind_requests(config: Config) -> list[BindRequest]:
@@ -461,15 +500,34 @@ class _BoundSockets:
         )
 
 
+def _supervisor_gone() -> None:
+    """The link to the supervisor closed: it died or stops. Drain like on SIGTERM."""
+    log.error("worker.supervisor_gone")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
-               web_tls: TLSContextHolder | None, sockets: _BoundSockets) -> None:
+               web_tls: TLSContextHolder | None, sockets: _BoundSockets,
+               link_socket: socket.socket | None = None) -> None:
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
-    async with open_state(config.state.redis) as state, open_feed(config.state.redis) as feed:
+    async with contextlib.AsyncExitStack() as stack:
+        link = None
+        tracker: ConnectionTracker | RemoteTracker = ConnectionTracker.from_config(config.limits)
+        if link_socket is not None:
+            link = await stack.enter_async_context(open_link(
+                trio.SocketStream(trio.socket.from_stdlib_socket(link_socket)), _supervisor_gone))
+            tracker = RemoteTracker(link)
+        state: StateBackend
+        if link is not None and not config.state.redis:
+            state = RemoteState(link)
+        else:
+            state = await stack.enter_async_context(open_state(config.state.redis))
+        feed = await stack.enter_async_context(open_feed(config.state.redis))
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
             limiter=Limiter(state, config.limits, config.anomaly),
-            tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls, feed=feed,
+            tracker=tracker, web_tls=web_tls, feed=feed,
         )
         _export_cert_expiry(ctx)
         accepting = trio.CancelScope()
@@ -489,6 +547,8 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             # drain) stops accepting without touching a live session.
             nursery.start_soon(_accept, ctx, config, sockets.listeners, nursery, accepting)
             ctx.ready = True
+            if link is not None:
+                link.notify("ready")
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
                      admin=config.admin.address or None, web=config.web.address or None,
