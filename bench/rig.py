@@ -234,7 +234,7 @@ def _non_root_extra() -> str:
 
 
 def start_dovecot(
-    rd: RunDir, cpus: set[int] | None, ports: DovecotPorts | None = None
+    rd: RunDir, cpus: set[int] | None, ports: DovecotPorts | None = None, extra: str = ""
 ) -> tuple[Server, DovecotPorts]:
     """Render the benchmark-mode config and run ``dovecot -F``; return once the plain port greets.
 
@@ -255,7 +255,7 @@ def start_dovecot(
                 "PROXY_PORT": str(ports.proxy),
                 "MAIL_UID": mail_user,
                 "MAIL_GID": mail_group,
-                "EXTRA": "" if os.geteuid() == 0 else _non_root_extra(),
+                "EXTRA": ("" if os.geteuid() == 0 else _non_root_extra()) + extra,
             },
         )
     )
@@ -400,6 +400,7 @@ def start_gateway(
     app_password_user: str | None = None,
     source: Path | None = None,
     name: str | None = None,
+    workers: int = 1,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
 
@@ -426,7 +427,10 @@ def start_gateway(
     cfg.write_text(
         render(
             HERE / "gateway.toml.in",
-            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master},
+            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
+             # An older tree (--baseline) may not know [server]; this one defaults to a
+             # worker per CPU, so the section is always written for it.
+             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}"},
         )
     )
     creds = create_app_password(cfg, app_password_user) if app_password_user else None

@@ -199,7 +199,10 @@ async def _keep(config: Config, worker: _Worker, shared: SharedServices, stoppin
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(config.source_path)],
-                env=env, pass_fds=spec.fds(), stdin=subprocess.DEVNULL)
+                env=env, pass_fds=spec.fds(), stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process
+                # group) reaches the supervisor only, which passes it on once.
+                start_new_session=True)
         finally:
             theirs.close()
         worker.process, worker.ready = process, False
