@@ -36,11 +36,12 @@ import secrets
 import signal
 import socket
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import ChainMap, Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import trio
 
@@ -63,7 +64,15 @@ from gateway.proxy.relay import SHUTDOWN_TEXT
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
-from gateway.proxy.workerlink import RemoteState, RemoteTracker, WorkerSpec, open_link
+from gateway.proxy.workerlink import (
+    RemoteSession,
+    RemoteState,
+    RemoteTracker,
+    WorkerLink,
+    WorkerSpec,
+    open_link,
+    session_record,
+)
 from gateway.startup import Runtime
 from gateway.store.base import (
     AppPasswordInfo,
@@ -71,7 +80,7 @@ from gateway.store.base import (
     LoginRecord,
 )
 from gateway.store.errors import StoreError, StoreUnavailable
-from gateway.web.serve import HttpSockets, serve_web
+from gateway.web.serve import Gateway, HttpSockets, serve_web
 
 log = get_logger()
 
@@ -431,10 +440,17 @@ async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = No
     web_tls = None
     if config.web.address and config.web.cert is not None and config.web.key is not None:
         web_tls = TLSContextHolder(config.web.cert, config.web.key, config.tls.min_version)
+    share_sessions = worker is not None and bool(config.admin.address or config.web.address)
     if worker is not None:
-        # The supervisor serves [metrics] address for every worker (multiprocess files).
-        config = config.model_copy(update={"metrics": config.metrics.model_copy(
-            update={"address": ""})})
+        # The supervisor serves [metrics] address for every worker (multiprocess files),
+        # worker 0 the admin API and the portal: the others must not try to bind them.
+        off = {"address": ""}
+        config = config.model_copy(update={
+            "metrics": config.metrics.model_copy(update=off),
+            "admin": config.admin if worker.admin is not None else config.admin.model_copy(
+                update=off),
+            "web": config.web if worker.web is not None else config.web.model_copy(update=off),
+        })
         bound = _inherited(worker)
         sockets = _BoundSockets(listeners=bound[:len(worker.listeners)], http=HttpSockets(
             admin=_inherited_http(worker.admin), web=_inherited_http(worker.web)))
@@ -445,7 +461,8 @@ async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = No
         sockets = _BoundSockets.split(config, bound)
         link = None
     try:
-        await _run(config, runtime, tls, web_tls, sockets, link)
+        await _run(config, runtime, tls, web_tls, sockets, link,
+                   worker if share_sessions else None)
     finally:
         close_all(bound)
         if worker is not None:
@@ -500,6 +517,48 @@ class _BoundSockets:
         )
 
 
+#: How often workers share their session lists with worker 0 (admin API, portal).
+SESSIONS_SHARE_SECONDS = 1.0
+
+
+class _WorkerZeroView:
+    """The ``GatewayContext`` of worker 0 as its admin API and portal see it: its own
+    sessions and, fetched each second through the supervisor, every other worker's
+    (``RemoteSession``: listed like a local one; a kill goes to its worker)."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self._ctx = ctx
+        self._others: dict[str, RemoteSession] = {}
+
+    @property
+    def sessions(self) -> Mapping[str, object]:
+        return ChainMap(cast(dict[str, object], self._ctx.sessions),
+                        cast(dict[str, object], self._others))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    async def fetch_others(self, link: WorkerLink) -> None:
+        others = await link.call("all_sessions")
+        self._others = {record["id"]: RemoteSession(link, int(index), record)
+                        for index, records in others for record in records}
+
+
+async def _send_sessions(ctx: GatewayContext, link: WorkerLink) -> None:
+    link.notify("sessions", [session_record(s) for s in list(ctx.sessions.values())])
+
+
+def _on_supervisor_command(ctx: GatewayContext, op: str, args: list[Any]) -> None:
+    """A kill that worker 0's admin API asked for, of one of this worker's sessions."""
+    if op != "kill":
+        log.warning("worker_link.unknown_command", op=op)
+        return
+    session_id, reason, message = args
+    session = ctx.sessions.get(session_id)
+    if session is not None:
+        session.kill(reason, message)
+
+
 def _supervisor_gone() -> None:
     """The link to the supervisor closed: it died or stops. Drain like on SIGTERM."""
     log.error("worker.supervisor_gone")
@@ -508,7 +567,9 @@ def _supervisor_gone() -> None:
 
 async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                web_tls: TLSContextHolder | None, sockets: _BoundSockets,
-               link_socket: socket.socket | None = None) -> None:
+               link_socket: socket.socket | None = None,
+               worker: WorkerSpec | None = None) -> None:
+    """``worker``: set when this worker shares its sessions with worker 0's admin API."""
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
     async with contextlib.AsyncExitStack() as stack:
@@ -542,7 +603,18 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             nursery.start_soon(_every, HISTORY_FLUSH_SECONDS, ctx.flush_history, "history")
             nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
                                "store_prune")
-            await nursery.start(partial(serve_web, ctx, sockets.http))
+            web_view: Gateway = ctx
+            if link is not None and worker is not None:  # worker 0 serves the admin API
+                link.on_command = partial(_on_supervisor_command, ctx)
+                if worker.index == 0:
+                    view = _WorkerZeroView(ctx)
+                    web_view = cast(Gateway, view)
+                    nursery.start_soon(_every, SESSIONS_SHARE_SECONDS,
+                                       partial(view.fetch_others, link), "sessions_fetch")
+                else:
+                    nursery.start_soon(_every, SESSIONS_SHARE_SECONDS,
+                                       partial(_send_sessions, ctx, link), "sessions_send")
+            await nursery.start(partial(serve_web, web_view, sockets.http))
             # Sessions run in the outer nursery, so that cancelling ``accepting`` (the
             # drain) stops accepting without touching a live session.
             nursery.start_soon(_accept, ctx, config, sockets.listeners, nursery, accepting)

@@ -218,7 +218,7 @@ async def _keep(config: Config, worker: _Worker, shared: SharedServices, stoppin
 
         async with trio.open_nursery() as nursery:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-            nursery.start_soon(serve_worker, stream, shared, ready)
+            nursery.start_soon(serve_worker, stream, shared, worker.index, ready)
             code = await process.wait()
             nursery.cancel_scope.cancel()
         await trio.aclose_forcefully(stream)

@@ -10,7 +10,11 @@ What travels on it is what must be exact across the workers of one host:
 * the host's connection caps (``ConnectionTracker``: per-IP concurrency and rate, the
   global ``max_connections``), always: they bound what one host accepts, whichever
   worker the kernel hands a connection to;
-* the worker's "ready" once it listens.
+* the worker's "ready" once it listens;
+* the live sessions, for the admin API and the portal, which worker 0 serves: every other
+  worker sends its list each second (``sessions``), worker 0 fetches the others' lists
+  each second (``all_sessions``), and a kill of another worker's session goes through the
+  supervisor to that worker (``kill``). The list is up to about two seconds old.
 
 Wire format: one JSON object per line. A call ``{"i": n, "op": ..., "a": [...]}`` gets
 ``{"i": n, "r": result}`` or ``{"i": n, "e": message}``; a notification has no ``"i"``
@@ -23,12 +27,13 @@ blocking and thread-based, and the workers' loop is trio.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -111,25 +116,41 @@ class WorkerSpec:
 # -- supervisor side ----------------------------------------------------------------------------
 
 
+class _Peer:
+    """The supervisor's end of one worker's link; the lock keeps two writers apart."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self.lock:
+            await self.stream.send_all(_encode(message))
+
+
 @dataclass
 class SharedServices:
     """What the supervisor holds for all its workers (no Redis: the state too)."""
 
     tracker: ConnectionTracker
     state: MemoryState | None
+    peers: dict[int, _Peer] = field(default_factory=dict)
+    #: The last session list each worker (but 0) sent.
+    sessions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-async def serve_worker(stream: trio.SocketStream, shared: SharedServices,
+async def serve_worker(stream: trio.SocketStream, shared: SharedServices, index: int,
                        on_ready: Callable[[], None]) -> None:
-    """Answer one worker until it closes its end; then give back the connection slots it
-    still held (a worker that died cannot close its tickets itself)."""
+    """Answer worker ``index`` until it closes its end; then give back the connection
+    slots it still held (a worker that died cannot close its tickets itself)."""
     held: dict[int, ConnectionTicket] = {}
+    peer = shared.peers[index] = _Peer(stream)
     try:
         async for line in _lines(stream):
             msg = json.loads(line)
             op, args, ident = msg["op"], msg.get("a", []), msg.get("i")
             try:
-                result = await _dispatch(shared, held, op, args)
+                result = await _dispatch(shared, held, index, op, args)
             except Exception as exc:  # noqa: BLE001 - the worker gets the error as an answer
                 if ident is None:
                     log.error("worker_link.failed", op=op, error=str(exc))
@@ -142,16 +163,31 @@ async def serve_worker(stream: trio.SocketStream, shared: SharedServices,
                     continue
                 reply = {"i": ident, "r": result}
             try:
-                await stream.send_all(_encode(reply))
+                await peer.send(reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
     finally:
+        if shared.peers.get(index) is peer:
+            del shared.peers[index]
+        shared.sessions.pop(index, None)
         for ticket in held.values():
             shared.tracker.close(ticket)
 
 
-async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], op: str,
-                    args: list[Any]) -> Any:
+async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], index: int,
+                    op: str, args: list[Any]) -> Any:
+    if op == "sessions":
+        shared.sessions[index] = list(args[0])
+        return None
+    if op == "all_sessions":
+        return [[i, views] for i, views in sorted(shared.sessions.items()) if i != index]
+    if op == "kill":
+        target, session_id, reason, message = args
+        peer = shared.peers.get(int(target))
+        if peer is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await peer.send({"op": "kill", "a": [session_id, reason, message]})
+        return None
     if op == "try_open":
         decision = shared.tracker.try_open(str(args[0]), float(args[1]))
         ticket = decision.ticket
@@ -200,6 +236,8 @@ class WorkerLink:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
+        #: Called with (op, args) for what the supervisor sends unasked (``kill``).
+        self.on_command: Callable[[str, list[Any]], None] | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Pending] = {}
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](math.inf)
@@ -240,6 +278,10 @@ class WorkerLink:
         try:
             async for line in _lines(self._stream):
                 msg = json.loads(line)
+                if "i" not in msg:
+                    if self.on_command is not None:
+                        self.on_command(msg["op"], msg.get("a", []))
+                    continue
                 pending = self._waiting.get(msg["i"])
                 if pending is None:
                     continue
@@ -353,3 +395,49 @@ class RemoteTracker:
 
     def close(self, ticket: ConnectionTicket) -> None:
         self._link.notify("close", [ticket.ip, ticket.serial, ticket.exempt])
+
+
+# -- sessions of the other workers (worker 0's admin API and portal) ------------------------------
+
+
+def session_record(session: Any) -> dict[str, Any]:
+    """What the admin API shows of one live ``ClientSession`` (no credential), as sent."""
+    return {
+        "id": session.session_id, "user": session.user, "client_ip": session.client_ip,
+        "client_port": session.client_port, "listener": session.listener.address,
+        "started": session.started_at, "factor": session.factor,
+        "app_password": session.app_password_label, "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out, "kill_reason": session.kill_reason,
+        "killable": session.cancel_scope is not None,
+    }
+
+
+@dataclass(frozen=True)
+class _Listener:
+    address: str
+
+
+class RemoteSession:
+    """Another worker's session as worker 0's admin API sees it (``AdminSession``);
+    ``kill`` asks that worker, through the supervisor, to end it."""
+
+    def __init__(self, link: WorkerLink, worker: int, record: dict[str, Any]) -> None:
+        self._link = link
+        self.worker = worker
+        self.session_id: str = record["id"]
+        self.user: str | None = record["user"]
+        self.client_ip: str = record["client_ip"]
+        self.client_port: int = record["client_port"]
+        self.listener = _Listener(record["listener"])
+        self.started_at: float = record["started"]
+        self.factor: str = record["factor"]
+        self.app_password_label: str | None = record["app_password"]
+        self.bytes_in: int = record["bytes_in"]
+        self.bytes_out: int = record["bytes_out"]
+        self.kill_reason: str | None = record["kill_reason"]
+        #: Not None once the session can be killed (the admin API checks it, as for its own).
+        self.cancel_scope: object | None = True if record["killable"] else None
+
+    def kill(self, reason: str, message: str) -> None:
+        self.kill_reason = reason
+        self._link.notify("kill", self.worker, self.session_id, reason, message)

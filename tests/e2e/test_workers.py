@@ -152,3 +152,59 @@ def test_sighup_reaches_every_worker_and_sigterm_drains_them_all(gateway):
             assert gw.events("worker.exited", worker=index, stopping=True), gw.tail()
     finally:
         idle.close()
+
+
+def test_admin_api_lists_and_kills_sessions_of_every_worker(gateway):
+    """Worker 0 serves the admin API; a session another worker holds is listed (within a
+    few seconds) and killed (its client reads BYE) like one of its own."""
+    import http.client
+    import json
+
+    from tests.support.net import free_ports
+
+    (port,) = free_ports(1)
+    gw = start(gateway, 2, admin={"address": f"127.0.0.1:{port}"})
+    token = (gw.dir / "state" / "admin.token").read_text().strip()
+
+    def call(method: str, path: str) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    clients = []
+    try:
+        for _ in range(8):
+            c = LineClient.implicit(gw, timeout=30)
+            assert c.command("a", "LOGIN bob bobpass")[-1].startswith(b"a OK")
+            clients.append(c)
+        by_port = {c.local_port: c for c in clients}
+        worker_of = {gw.wait_for_event("session.start", 30, client_port=p)["session_id"]:
+                     gw.wait_for_event("session.start", 30, client_port=p)["worker"]
+                     for p in by_port}
+        assert set(worker_of.values()) == {0, 1}, worker_of
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = call("GET", "/sessions")
+            assert status == 200, body
+            listed = {s["id"]: s for s in body["sessions"] if s["user"] == "bob"}
+            if set(worker_of) <= set(listed) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert set(worker_of) <= set(listed), (worker_of, listed)
+
+        victim = next(sid for sid, w in worker_of.items() if w == 1)
+        status, body = call("DELETE", f"/sessions/{victim}")
+        assert status == 200 and body["killed"] == victim, body
+        port_of = {gw.wait_for_event("session.start", 30, session_id=sid)["client_port"]: sid
+                   for sid in worker_of}
+        client = by_port[next(p for p, sid in port_of.items() if sid == victim)]
+        assert b"* BYE " in client.expect_close(30)
+        end = gw.wait_for_event("session.end", 30, session_id=victim)
+        assert end["reason"] == "admin_kill" and end["worker"] == 1
+    finally:
+        for c in clients:
+            c.close()
