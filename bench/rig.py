@@ -239,6 +239,7 @@ def start_dovecot(
     """Render the benchmark-mode config and run ``dovecot -F``; return once the plain port greets.
 
     Pass the ports of a stopped instance to restart it where HAProxy and the gateway expect it.
+    ``extra``: config text appended to the template (e.g. a ``service imap`` override).
     """
     if shutil.which("dovecot") is None:
         raise RigError("dovecot not installed: apt-get install -y dovecot-imapd")
@@ -255,9 +256,10 @@ def start_dovecot(
                 "PROXY_PORT": str(ports.proxy),
                 "MAIL_UID": mail_user,
                 "MAIL_GID": mail_group,
-                "EXTRA": ("" if os.geteuid() == 0 else _non_root_extra()) + extra,
+                "EXTRA": "" if os.geteuid() == 0 else _non_root_extra(),
             },
         )
+        + extra  # appended: Dovecot merges a repeated service block into the first
     )
     users = rd.path / "etc" / "users"
     users.write_text(USERS)
