@@ -115,6 +115,7 @@ METRICS: dict[str, Metric] = {
     "imap_gateway_store_unavailable_total": _m(
         "counter", "operation", operation="login credential_check login_history web"
     ),
+    "imap_gateway_workers": _m("gauge"),
     "imap_gateway_worker_restarts_total": _m("counter"),
 }
 
