@@ -68,16 +68,24 @@ def main(argv: list[str] | None = None) -> int:
                 gw_pids = procstat.tree(server.pid)
                 dc_pids = procstat.tree(dovecot.pid)
                 gw0, dc0 = procstat.cpu_seconds(gw_pids), procstat.cpu_seconds(dc_pids)
+                sup0 = procstat.cpu_seconds([server.pid])
                 cl0 = os.times()
                 res = workloads.logins(server.addr, ctx, BOB, args.clients, args.seconds)
                 cl1 = os.times()
                 res["gateway_cpu_s"] = procstat.cpu_seconds(gw_pids) - gw0
+                # With workers: the supervisor's share (connection caps and limiter state
+                # answered over the worker links); with one worker it is the worker itself.
+                res["main_process_cpu_s"] = procstat.cpu_seconds([server.pid]) - sup0
+                res["gateway_cpu_ms_per_login"] = 1000 * res["gateway_cpu_s"] / max(
+                    1, res["completed"])
                 res["dovecot_cpu_s"] = procstat.cpu_seconds(procstat.tree(dovecot.pid)) - dc0
                 res["client_cpu_s"] = (cl1.user + cl1.system) - (cl0.user + cl0.system)
                 res["gateway_processes"] = len(gw_pids)
                 runs[n].append(res)
                 print(f"round {r + 1}: {n} worker(s): {res['rate']:.0f} logins/s "
-                      f"(gateway {res['gateway_cpu_s']:.1f} CPU s, dovecot "
+                      f"(gateway {res['gateway_cpu_s']:.1f} CPU s = "
+                      f"{res['gateway_cpu_ms_per_login']:.2f} ms/login, of which main process "
+                      f"{res['main_process_cpu_s']:.1f}; dovecot "
                       f"{res['dovecot_cpu_s']:.1f}, client {res['client_cpu_s']:.1f}, "
                       f"errors {res['errors']})", file=sys.stderr)
     finally:
@@ -90,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_end": os.getloadavg(),
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients},
         "median_logins_per_s": {n: median([r["rate"] for r in runs[n]]) for n in counts},
+        "median_gateway_cpu_ms_per_login": {
+            n: median([r["gateway_cpu_ms_per_login"] for r in runs[n]]) for n in counts},
         "runs": runs,
     }
     base = summary["median_logins_per_s"][counts[0]]
     for n in counts:
         rate = summary["median_logins_per_s"][n]
-        print(f"{n} worker(s): median {rate:.0f} logins/s ({rate / base:.2f}x)")
+        cpu = summary["median_gateway_cpu_ms_per_login"][n]
+        print(f"{n} worker(s): median {rate:.0f} logins/s ({rate / base:.2f}x), "
+              f"gateway CPU {cpu:.2f} ms per login")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2))
     print(f"results: {args.output}")
