@@ -64,9 +64,11 @@ def _ticket(raw: Sequence[Any]) -> ConnectionTicket:
     return ConnectionTicket(ip=str(ip), serial=int(serial), exempt=bool(exempt))
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
-    """Complete lines from ``stream`` until EOF (a partial last line is dropped)."""
-    buf = bytearray()
+async def _batches(stream: trio.abc.ReceiveStream) -> AsyncIterator[list[bytes]]:
+    """The complete lines of each read from ``stream``, until EOF (a partial last line is
+    dropped). One read often brings many (a worker's writer batches), and the supervisor
+    answers a batch with one write."""
+    buf = b""
     while True:
         try:
             data = await stream.receive_some(RECEIVE_SIZE)
@@ -74,16 +76,11 @@ async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
             return
         if not data:
             return
-        start = len(buf)
-        buf += data
-        end = buf.find(b"\n", start)
-        while end >= 0:
-            line = bytes(buf[:end])
-            del buf[: end + 1]
-            yield line
-            end = buf.find(b"\n")
+        *lines, buf = (buf + data).split(b"\n")
         if len(buf) > MAX_LINE:
             raise ValueError("worker link: line too long")
+        if lines:
+            yield lines
 
 
 #: The environment variable that makes ``imap-gateway serve`` a worker (JSON, see WorkerSpec).
@@ -123,9 +120,9 @@ class _Peer:
         self.stream = stream
         self.lock = trio.Lock()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, data: bytes) -> None:
         async with self.lock:
-            await self.stream.send_all(_encode(message))
+            await self.stream.send_all(data)
 
 
 @dataclass
@@ -146,24 +143,27 @@ async def serve_worker(stream: trio.SocketStream, shared: SharedServices, index:
     held: dict[int, ConnectionTicket] = {}
     peer = shared.peers[index] = _Peer(stream)
     try:
-        async for line in _lines(stream):
-            msg = json.loads(line)
-            op, args, ident = msg["op"], msg.get("a", []), msg.get("i")
+        async for lines in _batches(stream):
+            replies = []
+            for line in lines:
+                msg = json.loads(line)
+                op, args, ident = msg["op"], msg.get("a", []), msg.get("i")
+                try:
+                    result = await _dispatch(shared, held, index, op, args)
+                except Exception as exc:  # noqa: BLE001 - the worker gets the error as an answer
+                    if ident is None:
+                        log.error("worker_link.failed", op=op, error=str(exc))
+                        continue
+                    replies.append(_encode({"i": ident, "e": f"{exc.__class__.__name__}: {exc}"}))
+                else:
+                    if op == "ready":
+                        on_ready()
+                    if ident is not None:
+                        replies.append(_encode({"i": ident, "r": result}))
+            if not replies:
+                continue
             try:
-                result = await _dispatch(shared, held, index, op, args)
-            except Exception as exc:  # noqa: BLE001 - the worker gets the error as an answer
-                if ident is None:
-                    log.error("worker_link.failed", op=op, error=str(exc))
-                    continue
-                reply = {"i": ident, "e": f"{exc.__class__.__name__}: {exc}"}
-            else:
-                if op == "ready":
-                    on_ready()
-                if ident is None:
-                    continue
-                reply = {"i": ident, "r": result}
-            try:
-                await peer.send(reply)
+                await peer.send(b"".join(replies))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
     finally:
@@ -186,7 +186,7 @@ async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], i
         peer = shared.peers.get(int(target))
         if peer is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await peer.send({"op": "kill", "a": [session_id, reason, message]})
+                await peer.send(_encode({"op": "kill", "a": [session_id, reason, message]}))
         return None
     if op == "try_open":
         decision = shared.tracker.try_open(str(args[0]), float(args[1]))
@@ -276,18 +276,19 @@ class WorkerLink:
 
     async def _read(self) -> None:
         try:
-            async for line in _lines(self._stream):
-                msg = json.loads(line)
-                if "i" not in msg:
-                    if self.on_command is not None:
-                        self.on_command(msg["op"], msg.get("a", []))
-                    continue
-                pending = self._waiting.get(msg["i"])
-                if pending is None:
-                    continue
-                pending.result = msg.get("r")
-                pending.error = msg.get("e")
-                pending.done.set()
+            async for lines in _batches(self._stream):
+                for line in lines:
+                    msg = json.loads(line)
+                    if "i" not in msg:
+                        if self.on_command is not None:
+                            self.on_command(msg["op"], msg.get("a", []))
+                        continue
+                    pending = self._waiting.get(msg["i"])
+                    if pending is None:
+                        continue
+                    pending.result = msg.get("r")
+                    pending.error = msg.get("e")
+                    pending.done.set()
         finally:
             self._lost()
 
