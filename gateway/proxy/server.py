@@ -362,6 +362,7 @@ async def _signals(ctx: GatewayContext, cancel: trio.CancelScope,
                              sessions=len(ctx.sessions), drain=True,
                              drain_timeout=ctx.config.server.drain_timeout)
                     ctx.draining = True  # a second signal now ends at once
+                    accepting.cancel()  # at once, before the drain task gets to run
                     nursery.start_soon(_drain_then_stop, ctx, accepting, cancel)
 
 

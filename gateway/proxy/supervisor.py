@@ -170,6 +170,13 @@ async def _signals(config: Config, workers: list[_Worker], stopping: trio.Event)
             stopping.set()
             log.info("supervisor.stopping", signal=name, workers=len(alive),
                      drain_timeout=config.server.drain_timeout)
+            # The workers close their copies as they start draining; once ours are closed
+            # too, a new client is refused at once instead of waiting in a queue nobody
+            # takes from.
+            for w in workers:
+                for group in w.listeners:
+                    for sock in group:
+                        sock.close()
             break
     bound = config.server.drain_timeout + DRAIN_GRACE_SECONDS + KILL_AFTER
     with trio.move_on_after(bound):
