@@ -444,17 +444,21 @@ async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = No
     share_sessions = worker is not None and bool(config.admin.address or config.web.address)
     if worker is not None:
         # The supervisor serves [metrics] address for every worker (multiprocess files),
-        # worker 0 the admin API and the portal: the others must not try to bind them.
+        # worker 0 the admin API, the portal and the auth-policy endpoint: the others must
+        # not try to bind them.
         off = {"address": ""}
         config = config.model_copy(update={
             "metrics": config.metrics.model_copy(update=off),
             "admin": config.admin if worker.admin is not None else config.admin.model_copy(
                 update=off),
             "web": config.web if worker.web is not None else config.web.model_copy(update=off),
+            "auth_policy": config.auth_policy if worker.auth_policy is not None
+            else config.auth_policy.model_copy(update=off),
         })
         bound = _inherited(worker)
         sockets = _BoundSockets(listeners=bound[:len(worker.listeners)], http=HttpSockets(
-            admin=_inherited_http(worker.admin), web=_inherited_http(worker.web)))
+            admin=_inherited_http(worker.admin), web=_inherited_http(worker.web),
+            auth_policy=_inherited_http(worker.auth_policy)))
         link = socket.socket(fileno=worker.link)
     else:
         metrics.workers.set(1)
@@ -467,7 +471,8 @@ async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = No
     finally:
         close_all(bound)
         if worker is not None:
-            close_all([lst for lst in (sockets.http.admin, sockets.http.web) if lst])
+            close_all([lst for lst in (sockets.http.admin, sockets.http.web,
+                                       sockets.http.auth_policy) if lst])
 
 
 def _listener(fd: int) -> trio.SocketListener:

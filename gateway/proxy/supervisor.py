@@ -11,8 +11,9 @@ right only here):
 * ``[metrics] address`` once: the supervisor serves it, from prometheus_client's
   multiprocess files that every worker writes (``PROMETHEUS_MULTIPROC_DIR``, a private
   directory made by ``imap-gateway serve``), so one scrape has every worker's counters;
-* ``[admin] address`` and ``[web] address`` once, served by worker 0 (ban admin is
-  exact across workers through the shared state; see README "Worker processes").
+* ``[admin] address``, ``[web] address`` and ``[auth_policy] address`` once, served by
+  worker 0 (bans and the limiter are exact across workers through the shared state; the
+  session list is gathered from every worker; see README "Worker processes").
 
 Each worker is ``python -m gateway serve`` again, started with its sockets inherited and
 :data:`WORKER_ENV` describing them, plus one end of a Unix socket pair to the supervisor
@@ -86,6 +87,8 @@ def _http_requests(config: Config) -> list[BindRequest]:
         wanted.append(BindRequest("[admin] address", config.admin.address))
     if config.web.address:
         wanted.append(BindRequest("[web] address", config.web.address))
+    if config.auth_policy.address:
+        wanted.append(BindRequest("[auth_policy] address", config.auth_policy.address))
     return wanted
 
 
@@ -123,6 +126,7 @@ async def _run(config: Config, workers: list[_Worker],
     metrics_sockets = next(rest) if config.metrics.address else None
     admin = next(rest) if config.admin.address else None
     web = next(rest) if config.web.address else None
+    auth_policy = next(rest) if config.auth_policy.address else None
     shared = SharedServices(
         tracker=ConnectionTracker.from_config(config.limits),
         state=None if config.state.redis else MemoryState(),
@@ -141,7 +145,7 @@ async def _run(config: Config, workers: list[_Worker],
             log.info("metrics.listening", address=config.metrics.address)
         async with trio.open_nursery() as keepers:
             for worker in workers:
-                http_fds = (admin, web) if worker.index == 0 else (None, None)
+                http_fds = (admin, web, auth_policy) if worker.index == 0 else (None, None, None)
                 keepers.start_soon(partial(_keep, config, worker, shared, stopping, http_fds,
                                            metrics_dir, all_ready))
             log.info("supervisor.started", workers=len(workers), pid=os.getpid(),
@@ -189,7 +193,7 @@ async def _signals(config: Config, workers: list[_Worker], stopping: trio.Event)
 
 
 async def _keep(config: Config, worker: _Worker, shared: SharedServices, stopping: trio.Event,
-                http_fds: tuple[list[trio.SocketListener] | None, list[trio.SocketListener] | None],
+                http_fds: tuple[list[trio.SocketListener] | None, ...],
                 metrics_dir: str, all_ready: Callable[[], bool]) -> None:
     """Start ``worker`` and start it again whenever it dies, until the gateway stops."""
     failures = 0
@@ -200,6 +204,7 @@ async def _keep(config: Config, worker: _Worker, shared: SharedServices, stoppin
             listeners=[[s.fileno() for s in group] for group in worker.listeners],
             admin=[s.socket.fileno() for s in http_fds[0]] if http_fds[0] else None,
             web=[s.socket.fileno() for s in http_fds[1]] if http_fds[1] else None,
+            auth_policy=[s.socket.fileno() for s in http_fds[2]] if http_fds[2] else None,
         )
         env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         started = trio.current_time()

@@ -97,6 +97,7 @@ class WorkerSpec:
     listeners: list[list[int]]
     admin: list[int] | None = None
     web: list[int] | None = None
+    auth_policy: list[int] | None = None
 
     def to_env(self) -> str:
         return json.dumps(self.__dict__)
@@ -107,7 +108,7 @@ class WorkerSpec:
 
     def fds(self) -> list[int]:
         out = [self.link, *(fd for group in self.listeners for fd in group)]
-        return out + list(self.admin or []) + list(self.web or [])
+        return out + [fd for fds in (self.admin, self.web, self.auth_policy) for fd in fds or []]
 
 
 # -- supervisor side ----------------------------------------------------------------------------
