@@ -230,3 +230,34 @@ def test_admin_api_lists_and_kills_sessions_of_every_worker(gateway):
     finally:
         for c in clients:
             c.close()
+
+
+def test_auth_policy_endpoint_answers_from_the_shared_state(gateway):
+    """Worker 0 serves [auth_policy] address; a ban the IMAP guesses made (on whichever
+    worker) rejects the same address for Dovecot's other logins (POP3 here)."""
+    import http.client
+    import json
+
+    from tests.support.net import free_ports
+
+    (port,) = free_ports(1)
+    limits = fast_limits(ip_fail_threshold=THRESHOLD, max_connection_rate_per_ip=MANY)
+    gw = start(gateway, 2, limits=limits, auth_policy={"address": f"127.0.0.1:{port}"})
+
+    def allow(remote: str) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            body = json.dumps({"login": "alice", "remote": remote, "protocol": "pop3"})
+            conn.request("POST", "/?command=allow", body=body,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    assert allow("127.0.4.5")["status"] >= 0
+    assert wrong_passwords_before_ban(gw, "127.0.4.5") == THRESHOLD
+    assert workers_that_served(gw, client_ip="127.0.4.5") == {0, 1}
+    assert allow("127.0.4.5")["status"] < 0
+    assert allow("127.0.4.6")["status"] >= 0
