@@ -234,11 +234,12 @@ def _non_root_extra() -> str:
 
 
 def start_dovecot(
-    rd: RunDir, cpus: set[int] | None, ports: DovecotPorts | None = None
+    rd: RunDir, cpus: set[int] | None, ports: DovecotPorts | None = None, extra: str = ""
 ) -> tuple[Server, DovecotPorts]:
     """Render the benchmark-mode config and run ``dovecot -F``; return once the plain port greets.
 
     Pass the ports of a stopped instance to restart it where HAProxy and the gateway expect it.
+    ``extra``: config text appended to the template (e.g. a ``service imap`` override).
     """
     if shutil.which("dovecot") is None:
         raise RigError("dovecot not installed: apt-get install -y dovecot-imapd")
@@ -258,6 +259,7 @@ def start_dovecot(
                 "EXTRA": "" if os.geteuid() == 0 else _non_root_extra(),
             },
         )
+        + extra  # appended: Dovecot merges a repeated service block into the first
     )
     users = rd.path / "etc" / "users"
     users.write_text(USERS)
@@ -400,6 +402,7 @@ def start_gateway(
     app_password_user: str | None = None,
     source: Path | None = None,
     name: str | None = None,
+    workers: int = 1,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
 
@@ -426,7 +429,10 @@ def start_gateway(
     cfg.write_text(
         render(
             HERE / "gateway.toml.in",
-            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master},
+            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
+             # An older tree (--baseline) may not know [server]; this one defaults to a
+             # worker per CPU, so the section is always written for it.
+             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}"},
         )
     )
     creds = create_app_password(cfg, app_password_user) if app_password_user else None

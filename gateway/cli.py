@@ -54,15 +54,29 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """One process (``[server] workers = 1``), a supervisor of N workers, or (with
+    ``IMAP_GATEWAY_WORKER`` in the environment, set by the supervisor) one of its workers."""
+    import tempfile
+
     import trio
+
+    config = _load(args)
+    worker_env = os.environ.pop("IMAP_GATEWAY_WORKER", None)
+    metrics_dir = None
+    if worker_env is None and config.server.workers > 1:
+        # Before prometheus_client is imported: every process of the gateway then writes
+        # its metrics there, and the supervisor's scrape adds them up.
+        metrics_dir = tempfile.mkdtemp(prefix="imap-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from gateway.observability.logs import configure_logging
     from gateway.proxy.bind import BindError
     from gateway.proxy.server import serve
+    from gateway.proxy.supervisor import supervise
     from gateway.proxy.tls import TLSSetupError
+    from gateway.proxy.workerlink import WorkerSpec
     from gateway.startup import StartupError, prepare
 
-    config = _load(args)
     try:
         runtime = prepare(config)
     except StartupError as exc:
@@ -73,7 +87,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_file = open(config.logging.file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     configure_logging(config.logging.format, config.logging.level, log_file)
     try:
-        trio.run(serve, config, runtime)
+        if metrics_dir is not None:
+            import structlog
+
+            structlog.contextvars.bind_contextvars(process="supervisor")
+            trio.run(supervise, config, metrics_dir)
+        elif worker_env is not None:
+            import structlog
+
+            spec = WorkerSpec.from_env(worker_env)
+            structlog.contextvars.bind_contextvars(worker=spec.index)
+            trio.run(serve, config, runtime, spec)
+        else:
+            trio.run(serve, config, runtime)
     except TLSSetupError as exc:
         print(f"imap-gateway: {config.source_path}: tls: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +112,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    finally:
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "MetricsConfig",
     "OAuthConfig",
     "PolicyConfig",
+    "ServerConfig",
     "StateConfig",
     "StoreConfig",
     "TLSConfig",
@@ -522,6 +523,30 @@ class BackendConfig(_HasAddress, BaseModel):
     master_separator: Annotated[str, BeforeValidator(_separator)] = "*"
 
 
+def _default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or
+    ``taskset`` narrows), not every CPU of the host."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class ServerConfig(BaseModel):
+    """The process model: how many worker processes, and how long a SIGTERM drain may take.
+
+    ``workers = 1`` is one process and no supervisor. ``workers = N > 1``: a supervising
+    process binds every address and starts N workers that accept on the same addresses
+    (SO_REUSEPORT); see ``gateway.proxy.supervisor``.
+    """
+
+    model_config = _FROZEN
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256)
+    # SIGTERM: stop accepting, BYE to every session (logged-in ones after their current
+    # response); sessions still open after this long are closed and the process exits.
+    drain_timeout: Duration = 10.0
+
+
 class LimitsConfig(BaseModel):
     """Pre-auth bounds, connection caps and the failure limiter."""
 
@@ -785,6 +810,7 @@ class Config(BaseModel):
         alias="listener", strict=False
     )
     backend: BackendConfig
+    server: ServerConfig = _section()
     limits: LimitsConfig = _section()
     state: StateConfig = _section()
     store: StoreConfig = _section()
@@ -1012,6 +1038,7 @@ def _is_loopback_host(host: str | None) -> bool:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "tls": TLSConfig, "listener": ListenerConfig, "backend": BackendConfig,
+    "server": ServerConfig,
     "limits": LimitsConfig, "state": StateConfig, "store": StoreConfig,
     "policy": PolicyConfig, "admin": AdminConfig, "metrics": MetricsConfig,
     "web": WebConfig, "logging": LoggingConfig, "anomaly": AnomalyConfig,

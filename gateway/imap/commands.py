@@ -367,6 +367,12 @@ class CommandStream:
         return self._finish()
 
     @property
+    def idling(self) -> bool:
+        """An IDLE was forwarded and its DONE has not come: the backend is only pushing
+        untagged updates, so the session is idle although a command is outstanding."""
+        return self._idle
+
+    @property
     def current_tag(self) -> bytes | None:
         """The tag of a forwarded command whose rest (after a literal) is still to come from
         the client, else None."""

@@ -135,6 +135,7 @@ class Relay:
         "_unsent_start",
         "_cuts",
         "_unreported",
+        "_drain_bye",
     )
 
     def __init__(
@@ -163,6 +164,7 @@ class Relay:
         self._unsent_start = 0  # stream offset of _unsent's first byte
         self._cuts: list[tuple[int, int]] = []  # stream offsets of "+" lines never to send
         self._unreported = 0
+        self._drain_bye: bytes | None = None  # set by drain(): the BYE that ends the session
 
     # -- state the shell looks at ---------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class Relay:
         or too many of the gateway's own replies wait for a response boundary."""
         return (
             self.ended is None
+            and self._drain_bye is None
             and not self.commands.paused
             and self._injected_size < self.max_injected
         )
@@ -184,8 +187,9 @@ class Relay:
     # -- client side ------------------------------------------------------------------------------
 
     def client_data(self, data: bytes) -> list[RelayAction]:
-        """Client bytes (never while :attr:`reading_client` is False)."""
-        if self.ended is not None or not data:
+        """Client bytes (never while :attr:`reading_client` is False). While draining,
+        client bytes that were already on their way are dropped: the BYE says why."""
+        if self.ended is not None or not data or self._drain_bye is not None:
             return []
         return self._from_stream(self.commands.receive_data(data))
 
@@ -260,6 +264,8 @@ class Relay:
         if self._unreported >= self.report_every:
             out.append(BytesSeen(self._unreported))
             self._unreported = 0
+        if self._drain_bye is not None and self._quiet():
+            out.extend(self._end("shutdown", self._drain_bye))
         return out
 
     def _on_continuation(self, pos: int, end: int, out: list[RelayAction]) -> None:
@@ -320,6 +326,26 @@ class Relay:
         return self._end("logout" if self._logout else "backend_closed")
 
     # -- ending -----------------------------------------------------------------------------------
+
+    def drain(self, bye: bytes) -> list[RelayAction]:
+        """End the session with ``bye`` once the client has every response it asked for.
+
+        From now on the client is not read (:attr:`reading_client` is False). When no
+        command is outstanding (or only an IDLE, which waits for nothing but DONE) and the
+        client stream is between two responses, the session ends at once; otherwise the
+        :meth:`backend_data` call that completes the last response ends it, right after
+        that response. The shell bounds the wait (``[server] drain_timeout``).
+        """
+        if self.ended is not None or self._drain_bye is not None:
+            return []
+        self._drain_bye = bye
+        return self._end("shutdown", bye) if self._quiet() else []
+
+    def _quiet(self) -> bool:
+        """Between two responses with nothing owed to the client."""
+        owed = self.outstanding - (1 if self.commands.idling else 0)
+        return (owed <= 0 and self._at_boundary and not self._unsent and not self._injected
+                and self._held_line is None and self._waiting is None)
 
     def _end(self, reason: str, data: bytes = b"") -> list[RelayAction]:
         if self.ended is not None:

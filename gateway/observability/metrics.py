@@ -14,11 +14,19 @@ Rules for this module:
    ``process_resident_memory_bytes``, ``process_open_fds``, ``process_start_time_seconds``
    ...) that every exporter uses, so the dashboards and alerts operators already have
    for CPU, memory and file descriptors work unchanged.
+4. With ``[server] workers > 1`` every process writes its values to prometheus_client's
+   multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by ``imap-gateway serve`` before
+   this module is imported) and the supervisor's scrape adds them up
+   (``exposition_registry``). So every gauge says how to combine the workers' values
+   (``multiprocess_mode``; ignored in a single process): "livesum" for what each worker
+   holds, "livemax"/"livemostrecent" for what each reads from shared state or the backend.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
@@ -33,7 +41,7 @@ connections_total = Counter(
 )
 connections_active = Gauge(
     "connections_active", "Client connections open now.", ["listener"],
-    namespace=_NS, registry=REGISTRY,
+    namespace=_NS, registry=REGISTRY, multiprocess_mode="livesum",
 )
 connections_rejected_total = Counter(
     "connections_rejected", "Connections refused at accept time.", ["reason"],
@@ -71,6 +79,7 @@ tarpit_delay_seconds = Histogram(
 )
 bans_active = Gauge(
     "bans_active", "Bans in force.", ["scope"], namespace=_NS, registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 bans_created_total = Counter(
     "bans_created", "Bans created.", ["scope", "reason"], namespace=_NS, registry=REGISTRY,
@@ -88,7 +97,7 @@ backend_errors_total = Counter(
 )
 backend_up = Gauge(
     "backend_up", "1 if the last backend connection attempt succeeded.", ["backend"],
-    namespace=_NS, registry=REGISTRY,
+    namespace=_NS, registry=REGISTRY, multiprocess_mode="livemostrecent",
 )
 bytes_relayed_total = Counter(
     "bytes_relayed", "Bytes relayed after login.", ["direction"], namespace=_NS, registry=REGISTRY,
@@ -103,6 +112,7 @@ commands_refused_total = Counter(
 )
 sessions_active = Gauge(
     "sessions_active", "Authenticated sessions open now.", namespace=_NS, registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 session_duration_seconds = Histogram(
     "session_duration_seconds", "Duration of client connections.",
@@ -173,12 +183,20 @@ store_unavailable_total = Counter(
 state_fallback_active = Gauge(
     "state_fallback_active",
     "1 while the limiter counts in this process because [state] redis is unavailable.",
-    namespace=_NS, registry=REGISTRY,
+    namespace=_NS, registry=REGISTRY, multiprocess_mode="livemax",
 )
 state_fallback_switches_total = Counter(
     "state_fallback_switches",
     "Switches of the limiter state between Redis and this process's memory.",
     ["to"], namespace=_NS, registry=REGISTRY,
+)
+workers = Gauge(
+    "workers", "Worker processes the supervisor runs ([server] workers; 1 without one).",
+    namespace=_NS, registry=REGISTRY, multiprocess_mode="livemax",
+)
+worker_restarts_total = Counter(
+    "worker_restarts", "Worker processes the supervisor started again after they died.",
+    namespace=_NS, registry=REGISTRY,
 )
 
 # The command label set: everything else is folded into "other" (rule 2).
@@ -197,9 +215,23 @@ def command_label(name: str) -> str:
     return label if label in KNOWN_COMMANDS else "other"
 
 
+def exposition_registry() -> CollectorRegistry:
+    """What a scrape shows: this process's registry, or, under a supervisor (rule 4), the
+    sum of every worker's multiprocess files (the supervisor's own counters included)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    # process_*: the supervisor's own (prometheus_client cannot add up processes' CPU,
+    # memory or descriptors): with workers they describe the supervisor only.
+    ProcessCollector(registry=registry)
+    return registry
+
+
 def render_latest() -> bytes:
     """The text exposition of every gateway metric."""
-    return generate_latest(REGISTRY)
+    return generate_latest(exposition_registry())
 
 
 ANOMALY_KINDS = (

@@ -11,6 +11,7 @@ print. Called outside any nursery, so the error is not wrapped in an ExceptionGr
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,3 +68,46 @@ def close_all(bound: Sequence[Sequence[trio.SocketListener]]) -> None:
     for listeners in bound:
         for listener in listeners:
             listener.socket.close()
+
+
+def bind_reuseport(want: BindRequest, count: int) -> list[list[socket.socket]]:
+    """``count`` sets of listening sockets on ``want.address`` with SO_REUSEPORT: one set
+    per worker (a set holds one socket per address the host name resolves to).
+
+    The kernel spreads new connections over the sets by a hash of the client's address
+    and port; each set has its own accept queue, so a worker that dies strands only the
+    connections queued on its own set, and those wait there for its replacement (the
+    supervisor keeps every set open and hands the same one on). Raises
+    :class:`BindError` after closing what it had bound.
+    """
+    host, port = parse_address(want.address)
+    made: list[list[socket.socket]] = []
+    try:
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise BindError(want.key, want.address, exc.strerror or str(exc)) from None
+        addresses = list(dict.fromkeys((family, sockaddr) for family, *_, sockaddr in infos))
+        for _ in range(count):
+            group: list[socket.socket] = []
+            made.append(group)
+            for family, sockaddr in addresses:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(sockaddr)
+                    sock.listen(want.backlog or socket.SOMAXCONN)
+                except OSError as exc:
+                    raise BindError(want.key, want.address, exc.strerror or str(exc)) from None
+                sock.set_inheritable(True)
+    except BaseException:
+        for group in made:
+            for sock in group:
+                sock.close()
+        raise
+    return made

@@ -10,6 +10,7 @@ both sockets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -43,11 +44,16 @@ class RelayedSession(Protocol):
     cancel_scope: trio.CancelScope | None
     kill_reason: str | None
     kill_message: str
+    draining: bool
+    on_drain: Callable[[], None] | None
 
     async def on_expunged(self, count: int) -> None: ...
 
     async def on_bytes(self, count: int) -> None: ...
 
+
+#: The BYE text of a session ended by the gateway's shutdown (SIGTERM drain).
+SHUTDOWN_TEXT = "Server shutting down; reconnect later."
 
 BACKEND_RECEIVE_SIZE = 262144
 CLIENT_RECEIVE_SIZE = 65536
@@ -174,8 +180,19 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client_to_backend, nursery.cancel_scope)
                 nursery.start_soon(backend_to_client, nursery.cancel_scope)
+
+                async def drain() -> None:
+                    # The engine ends the session right after the response in flight.
+                    await carry_out(engine.drain(rl.bye(session.kill_message or SHUTDOWN_TEXT)),
+                                    nursery.cancel_scope)
+
+                session.on_drain = lambda: nursery.start_soon(drain)
+                if session.draining:  # the drain began between login and relay
+                    nursery.start_soon(drain)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             reason = "connection_lost"
+        finally:
+            session.on_drain = None
     unreported = engine.take_unreported()
     if unreported:
         with trio.CancelScope(shield=True), trio.move_on_after(2):

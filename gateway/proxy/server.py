@@ -16,24 +16,32 @@ its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
 - the live event feed's Redis relay, with ``[state] redis``
   (``gateway.observability.events_relay``).
 
-SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs);
-SIGTERM/SIGINT stop accepting and close every session.
+SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs).
+
+SIGTERM/SIGINT drain (``drain``): stop accepting, BYE to every session (a session before
+login at once; a logged-in one right after the response in flight, so a FETCH is never
+cut), one ``session.end`` line each, and exit. Sessions still open after
+``[server] drain_timeout`` get a BYE and are closed. A second signal ends at once.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import signal
+import socket
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import ChainMap, Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import trio
 
@@ -43,6 +51,7 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
 from gateway.limits.rules import spray_fingerprint
+from gateway.limits.state import StateBackend
 from gateway.observability import metrics
 from gateway.observability.events import EventFeed
 from gateway.observability.events_relay import open_feed
@@ -51,9 +60,19 @@ from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
 from gateway.proxy.bind import BindRequest, bind_all, close_all
 from gateway.proxy.login import Authenticator
+from gateway.proxy.relay import SHUTDOWN_TEXT
 from gateway.proxy.session import ClientSession
 from gateway.proxy.tls import TLSContextHolder, TLSSetupError, backend_context
 from gateway.proxy.values import ClientEndpoint
+from gateway.proxy.workerlink import (
+    RemoteSession,
+    RemoteState,
+    RemoteTracker,
+    WorkerLink,
+    WorkerSpec,
+    open_link,
+    session_record,
+)
 from gateway.startup import Runtime
 from gateway.store.base import (
     AppPasswordInfo,
@@ -61,7 +80,7 @@ from gateway.store.base import (
     LoginRecord,
 )
 from gateway.store.errors import StoreError, StoreUnavailable
-from gateway.web.serve import HttpSockets, serve_web
+from gateway.web.serve import Gateway, HttpSockets, serve_web
 
 log = get_logger()
 
@@ -93,13 +112,16 @@ class GatewayContext:
     tls: TLSContextHolder
     runtime: Runtime
     limiter: Limiter
-    tracker: ConnectionTracker
+    #: The host's connection caps: here, or the supervisor's (``[server] workers > 1``).
+    tracker: ConnectionTracker | RemoteTracker
     sessions: dict[str, ClientSession] = field(default_factory=dict)
     ready: bool = False
     # [web] cert/key when set; None: the portal shares ``tls``. SIGHUP reloads both.
     web_tls: TLSContextHolder | None = None
     # The live event feed (admin API /events, the portal's admin pages).
     feed: EventFeed = field(default_factory=EventFeed)
+    #: SIGTERM received: a connection accepted from now on is drained at once.
+    draining: bool = False
 
     def __post_init__(self) -> None:
         b = self.config.backend
@@ -188,7 +210,10 @@ class GatewayContext:
         metrics.connections_total.labels(listener.address, tls_mode).inc()
         session = ClientSession(self, listener, tcp)
         now = time.time()
-        admitted = self.tracker.try_open(session.client_ip, now)
+        if isinstance(self.tracker, RemoteTracker):
+            admitted = await self.tracker.try_open(session.client_ip, now)
+        else:
+            admitted = self.tracker.try_open(session.client_ip, now)
         if not admitted.allowed:
             await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
                                admitted.reason)
@@ -205,6 +230,8 @@ class GatewayContext:
             active.inc()
             session.on_login = lambda: self.tracker.authenticated(ticket)
             self.sessions[session.session_id] = session
+            if self.draining:
+                session.drain()
             try:
                 await session.run()
             except Exception:
@@ -286,29 +313,80 @@ class GatewayContext:
                     session.kill("app_password_revoked", "App password revoked.")
 
 
-async def _signals(ctx: GatewayContext, cancel: trio.CancelScope) -> None:
+DRAIN_POLL_SECONDS = 0.05
+#: After ``drain_timeout``: how long the sessions still open get to receive their BYE.
+DRAIN_GRACE_SECONDS = 2.0
+
+
+async def drain(ctx: GatewayContext, accepting: trio.CancelScope) -> None:
+    """Stop accepting and end every session with a BYE, within ``[server] drain_timeout``.
+
+    Sessions before login are told BYE at once; logged-in ones after the response in
+    flight (the relay waits for it). Whatever is still open after the timeout is killed
+    (BYE, bounded by ``DRAIN_GRACE_SECONDS``). Each session logs its ``session.end``.
+    """
+    ctx.draining = True
+    accepting.cancel()  # closes this process's listening sockets
+    started = trio.current_time()
+    for session in list(ctx.sessions.values()):
+        session.drain()
+    with trio.move_on_after(ctx.config.server.drain_timeout):
+        while ctx.sessions:
+            await trio.sleep(DRAIN_POLL_SECONDS)
+    left = len(ctx.sessions)
+    if left:
+        for session in list(ctx.sessions.values()):
+            session.kill("shutdown", SHUTDOWN_TEXT)
+        with trio.move_on_after(DRAIN_GRACE_SECONDS):
+            while ctx.sessions:
+                await trio.sleep(DRAIN_POLL_SECONDS)
+    with trio.move_on_after(DRAIN_GRACE_SECONDS):
+        await ctx.flush_history()
+    log.info("gateway.drained", forced=left, seconds=round(trio.current_time() - started, 3))
+
+
+async def _signals(ctx: GatewayContext, cancel: trio.CancelScope,
+                   accepting: trio.CancelScope | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                holders: list[tuple[TLSContextHolder, Path | None]] = [
-                    (ctx.tls, ctx.config.tls.cert)]
-                if ctx.web_tls is not None:
-                    holders.append((ctx.web_tls, ctx.config.web.cert))
-                for holder, cert in holders:
-                    try:
-                        holder.reload()
-                        log.info("tls.reloaded", cert=str(cert))
-                    except TLSSetupError as exc:
-                        log.error("tls.reload_failed", error=str(exc))
-                _export_cert_expiry(ctx)
-                await ctx.reload_policy(force=True)
-                if ctx.authenticator.oauth is not None:
-                    await ctx.authenticator.oauth.reload_file()
-            else:
-                log.info("gateway.stopping", signal=signal.Signals(signum).name,
-                         sessions=len(ctx.sessions))
-                cancel.cancel()
-                return
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(ctx)
+                elif ctx.draining or accepting is None:
+                    log.info("gateway.stopping", signal=signal.Signals(signum).name,
+                             sessions=len(ctx.sessions), drain=False)
+                    cancel.cancel()
+                    return
+                else:
+                    log.info("gateway.stopping", signal=signal.Signals(signum).name,
+                             sessions=len(ctx.sessions), drain=True,
+                             drain_timeout=ctx.config.server.drain_timeout)
+                    ctx.draining = True  # a second signal now ends at once
+                    accepting.cancel()  # at once, before the drain task gets to run
+                    nursery.start_soon(_drain_then_stop, ctx, accepting, cancel)
+
+
+async def _drain_then_stop(ctx: GatewayContext, accepting: trio.CancelScope,
+                           cancel: trio.CancelScope) -> None:
+    await drain(ctx, accepting)
+    cancel.cancel()
+
+
+async def _reload(ctx: GatewayContext) -> None:
+    """SIGHUP: the TLS certificates, the policy and the OAuth key file."""
+    holders: list[tuple[TLSContextHolder, Path | None]] = [(ctx.tls, ctx.config.tls.cert)]
+    if ctx.web_tls is not None:
+        holders.append((ctx.web_tls, ctx.config.web.cert))
+    for holder, cert in holders:
+        try:
+            holder.reload()
+            log.info("tls.reloaded", cert=str(cert))
+        except TLSSetupError as exc:
+            log.error("tls.reload_failed", error=str(exc))
+    _export_cert_expiry(ctx)
+    await ctx.reload_policy(force=True)
+    if ctx.authenticator.oauth is not None:
+        await ctx.authenticator.oauth.reload_file()
 
 
 def _export_cert_expiry(ctx: GatewayContext) -> None:
@@ -348,22 +426,65 @@ async def _prune_store(ctx: GatewayContext) -> None:
         log.info("store.pruned", login_history=history, expired=expired)
 
 
-async def serve(config: Config, runtime: Runtime) -> None:
+async def serve(config: Config, runtime: Runtime, worker: WorkerSpec | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT.
 
     Every address (listeners, metrics, admin API) is bound before anything is served or
     logged: one that cannot be raises :class:`~gateway.proxy.bind.BindError` with no
     socket left open. Whatever ends the gateway, every socket is closed on the way out.
+
+    ``worker``: this process is one of a supervisor's workers (``gateway.proxy.supervisor``):
+    its sockets were bound by the supervisor and are inherited, and the connection caps
+    (and, without Redis, the limiter state) are the supervisor's, over the link.
     """
     tls = TLSContextHolder(config.tls.cert, config.tls.key, config.tls.min_version)
     web_tls = None
     if config.web.address and config.web.cert is not None and config.web.key is not None:
         web_tls = TLSContextHolder(config.web.cert, config.web.key, config.tls.min_version)
-    bound = await bind_all(_bind_requests(config))
+    share_sessions = worker is not None and bool(config.admin.address or config.web.address)
+    if worker is not None:
+        # The supervisor serves [metrics] address for every worker (multiprocess files),
+        # worker 0 the admin API, the portal and the auth-policy endpoint: the others must
+        # not try to bind them.
+        off = {"address": ""}
+        config = config.model_copy(update={
+            "metrics": config.metrics.model_copy(update=off),
+            "admin": config.admin if worker.admin is not None else config.admin.model_copy(
+                update=off),
+            "web": config.web if worker.web is not None else config.web.model_copy(update=off),
+            "auth_policy": config.auth_policy if worker.auth_policy is not None
+            else config.auth_policy.model_copy(update=off),
+        })
+        bound = _inherited(worker)
+        sockets = _BoundSockets(listeners=bound[:len(worker.listeners)], http=HttpSockets(
+            admin=_inherited_http(worker.admin), web=_inherited_http(worker.web),
+            auth_policy=_inherited_http(worker.auth_policy)))
+        link = socket.socket(fileno=worker.link)
+    else:
+        metrics.workers.set(1)
+        bound = await bind_all(_bind_requests(config))
+        sockets = _BoundSockets.split(config, bound)
+        link = None
     try:
-        await _run(config, runtime, tls, web_tls, _BoundSockets.split(config, bound))
+        await _run(config, runtime, tls, web_tls, sockets, link,
+                   worker if share_sessions else None)
     finally:
         close_all(bound)
+        if worker is not None:
+            close_all([lst for lst in (sockets.http.admin, sockets.http.web,
+                                       sockets.http.auth_policy) if lst])
+
+
+def _listener(fd: int) -> trio.SocketListener:
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+def _inherited(worker: WorkerSpec) -> list[list[trio.SocketListener]]:
+    return [[_listener(fd) for fd in group] for group in worker.listeners]
+
+
+def _inherited_http(fds: list[int] | None) -> list[trio.SocketListener] | None:
+    return None if fds is None else [_listener(fd) for fd in fds]
 
 
 def _bind_requests(config: Config) -> list[BindRequest]:
@@ -402,19 +523,83 @@ class _BoundSockets:
         )
 
 
+#: How often workers share their session lists with worker 0 (admin API, portal).
+SESSIONS_SHARE_SECONDS = 1.0
+
+
+class _WorkerZeroView:
+    """The ``GatewayContext`` of worker 0 as its admin API and portal see it: its own
+    sessions and, fetched each second through the supervisor, every other worker's
+    (``RemoteSession``: listed like a local one; a kill goes to its worker)."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self._ctx = ctx
+        self._others: dict[str, RemoteSession] = {}
+
+    @property
+    def sessions(self) -> Mapping[str, object]:
+        return ChainMap(cast(dict[str, object], self._ctx.sessions),
+                        cast(dict[str, object], self._others))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    async def fetch_others(self, link: WorkerLink) -> None:
+        others = await link.call("all_sessions")
+        self._others = {record["id"]: RemoteSession(link, int(index), record)
+                        for index, records in others for record in records}
+
+
+async def _send_sessions(ctx: GatewayContext, link: WorkerLink) -> None:
+    link.notify("sessions", [session_record(s) for s in list(ctx.sessions.values())])
+
+
+def _on_supervisor_command(ctx: GatewayContext, op: str, args: list[Any]) -> None:
+    """A kill that worker 0's admin API asked for, of one of this worker's sessions."""
+    if op != "kill":
+        log.warning("worker_link.unknown_command", op=op)
+        return
+    session_id, reason, message = args
+    session = ctx.sessions.get(session_id)
+    if session is not None:
+        session.kill(reason, message)
+
+
+def _supervisor_gone() -> None:
+    """The link to the supervisor closed: it died or stops. Drain like on SIGTERM."""
+    log.error("worker.supervisor_gone")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
-               web_tls: TLSContextHolder | None, sockets: _BoundSockets) -> None:
+               web_tls: TLSContextHolder | None, sockets: _BoundSockets,
+               link_socket: socket.socket | None = None,
+               worker: WorkerSpec | None = None) -> None:
+    """``worker``: set when this worker shares its sessions with worker 0's admin API."""
     for warning in runtime.warnings:
         log.warning("gateway.config_warning", detail=warning)
-    async with open_state(config.state.redis) as state, open_feed(config.state.redis) as feed:
+    async with contextlib.AsyncExitStack() as stack:
+        link = None
+        tracker: ConnectionTracker | RemoteTracker = ConnectionTracker.from_config(config.limits)
+        if link_socket is not None:
+            link = await stack.enter_async_context(open_link(
+                trio.SocketStream(trio.socket.from_stdlib_socket(link_socket)), _supervisor_gone))
+            tracker = RemoteTracker(link)
+        state: StateBackend
+        if link is not None and not config.state.redis:
+            state = RemoteState(link)
+        else:
+            state = await stack.enter_async_context(open_state(config.state.redis))
+        feed = await stack.enter_async_context(open_feed(config.state.redis))
         ctx = GatewayContext(
             config=config, tls=tls, runtime=runtime,
             limiter=Limiter(state, config.limits, config.anomaly),
-            tracker=ConnectionTracker.from_config(config.limits), web_tls=web_tls, feed=feed,
+            tracker=tracker, web_tls=web_tls, feed=feed,
         )
         _export_cert_expiry(ctx)
+        accepting = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signals, ctx, nursery.cancel_scope)
+            nursery.start_soon(_signals, ctx, nursery.cancel_scope, accepting)
             nursery.start_soon(_every, POLICY_POLL_SECONDS,
                                lambda: ctx.reload_policy(force=False), "policy_watch")
             nursery.start_soon(_every, CREDENTIAL_POLL_SECONDS, ctx.check_credentials,
@@ -424,16 +609,39 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
             nursery.start_soon(_every, HISTORY_FLUSH_SECONDS, ctx.flush_history, "history")
             nursery.start_soon(_every, STORE_PRUNE_SECONDS, lambda: _prune_store(ctx),
                                "store_prune")
-            await nursery.start(partial(serve_web, ctx, sockets.http))
-            for listener, listener_sockets in zip(config.listeners, sockets.listeners,
-                                                  strict=True):
-                nursery.start_soon(trio.serve_listeners, _bind(ctx, listener), listener_sockets)
+            web_view: Gateway = ctx
+            if link is not None and worker is not None:  # worker 0 serves the admin API
+                link.on_command = partial(_on_supervisor_command, ctx)
+                if worker.index == 0:
+                    view = _WorkerZeroView(ctx)
+                    web_view = cast(Gateway, view)
+                    nursery.start_soon(_every, SESSIONS_SHARE_SECONDS,
+                                       partial(view.fetch_others, link), "sessions_fetch")
+                else:
+                    nursery.start_soon(_every, SESSIONS_SHARE_SECONDS,
+                                       partial(_send_sessions, ctx, link), "sessions_send")
+            await nursery.start(partial(serve_web, web_view, sockets.http))
+            # Sessions run in the outer nursery, so that cancelling ``accepting`` (the
+            # drain) stops accepting without touching a live session.
+            nursery.start_soon(_accept, ctx, config, sockets.listeners, nursery, accepting)
             ctx.ready = True
+            if link is not None:
+                link.notify("ready")
             log.info("gateway.listening", listeners=[lst.address for lst in config.listeners],
                      backend=ctx.backend_name, metrics=config.metrics.address or None,
                      admin=config.admin.address or None, web=config.web.address or None,
                      auth_policy=config.auth_policy.address or None,
                      policy=ctx.policy.current.fingerprint if ctx.policy.current else None)
+
+
+async def _accept(ctx: GatewayContext, config: Config,
+                  sockets: list[list[trio.SocketListener]], sessions: trio.Nursery,
+                  accepting: trio.CancelScope) -> None:
+    with accepting:
+        async with trio.open_nursery() as nursery:
+            for listener, listener_sockets in zip(config.listeners, sockets, strict=True):
+                nursery.start_soon(partial(trio.serve_listeners, _bind(ctx, listener),
+                                           listener_sockets, handler_nursery=sessions))
 
 
 def _bind(

@@ -41,7 +41,7 @@ from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.oauth import INTROSPECTION_UNAVAILABLE, KEYS_UNAVAILABLE, error_challenge
-from gateway.proxy.relay import relay
+from gateway.proxy.relay import SHUTDOWN_TEXT, relay
 from gateway.proxy.values import (
     BackendLink,
     CapabilityView,
@@ -139,6 +139,10 @@ class ClientSession:
         self.mailbox_scoped = False
         #: Called once after a successful login (the connection caps stop counting it).
         self.on_login: Callable[[], None] | None = None
+        #: The gateway is shutting down (drain): end at the next response boundary.
+        self.draining = False
+        #: Set by the relay while it runs: starts its drain.
+        self.on_drain: Callable[[], None] | None = None
 
     def kill(self, reason: str, message: str) -> None:
         """End a relayed session from outside (admin, policy reload): the client gets BYE."""
@@ -146,6 +150,15 @@ class ClientSession:
         self.kill_message = message
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
+
+    def drain(self) -> None:
+        """The gateway is shutting down: BYE now before login; after login, BYE once the
+        response in flight is complete (the relay decides when). Idempotent."""
+        self.draining = True
+        if self.on_drain is not None:
+            self.on_drain()
+        else:
+            self.kill("shutdown", SHUTDOWN_TEXT)
 
     async def on_expunged(self, count: int) -> None:
         """The backend reported ``count`` messages expunged in this session (mass delete)."""
@@ -228,6 +241,8 @@ class ClientSession:
                 await self._start_tls()
             with trio.CancelScope() as killable:
                 self.cancel_scope = killable  # kill() before login ends the dialogue too
+                if self.kill_reason is not None:  # killed (drained) during the handshake
+                    killable.cancel()
                 backend, leftover = await self._preauth(implicit)
             if killable.cancelled_caught:
                 with trio.move_on_after(1):

@@ -238,7 +238,7 @@ class _Exposition:
     """``prometheus_client``'s ASGI app as a route (an object: Starlette mounts it as is)."""
 
     def __init__(self) -> None:
-        self.app = make_asgi_app(registry=metrics.REGISTRY)
+        self.app = make_asgi_app(registry=metrics.exposition_registry())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

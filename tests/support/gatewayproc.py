@@ -249,6 +249,8 @@ class GatewayFactory:
                 {"address": f"127.0.0.1:{implicit_port}", "mode": "implicit-tls"},
                 {"address": f"127.0.0.1:{starttls_port}", "mode": "starttls"},
             ],
+            # One process unless a test asks for workers (the default is one per CPU).
+            "server": {"workers": 1},
             "backend": {"address": self.backend_address, "tls": "none", "ca_file": "",
                         "client_ip": "id", "connect_timeout": "5s"},
             "limits": {"max_line": 8192, "max_preauth_literal": 8192, "max_bad_commands": 5,

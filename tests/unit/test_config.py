@@ -699,3 +699,14 @@ def test_store_password_file_must_be_private_and_needs_a_url(confdir: Path) -> N
     pw.chmod(0o600)
     err = load_error(confdir, with_section("store", 'password_file = "pg.password"'))
     assert err.key == "store.url" and "required" in err.message
+
+def test_server_section_defaults_and_errors(confdir: Path) -> None:
+    cfg = load_config(write(confdir, MINIMAL))
+    assert cfg.server.workers == len(os.sched_getaffinity(0))
+    assert cfg.server.drain_timeout == 10.0
+    cfg = load_config(write(confdir, with_section("server", 'workers = 3\ndrain_timeout = "1m"')))
+    assert (cfg.server.workers, cfg.server.drain_timeout) == (3, 60.0)
+    err = load_error(confdir, with_section("server", "workers = 0"))
+    assert (err.key, err.message) == ("server.workers", "must be at least 1, got 0")
+    err = load_error(confdir, with_section("server", "drain_timeout = 10"))
+    assert err.key == "server.drain_timeout" and "unit" in err.message

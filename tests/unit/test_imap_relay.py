@@ -197,3 +197,50 @@ def test_any_conversation_never_raises_and_is_the_same_in_every_split(client, an
     # Nothing reaches the backend but what the client sent, with canonical markers.
     sent = b"".join(client)
     assert len(whole[0]) <= len(sent)
+
+
+# -- drain (SIGTERM) --------------------------------------------------------------------------
+
+BYE = b"* BYE Server shutting down.\r\n"
+
+
+def test_drain_with_nothing_in_flight_ends_at_once_with_bye():
+    r = relay()
+    out = r.drain(BYE)
+    assert [a for a in out if isinstance(a, End)] == [End("shutdown", BYE)]
+    assert not r.reading_client
+
+
+def test_drain_waits_for_the_response_in_flight_in_every_split():
+    """The BYE comes after the whole FETCH answer and its tagged OK, never inside it."""
+    body = b"x" * 300 + b"\r\nc OK not a tagged line: literal data\r\n"
+    answer = (b"* 1 FETCH (BODY[] {%d}\r\n" % len(body)) + body + b")\r\nc OK Fetch done.\r\n"
+    for parts in splits(answer, random.Random(7)):
+        w = Wire(relay())
+        w.from_client(b"c FETCH 1 BODY[]\r\n")
+        w.take(w.r.drain(BYE))
+        assert not any(isinstance(a, End) for a in w.other)
+        for part in parts:
+            assert not any(isinstance(a, End) for a in w.other), parts
+            w.from_backend(part)
+        ends = [a for a in w.other if isinstance(a, End)]
+        assert ends == [End("shutdown", BYE)], parts
+        assert bytes(w.client) == answer
+
+
+def test_drain_drops_client_bytes_that_arrive_after_it():
+    w = Wire(relay())
+    w.from_client(b"a NOOP\r\n")
+    w.take(w.r.drain(BYE))
+    assert w.r.client_data(b"b DELETE INBOX\r\n") == []
+    w.from_backend(b"a OK NOOP done.\r\n")
+    assert bytes(w.backend) == b"a NOOP\r\n"
+    assert [a for a in w.other if isinstance(a, End)] == [End("shutdown", BYE)]
+
+
+def test_drain_during_idle_does_not_wait_for_done():
+    w = Wire(relay())
+    w.from_client(b"i IDLE\r\n")
+    w.from_backend(b"+ idling\r\n")
+    w.take(w.r.drain(BYE))
+    assert [a for a in w.other if isinstance(a, End)] == [End("shutdown", BYE)]

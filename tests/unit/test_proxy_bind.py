@@ -75,3 +75,50 @@ def test_an_address_this_host_does_not_have():
         trio.run(bind_all, [BindRequest("[metrics] address", "192.0.2.1:9143")])
     assert str(caught.value) == ("[metrics] address 192.0.2.1:9143: cannot listen: "
                                  "Cannot assign requested address")
+
+
+def test_reuseport_binds_one_listening_set_per_worker_that_all_accept():
+    from gateway.proxy.bind import bind_reuseport
+
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    groups = bind_reuseport(BindRequest("[[listener]] address", address), 2)
+    try:
+        assert [len(g) for g in groups] == [1, 1]
+        socks = [g[0] for g in groups]
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in socks)
+        assert all(s.get_inheritable() for s in socks)  # handed to the worker processes
+        for s in socks:
+            s.settimeout(0.05)
+        # The kernel spreads connections over both sets (hash of the client port).
+        seen = set()
+        clients = []
+        for _ in range(64):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            for i, s in enumerate(socks):
+                try:
+                    s.accept()[0].close()
+                    seen.add(i)
+                except TimeoutError:
+                    pass
+        assert seen == {0, 1}
+        for c in clients:
+            c.close()
+    finally:
+        for g in groups:
+            for s in g:
+                s.close()
+    assert _is_free(address)
+
+
+def test_reuseport_refuses_an_address_another_socket_holds_and_closes_what_it_bound():
+    from gateway.proxy.bind import bind_reuseport
+
+    held = _held()
+    try:
+        with pytest.raises(BindError) as info:
+            bind_reuseport(BindRequest("[[listener]] address", _address(held)), 2)
+        assert str(info.value) == (f"[[listener]] address {_address(held)}: cannot listen: "
+                                   "Address already in use")
+    finally:
+        held.close()

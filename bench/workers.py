@@ -1,0 +1,118 @@
+"""``python -m bench.workers``: login throughput of the gateway with 1 worker against N.
+
+Method: one Dovecot in benchmark mode (bench/dovecot.conf.in) and one gateway per worker
+count, all started here and stopped by PID. Nothing is pinned: the client may run on any
+core (with ``[server] workers = 2`` on a 2-core machine the gateway wants both, so
+pinning the client to one of them would take that core from a worker). Rounds are
+interleaved (1 2 1 2 ...) and the median is reported, since a shared machine drifts more
+between minutes than the difference measured. Each run is ``bench.workloads.logins``:
+``clients`` threads loop connect + TLS + LOGIN + LOGOUT for ``seconds``; the CPU
+seconds of the gateway (supervisor and workers), Dovecot and the client are recorded,
+so a figure limited by the client or by Dovecot shows as such.
+
+    python -m bench.workers --workers 1,2 --rounds 5 --seconds 5 --clients 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import procstat, rig, workloads
+from bench.cli import BOB, raise_nofile
+from bench.imapclient import client_context
+from bench.stats import median
+
+
+def _ready(server: rig.Server, ctx, clients: int = 16, timeout: float = 120.0) -> None:
+    """Until ``clients`` logins in a row succeed: every worker accepts (connections queued
+    for a worker still starting would otherwise wait inside the first measured run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            workloads.logins(server.addr, ctx, BOB, clients, 1.0)
+            return
+        except workloads.ClientErrors:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__.split("\n")[0])
+    p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=5.0, help="length of one login run")
+    p.add_argument("--clients", type=int, default=32, help="concurrent client threads")
+    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "workers.json")
+    args = p.parse_args(argv)
+    counts = [int(n) for n in args.workers.split(",")]
+    raise_nofile()
+    rd = rig.RunDir.create()
+    ctx = client_context(str(rd.cert))
+    dovecot, ports = rig.start_dovecot(rd, None)
+    gateways: dict[int, rig.Server] = {}
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    try:
+        for n in counts:
+            gateways[n] = rig.start_gateway(rd, ports.imap, None, ctx, workers=n,
+                                            name=f"gateway-{n}w")
+            _ready(gateways[n], ctx)
+        for r in range(args.rounds):
+            for n in counts:
+                server = gateways[n]
+                gw_pids = procstat.tree(server.pid)
+                dc_pids = procstat.tree(dovecot.pid)
+                gw0, dc0 = procstat.cpu_seconds(gw_pids), procstat.cpu_seconds(dc_pids)
+                sup0 = procstat.cpu_seconds([server.pid])
+                cl0 = os.times()
+                res = workloads.logins(server.addr, ctx, BOB, args.clients, args.seconds)
+                cl1 = os.times()
+                res["gateway_cpu_s"] = procstat.cpu_seconds(gw_pids) - gw0
+                # With workers: the supervisor's share (connection caps and limiter state
+                # answered over the worker links); with one worker it is the worker itself.
+                res["main_process_cpu_s"] = procstat.cpu_seconds([server.pid]) - sup0
+                res["gateway_cpu_ms_per_login"] = 1000 * res["gateway_cpu_s"] / max(
+                    1, res["completed"])
+                res["dovecot_cpu_s"] = procstat.cpu_seconds(procstat.tree(dovecot.pid)) - dc0
+                res["client_cpu_s"] = (cl1.user + cl1.system) - (cl0.user + cl0.system)
+                res["gateway_processes"] = len(gw_pids)
+                runs[n].append(res)
+                print(f"round {r + 1}: {n} worker(s): {res['rate']:.0f} logins/s "
+                      f"(gateway {res['gateway_cpu_s']:.1f} CPU s = "
+                      f"{res['gateway_cpu_ms_per_login']:.2f} ms/login, of which main process "
+                      f"{res['main_process_cpu_s']:.1f}; dovecot "
+                      f"{res['dovecot_cpu_s']:.1f}, client {res['client_cpu_s']:.1f}, "
+                      f"errors {res['errors']})", file=sys.stderr)
+    finally:
+        for server in gateways.values():
+            server.stop(30)
+        dovecot.stop()
+        rd.remove()
+    summary = {
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "loadavg_at_end": os.getloadavg(),
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients},
+        "median_logins_per_s": {n: median([r["rate"] for r in runs[n]]) for n in counts},
+        "median_gateway_cpu_ms_per_login": {
+            n: median([r["gateway_cpu_ms_per_login"] for r in runs[n]]) for n in counts},
+        "runs": runs,
+    }
+    base = summary["median_logins_per_s"][counts[0]]
+    for n in counts:
+        rate = summary["median_logins_per_s"][n]
+        cpu = summary["median_gateway_cpu_ms_per_login"][n]
+        print(f"{n} worker(s): median {rate:.0f} logins/s ({rate / base:.2f}x), "
+              f"gateway CPU {cpu:.2f} ms per login")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(summary, indent=2))
+    print(f"results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
