@@ -426,7 +426,8 @@ def start_gateway(
     cfg.write_text(
         render(
             HERE / "gateway.toml.in",
-            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master},
+            {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
+             "METRICS_PORT": str(free_port())},
         )
     )
     creds = create_app_password(cfg, app_password_user) if app_password_user else None
