@@ -38,6 +38,7 @@ from gateway.netaddr import plain_ip
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.relay import relay
+from gateway.proxy.tlsstream import TLSStream
 from gateway.proxy.values import (
     BackendLink,
     CapabilityView,
@@ -191,9 +192,7 @@ class ClientSession:
     async def _start_tls(self) -> None:
         """Wrap the TCP stream in TLS and handshake within the configured deadline."""
         limits = self.ctx.config.limits
-        tls_stream = trio.SSLStream(
-            self.tcp, self.ctx.tls.context, server_side=True, https_compatible=True
-        )
+        tls_stream = TLSStream(self.tcp, self.ctx.tls.context)
         reason = None
         try:
             with trio.fail_after(limits.tls_handshake_timeout):
