@@ -69,7 +69,41 @@ _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
 _command_counters: dict[str, Counter] = {}
 
 
-async def _send(lock: trio.Lock, stream: trio.abc.Stream, data: bytes | memoryview) -> None:
+class _Pipe(Protocol):
+    """The two calls the pump makes on either side."""
+
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | memoryview) -> None: ...
+
+
+class _PlainSocket:
+    """A plain TCP backend as the pump uses it: the trio socket's own calls, without
+    ``trio.SocketStream``'s per-call layers (conflict detection, a context manager per
+    call); the session holds the ``SocketStream`` and closes it."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.sock = stream.socket
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        try:
+            return await self.sock.recv(max_bytes)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"backend receive: {exc}") from exc
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        sock = self.sock
+        try:
+            while view:
+                view = view[await sock.send(view):]
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"backend send: {exc}") from exc
+
+
+async def _send(lock: trio.Lock, stream: _Pipe, data: bytes | memoryview) -> None:
     """``stream.send_all(data)`` with ``lock`` held (both pump loops may write to either
     stream). Uncontended -- nearly always -- the lock is taken without the scheduling round
     trip ``async with lock`` costs (send_all checkpoints anyway): one NOOP takes two."""
@@ -114,7 +148,9 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
     report_every = min(BYTES_REPORT_INTERVAL,
                        max(4096, config.anomaly.high_volume_fetch_bytes // 4))
     engine = rl.Relay(stream, response_filter=session.response_filter, report_every=report_every)
-    client = session.stream
+    client: _Pipe = session.stream
+    backend_io: _Pipe = (_PlainSocket(backend.stream) if isinstance(backend.stream, trio.SocketStream)
+                         else backend.stream)
     # Both tasks may write to either socket (a backend answer can release client bytes).
     to_backend_lock, to_client_lock = trio.Lock(), trio.Lock()
     resume = trio.Event()  # set when the client may be read again
@@ -141,7 +177,7 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
         nonlocal reason, resume
         for action in actions:
             if isinstance(action, rl.ToBackend):
-                await _send(to_backend_lock, backend.stream, action.data)
+                await _send(to_backend_lock, backend_io, action.data)
                 unmetered[0] += len(action.data)
                 if unmetered[0] >= BYTES_METRIC_BATCH:
                     flush_metrics()
@@ -189,7 +225,7 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
         if pending:
             await carry_out(engine.backend_data(pending), cancel)
         while True:
-            data = bytes(await backend.stream.receive_some(BACKEND_RECEIVE_SIZE))  # see above
+            data = bytes(await backend_io.receive_some(BACKEND_RECEIVE_SIZE))  # see above
             if not data:
                 await carry_out(engine.backend_closed(), cancel)
                 return

@@ -23,6 +23,7 @@ gateway cannot starve the other sessions.
 
 from __future__ import annotations
 
+import math
 import ssl
 
 import trio
@@ -171,6 +172,11 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if trio.current_effective_deadline() == -math.inf:
+            # Already cancelled (``trio.aclose_forcefully``, how sessions end): no alert
+            # could be sent anyway, so do not make OpenSSL build one.
+            await self.transport.aclose()
+            return
         try:
             try:
                 self._obj.unwrap()
