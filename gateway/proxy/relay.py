@@ -240,8 +240,10 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
         session.cancel_scope = idle
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client_to_backend, nursery.cancel_scope)
                 nursery.start_soon(backend_to_client, nursery.cancel_scope)
+                # In the nursery's own task rather than a third one: a task (and its frames)
+                # less for every logged-in session.
+                await client_to_backend(nursery.cancel_scope)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             reason = "connection_lost"
         finally:

@@ -124,28 +124,34 @@ class TLSStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
         size = max_bytes or _SOCKET_RECEIVE_SIZE
-        obj = self._obj
+        obj, incoming = self._obj, self._in
         blocked = False
         while True:
-            try:
-                data = obj.read(size)
-            except ssl.SSLWantReadError:
-                if self._out.pending:
-                    await self._flush()
-                if self._in.eof:
+            # Only ask OpenSSL when it has something to work on: an SSLWantReadError per
+            # receive costs time, and one caught around the wait for the socket would be
+            # kept alive (with its traceback) by every idle session.
+            if incoming.pending or obj.pending() or incoming.eof:
+                data: bytes | None
+                try:
+                    data = obj.read(size)
+                except ssl.SSLWantReadError:
+                    data = None  # a record is not complete yet
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                if data is not None:
+                    if self._out.pending:
+                        await self._flush()  # e.g. a KeyUpdate answer
+                    elif not blocked:
+                        await trio.lowlevel.checkpoint()  # decrypted already: still yield
+                    return data
+                if incoming.eof:
                     return b""
-                await self._fill()
-                blocked = True
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                data = b""
-            except ssl.SSLError as exc:
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
             if self._out.pending:
-                await self._flush()  # e.g. a KeyUpdate answer
-            elif not blocked:
-                await trio.lowlevel.checkpoint()  # data was already decrypted: still yield
-            return data
+                await self._flush()
+            await self._fill()
+            blocked = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
