@@ -20,6 +20,7 @@ from gateway.imap import commands as cm
 from gateway.imap import relay as rl
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.observability import metrics
+from gateway.proxy import rawio
 from gateway.proxy.values import BackendLink, CapabilityView
 
 
@@ -78,29 +79,20 @@ class _Pipe(Protocol):
 
 
 class _PlainSocket:
-    """A plain TCP backend as the pump uses it: the trio socket's own calls, without
-    ``trio.SocketStream``'s per-call layers (conflict detection, a context manager per
-    call); the session holds the ``SocketStream`` and closes it."""
+    """A plain TCP backend as the pump uses it: :mod:`gateway.proxy.rawio` on its
+    descriptor, without ``trio.SocketStream``'s per-call layers; the session holds the
+    ``SocketStream`` and closes it after the relay ended."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("fd",)
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self.sock = stream.socket
+        self.fd = stream.socket.fileno()
 
     async def receive_some(self, max_bytes: int) -> bytes:
-        try:
-            return await self.sock.recv(max_bytes)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"backend receive: {exc}") from exc
+        return await rawio.receive(self.fd, max_bytes)
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        sock = self.sock
-        try:
-            while view:
-                view = view[await sock.send(view):]
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"backend send: {exc}") from exc
+        await rawio.send_all(self.fd, data)
 
 
 async def _send(lock: trio.Lock, stream: _Pipe, data: bytes | memoryview) -> None:

@@ -28,6 +28,8 @@ import ssl
 
 import trio
 
+from gateway.proxy import rawio
+
 #: What one read from the socket asks for: a full TLS record and then some.
 _SOCKET_RECEIVE_SIZE = 65536
 #: Plaintext encrypted per step of a large send: OpenSSL's outgoing memory buffer grows to
@@ -38,11 +40,11 @@ _WRITE_SIZE = 262144
 class TLSStream(trio.abc.Stream):
     """Server side TLS over ``transport`` (a connected ``trio.SocketStream``)."""
 
-    __slots__ = ("transport", "_sock", "_obj", "_in", "_out", "_send_lock", "_closed")
+    __slots__ = ("transport", "_fd", "_obj", "_in", "_out", "_send_lock", "_closed")
 
     def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext) -> None:
         self.transport = transport
-        self._sock = transport.socket
+        self._fd = transport.socket.fileno()
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._in, self._out, server_side=True)
@@ -69,22 +71,13 @@ class TLSStream(trio.abc.Stream):
             lock.release()
 
     async def _drain(self) -> None:
-        out, sock = self._out, self._sock
+        out, fd = self._out, self._fd
         while out.pending:
-            view = memoryview(out.read())
-            while view:
-                try:
-                    sent = await sock.send(view)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"TLS send: {exc}") from None
-                view = view[sent:]
+            await rawio.send_all(fd, out.read())
 
     async def _fill(self) -> None:
         """Read from the socket into the incoming BIO; EOF is passed on to OpenSSL."""
-        try:
-            data = await self._sock.recv(_SOCKET_RECEIVE_SIZE)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"TLS receive: {exc}") from None
+        data = await rawio.receive(self._fd, _SOCKET_RECEIVE_SIZE)
         if data:
             self._in.write(data)
         else:
