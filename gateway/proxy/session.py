@@ -203,6 +203,7 @@ class ClientSession:
             cause = exc.__cause__
             reason = "protocol" if isinstance(cause, ssl.SSLError) else "eof"
         if reason is not None:
+            await trio.aclose_forcefully(tls_stream)
             metrics.tls_handshake_failures_total.labels(self.listener.address, reason).inc()
             self.log.info("tls.handshake_failed", reason=reason)
             raise SessionClosed(f"tls_{reason}")
