@@ -34,14 +34,15 @@ async def receive(fd: int, max_bytes: int) -> bytes:
         try:
             data = os.read(fd, max_bytes)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            waited = True
-            continue
+            pass  # wait below, outside the except clause: an idle session keeps no exception
         except OSError as exc:
             raise trio.BrokenResourceError(f"receive: {exc}") from exc
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # yield, never lose the data
-        return data
+        else:
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # yield, never lose the data
+            return data
+        await trio.lowlevel.wait_readable(fd)
+        waited = True
 
 
 async def send_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -53,11 +54,13 @@ async def send_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         try:
             sent = os.write(fd, view)
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(fd)
-            waited = True
-            continue
+            pass
         except OSError as exc:
             raise trio.BrokenResourceError(f"send: {exc}") from exc
-        view = view[sent:]
+        else:
+            view = view[sent:]
+            continue
+        await trio.lowlevel.wait_writable(fd)
+        waited = True
     if not waited:
         await trio.lowlevel.cancel_shielded_checkpoint()
