@@ -49,6 +49,9 @@ class Settings:
     clients: int = 32
     login_seconds: float = 3.0
     noop_count: int = 3000
+    noop_connections: int = 16
+    noop_seconds: float = 2.0
+    fetch_clients: int = 4
     fetch_messages: int = 1000
     message_size: int = 100 * 1024
     only: tuple[str, ...] = WORKLOADS
@@ -77,7 +80,17 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--login-seconds", type=float, help="length of one login run (default 3)")
     p.add_argument("--noop-count", type=int, help="NOOPs timed per run (default 3000)")
     p.add_argument(
+        "--noop-connections", type=int,
+        help="connections of the parallel NOOP run (default 16)",
+    )
+    p.add_argument(
+        "--noop-seconds", type=float, help="length of one parallel NOOP run (default 2)"
+    )
+    p.add_argument(
         "--fetch-messages", type=int, help="messages of 100 KiB in the mailbox (default 1000)"
+    )
+    p.add_argument(
+        "--fetch-clients", type=int, help="clients of the parallel FETCH run (default 4)"
     )
     p.add_argument(
         "--only",
@@ -107,9 +120,11 @@ def parse_args(argv: list[str] | None) -> Settings:
             clients=16,
             login_seconds=1.0,
             noop_count=300,
+            noop_seconds=0.5,
             fetch_messages=100,
         )
-    for name in ("rounds", "sessions", "clients", "login_seconds", "noop_count", "fetch_messages"):
+    for name in ("rounds", "sessions", "clients", "login_seconds", "noop_count", "fetch_messages",
+                 "noop_connections", "noop_seconds", "fetch_clients"):
         if getattr(a, name) is not None:
             setattr(s, name, getattr(a, name))
     s.only = _subset(p, "--only", a.only, WORKLOADS)
@@ -122,11 +137,14 @@ def parse_args(argv: list[str] | None) -> Settings:
             s.targets = (*s.targets, BASELINE)
     s.keep, s.output = a.keep, a.output
     if (
-        min(s.rounds, s.sessions, s.clients, s.noop_count, s.fetch_messages) < 1
+        min(s.rounds, s.sessions, s.clients, s.noop_count, s.fetch_messages,
+            s.noop_connections, s.fetch_clients) < 1
         or s.login_seconds <= 0
+        or s.noop_seconds <= 0
     ):
         p.error(
-            "--rounds, --sessions, --clients, --noop-count, --fetch-messages, --login-seconds must be > 0"
+            "--rounds, --sessions, --clients, --noop-count, --noop-connections, --noop-seconds, "
+            "--fetch-messages, --fetch-clients, --login-seconds must be > 0"
         )
     return s
 
@@ -353,12 +371,23 @@ class Bench:
             lambda r: f"{r['rate']:.0f}/s (client CPU {r['client_cpu_s'] / r['wall_s']:.0%})",
         )
 
+    @staticmethod
+    def _proxy_cpu(t: Target) -> Callable[[], float]:
+        return lambda: procstat.cpu_seconds(t.proxy_pids())
+
     def noop(self) -> None:
         s = self.settings
         self.run_rounds(
             "noop",
-            lambda t: workloads.noop(t.addr, self.ctx, BOB, s.noop_count, min(200, s.noop_count)),
+            lambda t: workloads.noop(t.addr, self.ctx, BOB, s.noop_count, min(200, s.noop_count),
+                                     self._proxy_cpu(t)),
             lambda r: f"p50 {r['p50_us']:.0f} p99 {r['p99_us']:.0f} µs",
+        )
+        self.run_rounds(
+            "noop_parallel",
+            lambda t: workloads.noop_parallel(t.addr, self.ctx, BOB, s.noop_connections,
+                                              s.noop_seconds, self._proxy_cpu(t)),
+            lambda r: f"{r['rate']:.0f} NOOPs/s",
         )
 
     def fetch(self) -> None:
@@ -375,6 +404,12 @@ class Bench:
         self.run_rounds(
             "fetch",
             lambda t: workloads.fetch(t.addr, self.ctx, BOB, s.fetch_messages),
+            lambda r: f"{r['mb_s']:.0f} MB/s",
+        )
+        self.run_rounds(
+            "fetch_parallel",
+            lambda t: workloads.fetch_parallel(t.addr, self.ctx, BOB, s.fetch_messages,
+                                               s.fetch_clients, self._proxy_cpu(t)),
             lambda r: f"{r['mb_s']:.0f} MB/s",
         )
 
@@ -499,6 +534,22 @@ class Bench:
             rows += [
                 ("NOOP round trip p50 µs", self.medians("noop", "p50_us")),
                 ("NOOP round trip p99 µs", self.medians("noop", "p99_us")),
+                (
+                    "NOOP: proxy CPU µs per NOOP",
+                    self.medians("noop", "", lambda r: 1e6 * r["proxy_cpu_timed_s"] / r["count"]),
+                ),
+            ]
+        if "noop_parallel" in self.runs:
+            rows += [
+                (
+                    f"NOOPs/s over {s.noop_connections} connections",
+                    self.medians("noop_parallel", "rate"),
+                ),
+                (
+                    f"NOOP x {s.noop_connections}: proxy CPU µs per NOOP",
+                    self.medians("noop_parallel", "",
+                                 lambda r: 1e6 * r["proxy_cpu_timed_s"] / r["noops"]),
+                ),
             ]
         if "fetch" in self.runs:
             rows += [
@@ -509,6 +560,22 @@ class Bench:
                         "fetch",
                         "",
                         lambda r: r["bytes"] / 1e6 / r["proxy_cpu_s"] if r["proxy_cpu_s"] else None,
+                    ),
+                ),
+            ]
+        if "fetch_parallel" in self.runs:
+            rows += [
+                (
+                    f"FETCH, {s.fetch_clients} clients at once, MB/s",
+                    self.medians("fetch_parallel", "mb_s"),
+                ),
+                (
+                    f"FETCH x {s.fetch_clients}: MB per proxy CPU-second",
+                    self.medians(
+                        "fetch_parallel",
+                        "",
+                        lambda r: (r["bytes"] / 1e6 / r["proxy_cpu_timed_s"]
+                                   if r["proxy_cpu_timed_s"] else None),
                     ),
                 ),
             ]
@@ -572,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
                              label=f"change ({bench.settings.baseline})")
         if against:
             notes.insert(0, against)
+    info = machine()
+    print(f"{started:%Y-%m-%d %H:%M} UTC, {info['cpu'] or 'unknown CPU'} ({info['cpus']} CPUs), "
+          f"load average {' '.join(map(str, bench.extra['loadavg_start']))} at the start\n")
     print(text)
     for note in notes:
         print(note)
@@ -582,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - t0, 1),
-        "machine": machine(),
+        "machine": info,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
         "tls": bench.tls,
         "errors": bench.errors,

@@ -432,7 +432,8 @@ def start_gateway(
             {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
              # An older tree (--baseline) may not know [server]; this one defaults to a
              # worker per CPU, so the section is always written for it.
-             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}"},
+             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}",
+             "METRICS_PORT": str(free_port())},
         )
     )
     creds = create_app_password(cfg, app_password_user) if app_password_user else None

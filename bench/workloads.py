@@ -191,16 +191,32 @@ def logins(
     return out
 
 
+def _no_cpu() -> float:
+    return 0.0
+
+
 def noop(
-    addr: tuple[str, int], ctx: ssl.SSLContext, creds: Credentials, count: int, warmup: int
+    addr: tuple[str, int],
+    ctx: ssl.SSLContext,
+    creds: Credentials,
+    count: int,
+    warmup: int,
+    proxy_cpu: Callable[[], float] = _no_cpu,
 ) -> dict:
-    """Round trip of NOOP on one logged-in connection, one at a time (no pipelining)."""
+    """Round trip of NOOP on one logged-in connection, one at a time (no pipelining).
+
+    ``proxy_cpu`` (CPU seconds of the proxy so far) is read around the timed NOOPs only, so
+    ``proxy_cpu_timed_s`` / ``count`` is the proxy's CPU per NOOP without the login.
+    """
     conn = Conn.open(addr, ctx)
     try:
         conn.login(creds)
         samples = []
         clock = time.perf_counter_ns
+        cpu0 = 0.0
         for i in range(warmup + count):
+            if i == warmup:
+                cpu0 = proxy_cpu()
             t0 = clock()
             conn.send(b"n NOOP\r\n")
             tagged, _ = conn.response(b"n")
@@ -209,6 +225,7 @@ def noop(
                 raise ImapError(f"NOOP answered {tagged.strip()[:200]!r}")
             if i >= warmup:
                 samples.append(dt / 1000)
+        cpu1 = proxy_cpu()
         conn.logout()
     finally:
         conn.close()
@@ -218,7 +235,119 @@ def noop(
         "p99_us": percentile(samples, 99),
         "mean_us": sum(samples) / len(samples),
         "count": len(samples),
+        "proxy_cpu_timed_s": cpu1 - cpu0,
     }
+
+
+def _logged_in(
+    addr: tuple[str, int], ctx: ssl.SSLContext | None, creds: Credentials, n: int
+) -> list[Conn]:
+    conns: list[Conn] = []
+    try:
+        for _ in range(n):
+            conn = Conn.open(addr, ctx)
+            conns.append(conn)
+            conn.login(creds)
+    except BaseException:
+        close_all(conns)
+        raise
+    return conns
+
+
+def _in_parallel(
+    conns: list[Conn], body: Callable[[Conn], int], proxy_cpu: Callable[[], float]
+) -> tuple[list[int], float, float]:
+    """Run ``body(conn)`` in one thread per connection, all released at once; return each
+    result, the wall time from the release to the last return and the proxy CPU meanwhile.
+    The first client error of any thread is raised here."""
+    barrier = threading.Barrier(len(conns) + 1)
+    results = [0] * len(conns)
+    failures: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = body(conns[i])
+        except ClientErrors as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(conns))]
+    for t in threads:
+        t.start()
+    cpu0 = proxy_cpu()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(600)
+    wall = time.perf_counter() - t0
+    cpu1 = proxy_cpu()
+    if failures:
+        raise failures[0]
+    return results, wall, cpu1 - cpu0
+
+
+def noop_parallel(
+    addr: tuple[str, int],
+    ctx: ssl.SSLContext,
+    creds: Credentials,
+    connections: int,
+    seconds: float,
+    proxy_cpu: Callable[[], float] = _no_cpu,
+) -> dict:
+    """``connections`` logged-in connections, each sending NOOP and waiting for its reply in
+    a loop for ``seconds``: NOOPs/s in total, and the proxy's CPU per NOOP."""
+    conns = _logged_in(addr, ctx, creds, connections)
+
+    def loop(conn: Conn) -> int:
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            conn.send(b"n NOOP\r\n")
+            tagged, _ = conn.response(b"n")
+            if not tagged.startswith(b"n OK"):
+                raise ImapError(f"NOOP answered {tagged.strip()[:200]!r}")
+            n += 1
+        return n
+
+    try:
+        counts, wall, cpu = _in_parallel(conns, loop, proxy_cpu)
+    finally:
+        close_all(conns)
+    total = sum(counts)
+    if not total:
+        raise ImapError(f"no NOOP answered in {seconds}s over {connections} connections")
+    return {"noops": total, "rate": total / wall, "window_s": wall, "proxy_cpu_timed_s": cpu}
+
+
+def fetch_parallel(
+    addr: tuple[str, int],
+    ctx: ssl.SSLContext,
+    creds: Credentials,
+    expect: int,
+    clients: int,
+    proxy_cpu: Callable[[], float] = _no_cpu,
+) -> dict:
+    """``clients`` connections each ``FETCH 1:* BODY.PEEK[]`` the whole INBOX at once: MB/s
+    of all response bytes over the time until the last one completes."""
+    conns = _logged_in(addr, ctx, creds, clients)
+
+    def one(conn: Conn) -> int:
+        conn.received = conn.literals = 0
+        conn.command(b"f", b"FETCH 1:* BODY.PEEK[]")
+        if conn.literals != expect:
+            raise ImapError(f"FETCH returned {conn.literals} bodies, expected {expect}")
+        return conn.received
+
+    try:
+        for conn in conns:
+            exists = select_count(conn)
+            if exists != expect:
+                raise ImapError(f"INBOX has {exists} messages, expected {expect}")
+        sizes, wall, cpu = _in_parallel(conns, one, proxy_cpu)
+    finally:
+        close_all(conns)
+    nbytes = sum(sizes)
+    return {"mb_s": nbytes / wall / 1e6, "bytes": nbytes, "seconds": wall,
+            "proxy_cpu_timed_s": cpu}
 
 
 def fetch(

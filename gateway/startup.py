@@ -7,6 +7,7 @@ one line that names the file and what to do, and nothing is listening yet.
 
 from __future__ import annotations
 
+import gc
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,4 +115,15 @@ def prepare(config: Config) -> Runtime:
             runtime.admin_token = load_admin_token(config, create=True)
         except (AdminAddressRefused, AdminTokenError) as exc:
             raise StartupError(str(exc)) from None
+    settle_heap()
     return runtime
+
+
+def settle_heap() -> None:
+    """Move everything loaded so far (modules, config, policy: a few hundred thousand
+    objects that live as long as the process) out of the cyclic garbage collector's
+    reach. Otherwise each of its full collections walks them all again, and those came
+    often enough under load to take several per cent of the gateway's CPU per login.
+    Objects created later (sessions) are collected as usual."""
+    gc.collect()
+    gc.freeze()

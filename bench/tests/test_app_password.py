@@ -84,6 +84,8 @@ def test_bench_reports_app_password_column_and_ratio(tmp_path):
             "2",
             "--noop-count",
             "50",
+            "--noop-seconds",
+            "0.3",
             "--targets",
             "gateway,gateway-app-password",
             "--output",
@@ -95,7 +97,7 @@ def test_bench_reports_app_password_column_and_ratio(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    header = proc.stdout.splitlines()[0]
+    header = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| metric"))
     assert "| gateway-app-password |" in header
     doc = json.loads(out.read_text())
     assert doc["errors"] == {}

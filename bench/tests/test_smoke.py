@@ -45,14 +45,24 @@ def test_quick_run_measures_both_targets_and_writes_json(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| NOOP round trip p50 µs" in proc.stdout
+    # the header names when and on what the figures were measured
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC, .+ \(\d+ CPUs\)", proc.stdout)
+    for row in ("| NOOP: proxy CPU µs per NOOP", "| NOOPs/s over 16 connections",
+                "| FETCH, 4 clients at once, MB/s", "| FETCH x 4: MB per proxy CPU-second"):
+        assert row in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["errors"] == {}
     for target in ("dovecot-direct", "haproxy"):
         assert doc["tls"][target]["version"] in ("TLSv1.3", "TLSv1.2")
         (noop,) = doc["runs"]["noop"][target]
         assert 0 < noop["p50_us"] <= noop["p99_us"] < 1e6
+        assert noop["proxy_cpu_timed_s"] > 0
         (fetch,) = doc["runs"]["fetch"][target]
         assert fetch["bytes"] > 20 * 100 * 1024 and fetch["mb_s"] > 1
+        (many,) = doc["runs"]["noop_parallel"][target]
+        assert many["noops"] > 16 and many["proxy_cpu_timed_s"] > 0
+        (fetch4,) = doc["runs"]["fetch_parallel"][target]
+        assert fetch4["bytes"] == 4 * fetch["bytes"]  # every client got the whole mailbox
     # nothing left behind: the run dir is gone and no process still uses its configs
     run_dir = re.search(r"run dir (\S+)", proc.stderr).group(1)
     assert not Path(run_dir).exists()

@@ -100,7 +100,10 @@ backend_up = Gauge(
     namespace=_NS, registry=REGISTRY, multiprocess_mode="livemostrecent",
 )
 bytes_relayed_total = Counter(
-    "bytes_relayed", "Bytes relayed after login.", ["direction"], namespace=_NS, registry=REGISTRY,
+    "bytes_relayed",
+    "Bytes relayed after login (added per session every MiB, when traffic moves the idle "
+    "deadline, and when the session ends).",
+    ["direction"], namespace=_NS, registry=REGISTRY,
 )
 commands_relayed_total = Counter(
     "commands_relayed", "Client commands relayed after login.", ["command"],

@@ -15,6 +15,9 @@ so an untagged response with a literal cannot be mistaken for a tagged one.
 from __future__ import annotations
 
 import base64
+import functools
+import ipaddress
+import socket
 import ssl
 
 import trio
@@ -39,12 +42,19 @@ class BackendUnavailable(Exception):
 
 
 class BackendConnection:
-    """One logged-in (or logging-in) connection to the backend IMAP server."""
+    """One logged-in (or logging-in) connection to the backend IMAP server.
+
+    Held by every logged-in session for its whole life, so it is kept small: slots, and the
+    response reader of the login dialogue is dropped once the relay has taken its bytes
+    (:meth:`take_buffered`).
+    """
+
+    __slots__ = ("stream", "name", "_reader", "capabilities", "_tag_counter", "_pending")
 
     def __init__(self, stream: trio.abc.Stream, name: str) -> None:
         self.stream = stream
         self.name = name
-        self._reader = ResponseReader(max_line=_MAX_RESPONSE_LINE)
+        self._reader: ResponseReader | None = ResponseReader(max_line=_MAX_RESPONSE_LINE)
         self.capabilities: list[str] = []
         self._tag_counter = 0
         #: Commands to send together with the login (the pipelined ID).
@@ -67,7 +77,7 @@ class BackendConnection:
         name = f"{host}:{port}"
         try:
             with trio.fail_after(connect_timeout):
-                tcp = await trio.open_tcp_stream(host, port)
+                tcp = await _open_tcp(host, port)
                 try:
                     stream: trio.abc.Stream = tcp
                     if client_ip_mode == "proxy-v2":
@@ -112,7 +122,7 @@ class BackendConnection:
         outcome = await self._command(b"STARTTLS")
         if not outcome.ok:
             raise BackendUnavailable("tls", f"backend refused STARTTLS: {outcome.line[:120]!r}")
-        if self._reader.take_buffered():
+        if self._live_reader().take_buffered():
             # Bytes after the OK and before the handshake: an injection attempt or a broken server.
             raise BackendUnavailable("protocol", "backend sent data after STARTTLS OK")
         self.stream = trio.SSLStream(self.stream, ssl_context, server_hostname=host)
@@ -187,8 +197,16 @@ class BackendConnection:
 
     def take_buffered(self) -> bytes:
         """Backend bytes received after the last response read here (after the login's
-        tagged OK): the relay must send them to the client before anything else."""
-        return self._reader.take_buffered()
+        tagged OK): the relay must send them to the client before anything else. The relay
+        reads the stream from then on: the login dialogue's reader is released."""
+        held = self._live_reader().take_buffered()
+        self._reader = None
+        return held
+
+    def _live_reader(self) -> ResponseReader:
+        if self._reader is None:
+            raise RuntimeError(f"{self.name}: the relay owns this backend stream now")
+        return self._reader
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -215,7 +233,7 @@ class BackendConnection:
 
     async def _read_response(self) -> ServerResponse:
         while True:
-            response = self._reader.next_response()
+            response = self._live_reader().next_response()
             if isinstance(response, ServerResponse):
                 return response
             if isinstance(response, FramingError):
@@ -226,10 +244,36 @@ class BackendConnection:
                 raise BackendUnavailable("closed", f"{self.name} closed the connection")
             # bytes(): the reader keeps views of what it is fed (typed bytes | bytearray;
             # trio gives bytes, which bytes() returns as is).
-            self._reader.receive_data(bytes(data))
+            self._live_reader().receive_data(bytes(data))
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+async def _open_tcp(host: str, port: int) -> trio.SocketStream:
+    """TCP to the backend. An IP address (the usual backend ``address``) is connected
+    directly: ``trio.open_tcp_stream``'s name resolution and happy-eyeballs nursery (a task
+    per address) cost a login more than the connect itself. A host name goes through it."""
+    family = _ip_family(host)
+    if family is None:
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+@functools.lru_cache(maxsize=16)
+def _ip_family(host: str) -> int | None:
+    """The address family of an IP address literal; None for a host name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def _context(ssl_context: ssl.SSLContext | None, tls: str) -> ssl.SSLContext:

@@ -21,6 +21,7 @@ from gateway.imap import commands as cm
 from gateway.imap import relay as rl
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.observability import metrics
+from gateway.proxy import rawio
 from gateway.proxy.values import BackendLink, CapabilityView
 
 
@@ -55,17 +56,52 @@ class RelayedSession(Protocol):
 #: The BYE text of a session ended by the gateway's shutdown (SIGTERM drain).
 SHUTDOWN_TEXT = "Server shutting down; reconnect later."
 
-BACKEND_RECEIVE_SIZE = 262144
+BACKEND_RECEIVE_SIZE = 1048576
 CLIENT_RECEIVE_SIZE = 65536
 #: How often the volume detector hears about backend→client bytes (a state round trip each).
 BYTES_REPORT_INTERVAL = 1 << 20
+#: The idle deadline moves only when it would move by more than this share of
+#: ``limits.idle_timeout``: setting a cancel scope's deadline re-sorts trio's deadline heap,
+#: and doing that for every chunk in both directions was a measurable part of a NOOP. A session
+#: is therefore ended between ``idle_timeout`` and ``idle_timeout * (1 + 1/64)`` after its last
+#: traffic.
+IDLE_DEADLINE_SLACK = 1 / 64
+#: Relayed bytes are added to the byte counters once this many have gathered (and at the end
+#: of the session, and whenever the idle deadline moves): one counter update (a lock) per
+#: chunk in each direction was the other per-chunk cost.
+BYTES_METRIC_BATCH = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
 _TO_CLIENT = metrics.bytes_relayed_total.labels("backend_to_client")
 _command_counters: dict[str, Counter] = {}
 
 
-async def _send(lock: trio.Lock, stream: trio.abc.Stream, data: bytes | memoryview) -> None:
+class _Pipe(Protocol):
+    """The two calls the pump makes on either side."""
+
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | memoryview) -> None: ...
+
+
+class _PlainSocket:
+    """A plain TCP backend as the pump uses it: :mod:`gateway.proxy.rawio` on its
+    descriptor, without ``trio.SocketStream``'s per-call layers; the session holds the
+    ``SocketStream`` and closes it after the relay ended."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.fd = stream.socket.fileno()
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return await rawio.receive(self.fd, max_bytes)
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        await rawio.send_all(self.fd, data)
+
+
+async def _send(lock: trio.Lock, stream: _Pipe, data: bytes | memoryview) -> None:
     """``stream.send_all(data)`` with ``lock`` held (both pump loops may write to either
     stream). Uncontended -- nearly always -- the lock is taken without the scheduling round
     trip ``async with lock`` costs (send_all checkpoints anyway): one NOOP takes two."""
@@ -96,7 +132,6 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
     session log.
     """
     config = session.ctx.config
-    idle_timeout = config.limits.idle_timeout
     assert session.capabilities is not None
     stream = cm.CommandStream(
         capability_line=session.capabilities.line,
@@ -109,90 +144,32 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
     report_every = min(BYTES_REPORT_INTERVAL,
                        max(4096, config.anomaly.high_volume_fetch_bytes // 4))
     engine = rl.Relay(stream, response_filter=session.response_filter, report_every=report_every)
-    client = session.stream
-    # Both tasks may write to either socket (a backend answer can release client bytes).
-    to_backend_lock, to_client_lock = trio.Lock(), trio.Lock()
-    resume = trio.Event()  # set when the client may be read again
-    reason = "client_closed"
-
-    async def carry_out(actions: list[rl.RelayAction], cancel: trio.CancelScope) -> None:
-        nonlocal reason, resume
-        for action in actions:
-            if isinstance(action, rl.ToBackend):
-                await _send(to_backend_lock, backend.stream, action.data)
-                _TO_BACKEND.inc(len(action.data))
-            elif isinstance(action, rl.ToClient):
-                await _send(to_client_lock, client, action.data)
-                session.bytes_out += len(action.data)
-            elif isinstance(action, rl.CommandSeen):
-                _count_command(action.info.name)
-            elif isinstance(action, rl.Refused):
-                metrics.commands_refused_total.labels(action.kind).inc()
-            elif isinstance(action, rl.Expunged):
-                await session.on_expunged(action.count)
-            elif isinstance(action, rl.BytesSeen):
-                await session.on_bytes(action.count)
-            elif isinstance(action, rl.End):
-                reason = action.reason
-                if action.data:
-                    await _send(to_client_lock, client, action.data)
-                cancel.cancel()
-                return
-        if engine.reading_client:
-            resume.set()
-
-    async def client_to_backend(cancel: trio.CancelScope) -> None:
-        nonlocal resume
-        data = leftover
-        while True:
-            if data:
-                session.bytes_in += len(data)
-                await carry_out(engine.client_data(data), cancel)
-            while not engine.reading_client:
-                resume = trio.Event()
-                await resume.wait()
-            # receive_some is typed bytes | bytearray; sockets and SSL give bytes, and
-            # bytes(b) is b then (no copy). The core keeps memoryviews of what it is fed,
-            # so it must get an immutable object.
-            data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
-            idle.deadline = trio.current_time() + idle_timeout
-            if not data:
-                await carry_out(engine.client_closed(), cancel)
-                return
-
-    async def backend_to_client(cancel: trio.CancelScope) -> None:
-        pending = backend.take_buffered()  # responses that came with the login's tagged OK
-        if pending:
-            await carry_out(engine.backend_data(pending), cancel)
-        while True:
-            data = bytes(await backend.stream.receive_some(BACKEND_RECEIVE_SIZE))  # see above
-            if not data:
-                await carry_out(engine.backend_closed(), cancel)
-                return
-            idle.deadline = trio.current_time() + idle_timeout
-            _TO_CLIENT.inc(len(data))
-            await carry_out(engine.backend_data(data), cancel)
-
-    with trio.CancelScope() as idle:
-        idle.deadline = trio.current_time() + idle_timeout
-        session.cancel_scope = idle
+    pump = _Pump(session, backend, engine, config.limits.idle_timeout)
+    idle = pump.idle
+    session.cancel_scope = idle
+    with idle:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client_to_backend, nursery.cancel_scope)
-                nursery.start_soon(backend_to_client, nursery.cancel_scope)
+                nursery.start_soon(pump.backend_to_client, nursery.cancel_scope)
 
                 async def drain() -> None:
                     # The engine ends the session right after the response in flight.
-                    await carry_out(engine.drain(rl.bye(session.kill_message or SHUTDOWN_TEXT)),
-                                    nursery.cancel_scope)
+                    await pump.carry_out(
+                        engine.drain(rl.bye(session.kill_message or SHUTDOWN_TEXT)),
+                        nursery.cancel_scope)
 
                 session.on_drain = lambda: nursery.start_soon(drain)
                 if session.draining:  # the drain began between login and relay
                     nursery.start_soon(drain)
+                # In the nursery's own task rather than a third one: a task (and its frames)
+                # less for every logged-in session.
+                await pump.client_to_backend(leftover, nursery.cancel_scope)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            reason = "connection_lost"
+            pump.reason = "connection_lost"
         finally:
             session.on_drain = None
+            pump.flush_metrics()
+    reason = pump.reason
     unreported = engine.take_unreported()
     if unreported:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -206,7 +183,118 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
             bye = rl.bye("Autologout; idle for too long.")
         with trio.move_on_after(1):
             try:
-                await client.send_all(bye)
+                await pump.client.send_all(bye)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
     return reason
+
+
+class _Pump:
+    """The two pump loops of one relayed session and the state they share. An object with
+    slots rather than closures: every logged-in session holds one while it waits."""
+
+    __slots__ = (
+        "session", "backend", "engine", "client", "backend_io", "to_backend_lock",
+        "to_client_lock", "resume", "reason", "unmetered_out", "unmetered_in", "idle",
+        "idle_timeout", "slack",
+    )
+
+    def __init__(self, session: RelayedSession, backend: BackendLink, engine: rl.Relay,
+                 idle_timeout: float) -> None:
+        self.session = session
+        self.backend = backend
+        self.engine = engine
+        self.client: _Pipe = session.stream
+        self.backend_io: _Pipe = (_PlainSocket(backend.stream)
+                                  if isinstance(backend.stream, trio.SocketStream)
+                                  else backend.stream)
+        # Both tasks may write to either socket (a backend answer can release client bytes).
+        self.to_backend_lock, self.to_client_lock = trio.Lock(), trio.Lock()
+        self.resume = trio.Event()  # set when the client may be read again
+        self.reason = "client_closed"
+        # Bytes relayed and not yet added to the counters.
+        self.unmetered_out = 0  # client -> backend
+        self.unmetered_in = 0  # backend -> client
+        self.idle_timeout = idle_timeout
+        self.slack = idle_timeout * IDLE_DEADLINE_SLACK
+        self.idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+
+    def flush_metrics(self) -> None:
+        if self.unmetered_out:
+            _TO_BACKEND.inc(self.unmetered_out)
+            self.unmetered_out = 0
+        if self.unmetered_in:
+            _TO_CLIENT.inc(self.unmetered_in)
+            self.unmetered_in = 0
+
+    def traffic(self) -> None:
+        """Called for every chunk read, in either direction: moves the idle deadline when
+        it is more than ``slack`` behind."""
+        deadline = trio.current_time() + self.idle_timeout
+        if deadline - self.idle.deadline > self.slack:
+            self.idle.deadline = deadline
+            self.flush_metrics()
+
+    async def carry_out(self, actions: list[rl.RelayAction], cancel: trio.CancelScope) -> None:
+        session = self.session
+        for action in actions:
+            if isinstance(action, rl.ToBackend):
+                await _send(self.to_backend_lock, self.backend_io, action.data)
+                self.unmetered_out += len(action.data)
+                if self.unmetered_out >= BYTES_METRIC_BATCH:
+                    self.flush_metrics()
+            elif isinstance(action, rl.ToClient):
+                await _send(self.to_client_lock, self.client, action.data)
+                session.bytes_out += len(action.data)
+            elif isinstance(action, rl.CommandSeen):
+                _count_command(action.info.name)
+            elif isinstance(action, rl.Refused):
+                metrics.commands_refused_total.labels(action.kind).inc()
+            elif isinstance(action, rl.Expunged):
+                await session.on_expunged(action.count)
+            elif isinstance(action, rl.BytesSeen):
+                await session.on_bytes(action.count)
+            elif isinstance(action, rl.End):
+                self.reason = action.reason
+                if action.data:
+                    await _send(self.to_client_lock, self.client, action.data)
+                cancel.cancel()
+                return
+        if self.engine.reading_client:
+            self.resume.set()
+
+    async def client_to_backend(self, leftover: bytes, cancel: trio.CancelScope) -> None:
+        engine, client, session = self.engine, self.client, self.session
+        data = leftover
+        while True:
+            if data:
+                session.bytes_in += len(data)
+                await self.carry_out(engine.client_data(data), cancel)
+            while not engine.reading_client:
+                self.resume = trio.Event()
+                await self.resume.wait()
+            # receive_some is typed bytes | bytearray; sockets and SSL give bytes, and
+            # bytes(b) is b then (no copy). The core keeps memoryviews of what it is fed,
+            # so it must get an immutable object.
+            data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
+            self.traffic()
+            if not data:
+                await self.carry_out(engine.client_closed(), cancel)
+                return
+
+    async def backend_to_client(self, cancel: trio.CancelScope) -> None:
+        engine, backend_io = self.engine, self.backend_io
+        # Responses that came with the login's tagged OK.
+        pending = self.backend.take_buffered()
+        if pending:
+            await self.carry_out(engine.backend_data(pending), cancel)
+        while True:
+            data = bytes(await backend_io.receive_some(BACKEND_RECEIVE_SIZE))  # see above
+            if not data:
+                await self.carry_out(engine.backend_closed(), cancel)
+                return
+            self.traffic()
+            self.unmetered_in += len(data)
+            if self.unmetered_in >= BYTES_METRIC_BATCH:
+                self.flush_metrics()
+            await self.carry_out(engine.backend_data(data), cancel)

@@ -42,6 +42,7 @@ from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.oauth import INTROSPECTION_UNAVAILABLE, KEYS_UNAVAILABLE, error_challenge
 from gateway.proxy.relay import SHUTDOWN_TEXT, relay
+from gateway.proxy.tlsstream import TLSStream
 from gateway.proxy.values import (
     BackendLink,
     CapabilityView,
@@ -209,9 +210,7 @@ class ClientSession:
     async def _start_tls(self) -> None:
         """Wrap the TCP stream in TLS and handshake within the configured deadline."""
         limits = self.ctx.config.limits
-        tls_stream = trio.SSLStream(
-            self.tcp, self.ctx.tls.context, server_side=True, https_compatible=True
-        )
+        tls_stream = TLSStream(self.tcp, self.ctx.tls.context)
         reason = None
         try:
             with trio.fail_after(limits.tls_handshake_timeout):
@@ -222,6 +221,7 @@ class ClientSession:
             cause = exc.__cause__
             reason = "protocol" if isinstance(cause, ssl.SSLError) else "eof"
         if reason is not None:
+            await trio.aclose_forcefully(tls_stream)
             metrics.tls_handshake_failures_total.labels(self.listener.address, reason).inc()
             self.log.info("tls.handshake_failed", reason=reason)
             raise SessionClosed(f"tls_{reason}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import pytest
@@ -104,3 +105,24 @@ def test_logout_says_bye_then_ok_and_closes(gateway):
         except ServerClosed:
             tail = b""
         assert tail == b""
+
+
+def test_idle_timeout_counts_from_the_last_traffic_and_ends_with_bye(gateway):
+    """The idle deadline is moved lazily (only when it would move by more than 1/64 of
+    ``idle_timeout``): traffic still keeps a session alive past the timeout, and silence
+    still ends it with the autologout BYE soon after."""
+    gw = gateway(limits={"idle_timeout": "2s"})
+    gw.wait_idle(timeout=10)
+    with LineClient.implicit(gw, timeout=10) as c:
+        assert c.command("a", "LOGIN alice alicepass")[-1].startswith(b"a OK")
+        started = time.monotonic()
+        for i in range(6):  # 3 s of NOOPs, 0.5 s apart: longer than the timeout
+            time.sleep(0.5)
+            assert c.command(f"n{i}", "NOOP")[-1].startswith(f"n{i} OK".encode())
+        assert time.monotonic() - started > 2.5
+        silent = time.monotonic()
+        rest = c.expect_close(timeout=30)
+        waited = time.monotonic() - silent
+    assert b"* BYE Autologout" in rest
+    assert waited >= 1.5  # not before the timeout (generous: the machine is shared)
+    assert gw.wait_for_event("session.end", timeout=10, user="alice")["reason"] == "idle_timeout"

@@ -68,3 +68,25 @@ def test_health_readiness_and_metrics_without_users_or_client_addresses(gateway)
         for key, value in labels.items():
             if "127." in value or "::" in value:
                 assert key in ("listener", "backend") and value in own, (name, key, value)
+
+
+def test_relayed_byte_counters_hold_every_byte_of_an_ended_session(gateway):
+    """The relay adds bytes to the counters in batches (not per chunk); when the session
+    ends, every byte it relayed is counted, in each direction."""
+    gw = gateway(metrics=metrics_on())
+    host, port = metrics_address(gw)
+    gw.wait_idle()
+    commands = [("b", "SELECT INBOX"), ("c", "NOOP"), ("z", "LOGOUT")]
+    received = 0
+    with LineClient.implicit(gw) as c:
+        assert c.command("a", "LOGIN alice alicepass")[-1].startswith(b"a OK")
+        for tag, text in commands:
+            received += sum(map(len, c.command(tag, text)))
+    gw.wait_idle()
+    text = http_get(host, port, "/metrics").body
+    sent = sum(len(f"{tag} {cmd}\r\n") for tag, cmd in commands)
+    assert sample_value(text, "imap_gateway_bytes_relayed_total",
+                        direction="client_to_backend") == sent
+    # the client read up to LOGOUT's tagged OK; the rest is what Dovecot sends on closing
+    assert sample_value(text, "imap_gateway_bytes_relayed_total",
+                        direction="backend_to_client") >= received > 0
