@@ -100,8 +100,12 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
             except OSError as exc:
                 raise trio.BrokenResourceError(f"TLS receive: {exc}") from exc
-            # Waiting outside the except clause: an idle session keeps no exception alive.
-            await self._wait(writing)
+            # Waiting outside the except clause: an idle session keeps no exception alive;
+            # and without a helper coroutine, whose frame it would keep as well.
+            if writing:
+                await trio.lowlevel.wait_writable(self._fd)
+            else:
+                await trio.lowlevel.wait_readable(self._fd)
             waited = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
