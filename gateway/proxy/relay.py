@@ -22,6 +22,7 @@ from gateway.imap import relay as rl
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.observability import metrics
 from gateway.proxy import rawio
+from gateway.proxy.tlsstream import TLSStream
 from gateway.proxy.values import BackendLink, CapabilityView
 
 
@@ -68,7 +69,8 @@ BYTES_REPORT_INTERVAL = 1 << 20
 IDLE_DEADLINE_SLACK = 1 / 64
 #: Relayed bytes are added to the byte counters once this many have gathered (and at the end
 #: of the session, and whenever the idle deadline moves): one counter update (a lock) per
-#: chunk in each direction was the other per-chunk cost.
+#: chunk in each direction was the other per-chunk cost. Relayed commands are counted per
+#: session in the same way and added with the bytes.
 BYTES_METRIC_BATCH = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
@@ -98,7 +100,8 @@ class _PlainSocket:
         return await rawio.receive(self.fd, max_bytes)
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        await rawio.send_all(self.fd, data)
+        # The pump's loops reach a receive after every send: that one schedules.
+        await rawio.send_all(self.fd, data, schedule=False)
 
 
 class _SendLock:
@@ -124,7 +127,11 @@ class _SendLock:
             await self.free.wait()
         self.held = True
         try:
-            await stream.send_all(data)
+            if type(stream) is TLSStream:
+                # The pump's loops reach a receive after every send: that one schedules.
+                await stream.send_all(data, schedule=False)
+            else:
+                await stream.send_all(data)
         finally:
             self.held = False
             free, self.free = self.free, None
@@ -132,13 +139,14 @@ class _SendLock:
                 free.set()
 
 
-def _count_command(name: str) -> None:
-    counter = _command_counters.get(name)
-    if counter is None:
-        counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
-        if len(_command_counters) < 1024:
-            _command_counters[name] = counter
-    counter.inc()
+def _count_commands(counts: dict[str, int]) -> None:
+    for name, n in counts.items():
+        counter = _command_counters.get(name)
+        if counter is None:
+            counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
+            if len(_command_counters) < 1024:
+                _command_counters[name] = counter
+        counter.inc(n)
 
 
 async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) -> str:
@@ -207,7 +215,7 @@ class _Pump:
     __slots__ = (
         "session", "backend", "engine", "client", "backend_io", "backend_fd", "to_backend_lock",
         "to_client_lock", "resume", "reason", "unmetered_out", "unmetered_in", "idle",
-        "idle_timeout", "slack", "nursery",
+        "idle_timeout", "slack", "nursery", "commands",
     )
 
     def __init__(self, session: RelayedSession, backend: BackendLink, engine: rl.Relay,
@@ -227,6 +235,8 @@ class _Pump:
         #: Exists while the client reader waits; set when the client may be read again.
         self.resume: trio.Event | None = None
         self.nursery: trio.Nursery | None = None  # set once the relay's nursery is open
+        #: Commands relayed and not yet added to the counter, by name (None: none).
+        self.commands: dict[str, int] | None = None
         self.reason = "client_closed"
         # Bytes relayed and not yet added to the counters.
         self.unmetered_out = 0  # client -> backend
@@ -253,6 +263,9 @@ class _Pump:
         if self.unmetered_in:
             _TO_CLIENT.inc(self.unmetered_in)
             self.unmetered_in = 0
+        if self.commands is not None:
+            _count_commands(self.commands)
+            self.commands = None
 
     def traffic(self) -> None:
         """Called for every chunk read, in either direction: moves the idle deadline when
@@ -274,7 +287,11 @@ class _Pump:
                 await self.to_client_lock.send(self.client, action.data)
                 session.bytes_out += len(action.data)
             elif isinstance(action, rl.CommandSeen):
-                _count_command(action.info.name)
+                counts = self.commands
+                if counts is None:
+                    counts = self.commands = {}
+                name = action.info.name
+                counts[name] = counts.get(name, 0) + 1
             elif isinstance(action, rl.Refused):
                 metrics.commands_refused_total.labels(action.kind).inc()
             elif isinstance(action, rl.Expunged):
@@ -294,6 +311,7 @@ class _Pump:
 
     async def client_to_backend(self, leftover: bytes, cancel: trio.CancelScope) -> None:
         engine, client, session = self.engine, self.client, self.session
+        tls = client if isinstance(client, TLSStream) else None
         data = leftover
         while True:
             if data:
@@ -305,7 +323,10 @@ class _Pump:
             # receive_some is typed bytes | bytearray; sockets and SSL give bytes, and
             # bytes(b) is b then (no copy). The core keeps memoryviews of what it is fed,
             # so it must get an immutable object.
-            data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
+            if tls is not None:  # the client nearly always has nothing more to say yet
+                data = await tls.receive_some(CLIENT_RECEIVE_SIZE, wait_first=True)
+            else:
+                data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
             self.traffic()
             if not data:
                 await self.carry_out(engine.client_closed(), cancel)
@@ -321,7 +342,7 @@ class _Pump:
             # A plain backend is read here directly: one coroutine frame less that every idle
             # session keeps while it waits.
             if fd >= 0:
-                data = await rawio.receive(fd, BACKEND_RECEIVE_SIZE)
+                data = await rawio.receive(fd, BACKEND_RECEIVE_SIZE, wait_first=True)
             else:
                 data = bytes(await backend_io.receive_some(BACKEND_RECEIVE_SIZE))  # see above
             if not data:

@@ -78,13 +78,22 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS handshake: {exc}") from None
             await self._wait(writing)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None, *,
+                           wait_first: bool = False) -> bytes:
+        """``wait_first``: when OpenSSL holds no decrypted bytes, wait for the socket to be
+        readable before reading (see :func:`gateway.proxy.rawio.receive`). OpenSSL reads
+        record by record (no read-ahead), so bytes it has not decrypted yet are still in
+        the socket, and readability tells whether a record can arrive."""
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
-        await trio.lowlevel.checkpoint_if_cancelled()
         sock = self._ssl
+        if wait_first and not sock.pending():
+            await trio.lowlevel.wait_readable(self._fd)
+            waited = True
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
         size = max_bytes or _RECEIVE_SIZE
-        waited = False
         while True:
             try:
                 data = sock.recv(size)
@@ -111,7 +120,9 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, *,
+                       schedule: bool = True) -> None:
+        """``schedule=False``: see :func:`gateway.proxy.rawio.send_all`."""
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -134,7 +145,7 @@ class TLSStream(trio.abc.Stream):
                 continue
             await self._wait(writing)
             waited = True
-        if not waited:
+        if not waited and schedule:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _wait(self, writing: bool) -> None:
