@@ -356,9 +356,20 @@ class CommandStream:
             return []
         framer = self._framer
         whole = framer.partial_len == 0 and self._waiting is None
-        framer.receive_data(data)
+        segments = framer.whole_lines(data) if whole else None
         self._begin()
-        self._pump()
+        if segments is not None:
+            # Whole lines without literals (a NOOP, a FETCH ...): the same events the
+            # framer would return, without queueing the bytes in it first.
+            for i, seg in enumerate(segments):
+                if self._waiting is not None or self.closed:
+                    # the rest stays in the framer, as the general path leaves it
+                    framer.receive_data(b"".join(x.data for x in segments[i:]))
+                    break
+                self._on_segment(seg)
+        else:
+            framer.receive_data(data)
+            self._pump()
         if (whole and self._unchanged and framer.buffered_len == 0
                 and self._mode == "forward" and self._waiting is None):
             out: list[Action] = [a for a in self._out if isinstance(a, Command)]

@@ -369,6 +369,42 @@ class Framer:
         self._first = True
         return True
 
+    def whole_lines(self, data: bytes) -> list[LineSegment] | None:
+        """Fast path for the relay: frame ``data`` at once when the framer holds nothing,
+        is at the start of a command/response, and ``data`` is whole lines that announce no
+        literal. Returns their events -- exactly what :meth:`receive_data` and
+        :meth:`next_event` would return, the framer's state is the same afterwards -- or
+        None, changing nothing, when any condition fails (the caller then takes the general
+        path).
+
+        Cost: one ``find``/``split`` pass over ``data`` (in C); a single line is returned as
+        the very object passed in.
+        """
+        if (not data or self._chunks or self._partial or self._literal_remaining
+                or not self._first or self._error is not None or data[-1] != 0x0A):
+            return None
+        limit = self._line_limit
+        if data.find(b"\n") == len(data) - 1:
+            if len(data) > limit:
+                return None
+            body = strip_eol(data)
+            if body.endswith(b"}"):  # a literal marker can only end a line (see above)
+                return None
+            self._literal_pending = False
+            return [LineSegment(data, None, True, len(body))]
+        if b"}\n" in data or b"}\r\n" in data:
+            return None
+        lines = data.split(b"\n")
+        del lines[-1]  # the b"" after the last line end
+        out = []
+        for text in lines:
+            if len(text) >= limit:  # the line with its LF is longer than the limit
+                return None
+            body = text[:-1] if text.endswith(b"\r") else text
+            out.append(LineSegment(text + b"\n", None, True, len(body)))
+        self._literal_pending = False
+        return out
+
     # -- output ------------------------------------------------------------------------------
 
     def next_event(self) -> FramerEvent:

@@ -20,11 +20,21 @@ per fed chunk. The framer holds at most ``max_line`` bytes of an unfinished line
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from .capabilities import client_capabilities
-from .framing import NEED_DATA, Framer, FramingError, LineSegment, LiteralData, NeedData, strip_eol
+from .framing import (
+    NEED_DATA,
+    Framer,
+    FramerEvent,
+    FramingError,
+    LineSegment,
+    LiteralData,
+    NeedData,
+    strip_eol,
+)
 
 __all__ = [
     "ScanResult",
@@ -115,13 +125,20 @@ class ResponseScanner:
 
     def receive_data(self, data: bytes) -> ScanResult:
         framer = self._framer
-        framer.receive_data(data)
         expunged = 0
         completed: list[tuple[bytes, str]] = []
         continuations: list[tuple[int, int]] = _NONE
-        while True:
-            ev = framer.next_event()
-            if ev is NEED_DATA:
+        # Whole lines without literals (a tagged OK, untagged status data) are framed at
+        # once; anything else goes through the framer's queue.
+        segments = framer.whole_lines(data)
+        events: Iterable[FramerEvent]
+        if segments is None:
+            framer.receive_data(data)
+            events = iter(framer.next_event, NEED_DATA)
+        else:
+            events = segments
+        for ev in events:
+            if ev is NEED_DATA:  # never: iter() stops there (for the type checker)
                 break
             if isinstance(ev, FramingError):
                 self.broken = ev

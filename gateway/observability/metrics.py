@@ -106,7 +106,9 @@ bytes_relayed_total = Counter(
     ["direction"], namespace=_NS, registry=REGISTRY,
 )
 commands_relayed_total = Counter(
-    "commands_relayed", "Client commands relayed after login.", ["command"],
+    "commands_relayed",
+    "Client commands relayed after login (added per session with bytes_relayed: every MiB, "
+    "when traffic moves the idle deadline, and when the session ends).", ["command"],
     namespace=_NS, registry=REGISTRY,
 )
 commands_refused_total = Counter(

@@ -26,10 +26,19 @@ import os
 import trio
 
 
-async def receive(fd: int, max_bytes: int) -> bytes:
-    """Up to ``max_bytes`` from the socket; ``b""`` at end of stream."""
-    await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: raise before reading
-    waited = False
+async def receive(fd: int, max_bytes: int, *, wait_first: bool = False) -> bytes:
+    """Up to ``max_bytes`` from the socket; ``b""`` at end of stream.
+
+    ``wait_first``: wait for the socket to be readable before the first read, for a reader
+    that nearly always has to wait (the relay: a peer answers what was just sent to it).
+    It saves the read that would fail with "would block"; the wait is the checkpoint.
+    """
+    if wait_first:
+        await trio.lowlevel.wait_readable(fd)
+        waited = True
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: raise before reading
+        waited = False
     while True:
         try:
             data = os.read(fd, max_bytes)
@@ -45,8 +54,15 @@ async def receive(fd: int, max_bytes: int) -> bytes:
         waited = True
 
 
-async def send_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """All of ``data`` to the socket (or ``BrokenResourceError``)."""
+async def send_all(fd: int, data: bytes | bytearray | memoryview, *,
+                   schedule: bool = True) -> None:
+    """All of ``data`` to the socket (or ``BrokenResourceError``).
+
+    ``schedule=False``: no schedule point after a send that did not have to wait (a
+    cancelled task still raises before sending). Only for a caller whose loop reaches a
+    receive -- a schedule point -- after every send, so that one task still cannot
+    starve the others: the relay's pump loops.
+    """
     await trio.lowlevel.checkpoint_if_cancelled()
     view = memoryview(data)
     waited = False
@@ -62,5 +78,5 @@ async def send_all(fd: int, data: bytes | bytearray | memoryview) -> None:
             continue
         await trio.lowlevel.wait_writable(fd)
         waited = True
-    if not waited:
+    if not waited and schedule:
         await trio.lowlevel.cancel_shielded_checkpoint()

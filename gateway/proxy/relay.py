@@ -22,6 +22,7 @@ from gateway.imap import relay as rl
 from gateway.imap.listfilter import ListResponseFilter
 from gateway.observability import metrics
 from gateway.proxy import rawio
+from gateway.proxy.tlsstream import TLSStream
 from gateway.proxy.values import BackendLink, CapabilityView
 
 
@@ -68,7 +69,8 @@ BYTES_REPORT_INTERVAL = 1 << 20
 IDLE_DEADLINE_SLACK = 1 / 64
 #: Relayed bytes are added to the byte counters once this many have gathered (and at the end
 #: of the session, and whenever the idle deadline moves): one counter update (a lock) per
-#: chunk in each direction was the other per-chunk cost.
+#: chunk in each direction was the other per-chunk cost. Relayed commands are counted per
+#: session in the same way and added with the bytes.
 BYTES_METRIC_BATCH = 1 << 20
 
 _TO_BACKEND = metrics.bytes_relayed_total.labels("client_to_backend")
@@ -98,31 +100,53 @@ class _PlainSocket:
         return await rawio.receive(self.fd, max_bytes)
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        await rawio.send_all(self.fd, data)
+        # The pump's loops reach a receive after every send: that one schedules.
+        await rawio.send_all(self.fd, data, schedule=False)
 
 
-async def _send(lock: trio.Lock, stream: _Pipe, data: bytes | memoryview) -> None:
-    """``stream.send_all(data)`` with ``lock`` held (both pump loops may write to either
-    stream). Uncontended -- nearly always -- the lock is taken without the scheduling round
-    trip ``async with lock`` costs (send_all checkpoints anyway): one NOOP takes two."""
-    if lock.locked():
-        async with lock:
-            await stream.send_all(data)
-        return
-    lock.acquire_nowait()
-    try:
-        await stream.send_all(data)
-    finally:
-        lock.release()
+class _SendLock:
+    """Serialises the writes to one stream (both pump loops may write to either stream).
+
+    Not a ``trio.Lock``: that one holds a parking lot and an ordered dict from the start,
+    and every idle session held two. Here the ``trio.Event`` a waiting writer needs exists
+    only while one waits; uncontended -- nearly always -- a send costs no scheduling round
+    trip of its own (``send_all`` checkpoints anyway). With two writers at most, a waiter
+    wakes when the send in progress ended and takes the lock before anyone else can run.
+    """
+
+    __slots__ = ("held", "free")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.free: trio.Event | None = None
+
+    async def send(self, stream: _Pipe, data: bytes | memoryview) -> None:
+        while self.held:
+            if self.free is None:
+                self.free = trio.Event()
+            await self.free.wait()
+        self.held = True
+        try:
+            if type(stream) is TLSStream:
+                # The pump's loops reach a receive after every send: that one schedules.
+                await stream.send_all(data, schedule=False)
+            else:
+                await stream.send_all(data)
+        finally:
+            self.held = False
+            free, self.free = self.free, None
+            if free is not None:
+                free.set()
 
 
-def _count_command(name: str) -> None:
-    counter = _command_counters.get(name)
-    if counter is None:
-        counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
-        if len(_command_counters) < 1024:
-            _command_counters[name] = counter
-    counter.inc()
+def _count_commands(counts: dict[str, int]) -> None:
+    for name, n in counts.items():
+        counter = _command_counters.get(name)
+        if counter is None:
+            counter = metrics.commands_relayed_total.labels(metrics.command_label(name))
+            if len(_command_counters) < 1024:
+                _command_counters[name] = counter
+        counter.inc(n)
 
 
 async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) -> str:
@@ -152,15 +176,10 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump.backend_to_client, nursery.cancel_scope)
 
-                async def drain() -> None:
-                    # The engine ends the session right after the response in flight.
-                    await pump.carry_out(
-                        engine.drain(rl.bye(session.kill_message or SHUTDOWN_TEXT)),
-                        nursery.cancel_scope)
-
-                session.on_drain = lambda: nursery.start_soon(drain)
+                pump.nursery = nursery
+                session.on_drain = pump  # calling it starts the drain
                 if session.draining:  # the drain began between login and relay
-                    nursery.start_soon(drain)
+                    pump()
                 # In the nursery's own task rather than a third one: a task (and its frames)
                 # less for every logged-in session.
                 await pump.client_to_backend(leftover, nursery.cancel_scope)
@@ -194,9 +213,9 @@ class _Pump:
     slots rather than closures: every logged-in session holds one while it waits."""
 
     __slots__ = (
-        "session", "backend", "engine", "client", "backend_io", "to_backend_lock",
+        "session", "backend", "engine", "client", "backend_io", "backend_fd", "to_backend_lock",
         "to_client_lock", "resume", "reason", "unmetered_out", "unmetered_in", "idle",
-        "idle_timeout", "slack",
+        "idle_timeout", "slack", "nursery", "commands",
     )
 
     def __init__(self, session: RelayedSession, backend: BackendLink, engine: rl.Relay,
@@ -208,9 +227,16 @@ class _Pump:
         self.backend_io: _Pipe = (_PlainSocket(backend.stream)
                                   if isinstance(backend.stream, trio.SocketStream)
                                   else backend.stream)
+        #: The plain backend's descriptor, read without a wrapper (-1: a TLS backend).
+        self.backend_fd = (self.backend_io.fd if isinstance(self.backend_io, _PlainSocket)
+                           else -1)
         # Both tasks may write to either socket (a backend answer can release client bytes).
-        self.to_backend_lock, self.to_client_lock = trio.Lock(), trio.Lock()
-        self.resume = trio.Event()  # set when the client may be read again
+        self.to_backend_lock, self.to_client_lock = _SendLock(), _SendLock()
+        #: Exists while the client reader waits; set when the client may be read again.
+        self.resume: trio.Event | None = None
+        self.nursery: trio.Nursery | None = None  # set once the relay's nursery is open
+        #: Commands relayed and not yet added to the counter, by name (None: none).
+        self.commands: dict[str, int] | None = None
         self.reason = "client_closed"
         # Bytes relayed and not yet added to the counters.
         self.unmetered_out = 0  # client -> backend
@@ -219,6 +245,17 @@ class _Pump:
         self.slack = idle_timeout * IDLE_DEADLINE_SLACK
         self.idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
 
+    def __call__(self) -> None:
+        """The session's ``on_drain``: end the session right after the response in flight
+        (the engine decides when)."""
+        assert self.nursery is not None
+        self.nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        assert self.nursery is not None
+        bye = rl.bye(self.session.kill_message or SHUTDOWN_TEXT)
+        await self.carry_out(self.engine.drain(bye), self.nursery.cancel_scope)
+
     def flush_metrics(self) -> None:
         if self.unmetered_out:
             _TO_BACKEND.inc(self.unmetered_out)
@@ -226,6 +263,9 @@ class _Pump:
         if self.unmetered_in:
             _TO_CLIENT.inc(self.unmetered_in)
             self.unmetered_in = 0
+        if self.commands is not None:
+            _count_commands(self.commands)
+            self.commands = None
 
     def traffic(self) -> None:
         """Called for every chunk read, in either direction: moves the idle deadline when
@@ -239,15 +279,19 @@ class _Pump:
         session = self.session
         for action in actions:
             if isinstance(action, rl.ToBackend):
-                await _send(self.to_backend_lock, self.backend_io, action.data)
+                await self.to_backend_lock.send(self.backend_io, action.data)
                 self.unmetered_out += len(action.data)
                 if self.unmetered_out >= BYTES_METRIC_BATCH:
                     self.flush_metrics()
             elif isinstance(action, rl.ToClient):
-                await _send(self.to_client_lock, self.client, action.data)
+                await self.to_client_lock.send(self.client, action.data)
                 session.bytes_out += len(action.data)
             elif isinstance(action, rl.CommandSeen):
-                _count_command(action.info.name)
+                counts = self.commands
+                if counts is None:
+                    counts = self.commands = {}
+                name = action.info.name
+                counts[name] = counts.get(name, 0) + 1
             elif isinstance(action, rl.Refused):
                 metrics.commands_refused_total.labels(action.kind).inc()
             elif isinstance(action, rl.Expunged):
@@ -257,39 +301,50 @@ class _Pump:
             elif isinstance(action, rl.End):
                 self.reason = action.reason
                 if action.data:
-                    await _send(self.to_client_lock, self.client, action.data)
+                    await self.to_client_lock.send(self.client, action.data)
                 cancel.cancel()
                 return
-        if self.engine.reading_client:
-            self.resume.set()
+        resume = self.resume
+        if resume is not None and self.engine.reading_client:
+            self.resume = None
+            resume.set()
 
     async def client_to_backend(self, leftover: bytes, cancel: trio.CancelScope) -> None:
         engine, client, session = self.engine, self.client, self.session
+        tls = client if isinstance(client, TLSStream) else None
         data = leftover
         while True:
             if data:
                 session.bytes_in += len(data)
                 await self.carry_out(engine.client_data(data), cancel)
             while not engine.reading_client:
-                self.resume = trio.Event()
-                await self.resume.wait()
+                self.resume = resume = trio.Event()
+                await resume.wait()
             # receive_some is typed bytes | bytearray; sockets and SSL give bytes, and
             # bytes(b) is b then (no copy). The core keeps memoryviews of what it is fed,
             # so it must get an immutable object.
-            data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
+            if tls is not None:  # the client nearly always has nothing more to say yet
+                data = await tls.receive_some(CLIENT_RECEIVE_SIZE, wait_first=True)
+            else:
+                data = bytes(await client.receive_some(CLIENT_RECEIVE_SIZE))
             self.traffic()
             if not data:
                 await self.carry_out(engine.client_closed(), cancel)
                 return
 
     async def backend_to_client(self, cancel: trio.CancelScope) -> None:
-        engine, backend_io = self.engine, self.backend_io
+        engine, backend_io, fd = self.engine, self.backend_io, self.backend_fd
         # Responses that came with the login's tagged OK.
         pending = self.backend.take_buffered()
         if pending:
             await self.carry_out(engine.backend_data(pending), cancel)
         while True:
-            data = bytes(await backend_io.receive_some(BACKEND_RECEIVE_SIZE))  # see above
+            # A plain backend is read here directly: one coroutine frame less that every idle
+            # session keeps while it waits.
+            if fd >= 0:
+                data = await rawio.receive(fd, BACKEND_RECEIVE_SIZE, wait_first=True)
+            else:
+                data = bytes(await backend_io.receive_some(BACKEND_RECEIVE_SIZE))  # see above
             if not data:
                 await self.carry_out(engine.backend_closed(), cancel)
                 return

@@ -640,13 +640,8 @@ async def _accept(ctx: GatewayContext, config: Config,
     with accepting:
         async with trio.open_nursery() as nursery:
             for listener, listener_sockets in zip(config.listeners, sockets, strict=True):
-                nursery.start_soon(partial(trio.serve_listeners, _bind(ctx, listener),
+                # A partial, not a wrapper coroutine: every session's task would keep
+                # the wrapper's frame alive for as long as it lasts.
+                handler = partial(ctx.handle, listener)
+                nursery.start_soon(partial(trio.serve_listeners, handler,
                                            listener_sockets, handler_nursery=sessions))
-
-
-def _bind(
-    ctx: GatewayContext, listener: ListenerConfig
-) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    async def handler(tcp: trio.SocketStream) -> None:
-        await ctx.handle(listener, tcp)
-    return handler

@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -97,53 +97,65 @@ class SessionClosed(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientSession:
+    """One client connection. Slots, not a ``__dict__``: every idle logged-in session holds
+    one, and an instance dict with this many keys is not key-shared (about 1.5 KiB each).
+    Every attribute is therefore declared here; one set elsewhere raises AttributeError."""
+
     ctx: SessionServices
     listener: ListenerConfig
     tcp: trio.SocketStream
     session_id: str = field(default_factory=new_session_id)
+    client_ip: str = field(init=False)
+    client_port: int = field(init=False)
+    local_ip: str = field(init=False)
+    local_port: int = field(init=False)
+    stream: trio.abc.Stream = field(init=False)
+    tls_version: str | None = field(init=False, default=None)
+    bytes_in: int = field(init=False, default=0)
+    bytes_out: int = field(init=False, default=0)
+    user: str | None = field(init=False, default=None)
+    started_at: float = field(init=False)
+    #: The factor the login presented ("none", "totp", "remembered-device",
+    #: "app-password"): policy reloads re-check live sessions with it.
+    factor: str = field(init=False, default="none")
+    app_password_id: int | None = field(init=False, default=None)
+    app_password_label: str | None = field(init=False, default=None)
+    client_id: dict[str, str] = field(init=False, default_factory=dict)
+    end_reason: str = field(init=False, default="unknown")
+    log: Any = field(init=False)
+    #: Set while a session is being relayed; cancelling it ends the session (admin kill,
+    #: policy reload, app password revocation).
+    cancel_scope: trio.CancelScope | None = field(init=False, default=None)
+    kill_reason: str | None = field(init=False, default=None)
+    kill_message: str = field(init=False, default="")
+    #: What the backend offers after login and what the client is shown (shared, cached).
+    capabilities: CapabilityView | None = field(init=False, default=None)
+    #: Per-command decision hook for the relay (scopes); None = forward everything.
+    command_filter: CommandFilter | None = field(init=False, default=None)
+    #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
+    response_filter: ListResponseFilter | None = field(init=False, default=None)
+    #: The credential may open only some mailboxes (``mailboxes=`` scope).
+    mailbox_scoped: bool = field(init=False, default=False)
+    #: Called once after a successful login (the connection caps stop counting it), then
+    #: dropped.
+    on_login: Callable[[], None] | None = field(init=False, default=None)
+    #: The gateway is shutting down (drain): end at the next response boundary.
+    draining: bool = field(init=False, default=False)
+    #: Set by the relay while it runs: starts its drain.
+    on_drain: Callable[[], None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         peer = self.tcp.socket.getpeername()
         local = self.tcp.socket.getsockname()
         self.client_ip, self.client_port = plain_ip(peer[0]), peer[1]
         self.local_ip, self.local_port = plain_ip(local[0]), local[1]
-        self.stream: trio.abc.Stream = self.tcp
-        self.tls_version: str | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.user: str | None = None
+        self.stream = self.tcp
         self.started_at = time.time()
-        #: The factor the login presented ("none", "totp", "remembered-device",
-        #: "app-password"): policy reloads re-check live sessions with it.
-        self.factor = "none"
-        self.app_password_id: int | None = None
-        self.app_password_label: str | None = None
-        self.client_id: dict[str, str] = {}
-        self.end_reason = "unknown"
         self.log = get_logger(
             session_id=self.session_id, client_ip=self.client_ip, client_port=self.client_port,
         )
-        #: Set while a session is being relayed; cancelling it ends the session (admin kill,
-        #: policy reload, app password revocation).
-        self.cancel_scope: trio.CancelScope | None = None
-        self.kill_reason: str | None = None
-        self.kill_message = ""
-        #: What the backend offers after login and what the client is shown (shared, cached).
-        self.capabilities: CapabilityView | None = None
-        #: Per-command decision hook for the relay (scopes); None = forward everything.
-        self.command_filter: CommandFilter | None = None
-        #: Backend→client filter (mailbox scopes: LIST answers); None = pass through.
-        self.response_filter: ListResponseFilter | None = None
-        #: The credential may open only some mailboxes (``mailboxes=`` scope).
-        self.mailbox_scoped = False
-        #: Called once after a successful login (the connection caps stop counting it).
-        self.on_login: Callable[[], None] | None = None
-        #: The gateway is shutting down (drain): end at the next response boundary.
-        self.draining = False
-        #: Set by the relay while it runs: starts its drain.
-        self.on_drain: Callable[[], None] | None = None
 
     def kill(self, reason: str, message: str) -> None:
         """End a relayed session from outside (admin, policy reload): the client gets BYE."""
@@ -249,6 +261,7 @@ class ClientSession:
                     await self._send(b"* BYE " + self.kill_message.encode() + b"\r\n")
                 raise SessionClosed(self.kill_reason or "killed")
             if backend is not None:
+                self.on_login = None  # called by the login; its closure need not live on
                 metrics.sessions_active.inc()
                 try:
                     self.end_reason = await relay(self, backend, leftover)

@@ -78,13 +78,22 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS handshake: {exc}") from None
             await self._wait(writing)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None, *,
+                           wait_first: bool = False) -> bytes:
+        """``wait_first``: when OpenSSL holds no decrypted bytes, wait for the socket to be
+        readable before reading (see :func:`gateway.proxy.rawio.receive`). OpenSSL reads
+        record by record (no read-ahead), so bytes it has not decrypted yet are still in
+        the socket, and readability tells whether a record can arrive."""
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
-        await trio.lowlevel.checkpoint_if_cancelled()
         sock = self._ssl
+        if wait_first and not sock.pending():
+            await trio.lowlevel.wait_readable(self._fd)
+            waited = True
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
         size = max_bytes or _RECEIVE_SIZE
-        waited = False
         while True:
             try:
                 data = sock.recv(size)
@@ -100,14 +109,20 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
             except OSError as exc:
                 raise trio.BrokenResourceError(f"TLS receive: {exc}") from exc
-            # Waiting outside the except clause: an idle session keeps no exception alive.
-            await self._wait(writing)
+            # Waiting outside the except clause: an idle session keeps no exception alive;
+            # and without a helper coroutine, whose frame it would keep as well.
+            if writing:
+                await trio.lowlevel.wait_writable(self._fd)
+            else:
+                await trio.lowlevel.wait_readable(self._fd)
             waited = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, *,
+                       schedule: bool = True) -> None:
+        """``schedule=False``: see :func:`gateway.proxy.rawio.send_all`."""
         if self._closed:
             raise trio.ClosedResourceError("TLS stream closed")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -130,7 +145,7 @@ class TLSStream(trio.abc.Stream):
                 continue
             await self._wait(writing)
             waited = True
-        if not waited:
+        if not waited and schedule:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _wait(self, writing: bool) -> None:

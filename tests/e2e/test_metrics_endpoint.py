@@ -37,6 +37,7 @@ def test_health_readiness_and_metrics_without_users_or_client_addresses(gateway)
         assert c.command("a", "LOGIN alice alicepass")[-1].startswith(b"a OK")
         assert c.command("b", "SELECT INBOX")[-1].startswith(b"b OK")
         c.command("z", "LOGOUT")
+    gw.wait_idle()  # relayed commands are counted in batches, all of them by the session's end
 
     reply = http_get(host, port, "/metrics")
     assert reply.status == 200
@@ -71,8 +72,9 @@ def test_health_readiness_and_metrics_without_users_or_client_addresses(gateway)
 
 
 def test_relayed_byte_counters_hold_every_byte_of_an_ended_session(gateway):
-    """The relay adds bytes to the counters in batches (not per chunk); when the session
-    ends, every byte it relayed is counted, in each direction."""
+    """The relay adds bytes and commands to the counters in batches (not per chunk); when
+    the session ends, every byte it relayed is counted, in each direction, and every
+    command."""
     gw = gateway(metrics=metrics_on())
     host, port = metrics_address(gw)
     gw.wait_idle()
@@ -90,3 +92,5 @@ def test_relayed_byte_counters_hold_every_byte_of_an_ended_session(gateway):
     # the client read up to LOGOUT's tagged OK; the rest is what Dovecot sends on closing
     assert sample_value(text, "imap_gateway_bytes_relayed_total",
                         direction="backend_to_client") >= received > 0
+    for command in ("SELECT", "NOOP", "LOGOUT"):
+        assert sample_value(text, "imap_gateway_commands_relayed_total", command=command) == 1

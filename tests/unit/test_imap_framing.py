@@ -247,3 +247,48 @@ def test_arbitrary_bytes_never_raise_and_bytes_are_conserved(data, cuts, server)
     if not failed:
         assert framer.partial_len < 64
         assert bytes(out) + framer.take_buffered() == data
+
+
+_WHOLE_LINE_PIECES = [b"a NOOP", b"* 3 EXISTS", b"+ go", b"b OK done", b"x {3}", b"y {3+}",
+                      b'z "}"', b"w }", b"v ~{2}", b"", b"u \r", b"t " + b"x" * 40]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_WHOLE_LINE_PIECES), min_size=1, max_size=5),
+       st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=5, max_size=5),
+       st.sampled_from(["client", "server"]),
+       st.sampled_from([b"", b"c NOOP\r", b"d APPEND x {2}\r\nab", b"e {1}\r\n"]))
+def test_whole_lines_gives_what_the_general_path_gives(texts, eols, role, before):
+    """The relay's fast path frames a chunk of whole lines at once; whenever it takes a
+    chunk, the events and the framer's state afterwards are those of feeding the chunk and
+    reading events, and when it declines, nothing changed."""
+    data = b"".join(t + e for t, e in zip(texts, eols, strict=False))
+    fast, slow = Framer(32, role=role), Framer(32, role=role)
+    for f in (fast, slow):
+        f.receive_data(before)
+        drain(f)
+    got = fast.whole_lines(data)
+    slow.receive_data(data)
+    expected = drain(slow)
+    if got is None:
+        fast.receive_data(data)
+        assert drain(fast) == expected
+    else:
+        assert got == expected
+        assert all(isinstance(ev, LineSegment) and ev.literal is None for ev in got)
+        # a single line is passed on as the very object that came in
+        assert len(got) > 1 or got[0].data is data
+    assert (fast.at_boundary, fast.at_line_start, fast.buffered_len) == (
+        slow.at_boundary, slow.at_line_start, slow.buffered_len)
+    for f in (fast, slow):
+        f.receive_data(b"n NOOP\r\n")
+    assert drain(fast) == drain(slow)
+
+
+def test_whole_lines_takes_plain_commands_and_leaves_literals_alone():
+    framer = Framer(1000)
+    assert framer.whole_lines(b"a NOOP\r\nb CHECK\r\n") == [
+        LineSegment(b"a NOOP\r\n", None, True, 6), LineSegment(b"b CHECK\r\n", None, True, 7)]
+    assert framer.whole_lines(b"a LOGIN {3}\r\n") is None
+    assert framer.whole_lines(b"a NOOP") is None
+    assert Framer(5).whole_lines(b"a NOOP\r\n") is None  # over max_line: the error path
