@@ -403,8 +403,12 @@ def start_gateway(
     source: Path | None = None,
     name: str | None = None,
     workers: int = 1,
+    redis: str | None = None,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
+
+    ``redis``: a Redis URL for ``[state] redis`` (limiter state in Redis, not in the
+    process or the workers' supervisor).
 
     Forward mode by default (the client's password goes to Dovecot). With ``app_password_user``
     the gateway also gets the Dovecot master user, an app password is created for that user, and
@@ -432,7 +436,8 @@ def start_gateway(
             {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
              # An older tree (--baseline) may not know [server]; this one defaults to a
              # worker per CPU, so the section is always written for it.
-             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}",
+             "SERVER": ("" if source is not None else f"[server]\nworkers = {workers}")
+             + (f'\n\n[state]\nredis = "{redis}"' if redis else ""),
              "METRICS_PORT": str(free_port())},
         )
     )

@@ -10,7 +10,11 @@ between minutes than the difference measured. Each run is ``bench.workloads.logi
 seconds of the gateway (supervisor and workers), Dovecot and the client are recorded,
 so a figure limited by the client or by Dovecot shows as such.
 
-    python -m bench.workers --workers 1,2 --rounds 5 --seconds 5 --clients 32
+With ``--redis`` the limiter's state is in a redis-server started here (``[state] redis``,
+as with several gateway hosts) instead of the process (1 worker) or the supervisor (N
+workers); its CPU seconds are recorded too.
+
+    python -m bench.workers --workers 1,2 --rounds 5 --seconds 5 --clients 32 [--redis]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bench import procstat, rig, workloads
 from bench.cli import BOB, raise_nofile
 from bench.imapclient import client_context
 from bench.stats import median
+from tests.support.redis import start_redis
 
 
 def _ready(server: rig.Server, ctx, clients: int = 16, timeout: float = 120.0) -> None:
@@ -48,19 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=5.0, help="length of one login run")
     p.add_argument("--clients", type=int, default=32, help="concurrent client threads")
-    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "workers.json")
+    p.add_argument("--redis", action="store_true",
+                   help="limiter state in a redis-server started here ([state] redis)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="results file (default bench/results/workers.json, "
+                   "workers-redis.json with --redis)")
     args = p.parse_args(argv)
+    if args.output is None:
+        name = "workers-redis.json" if args.redis else "workers.json"
+        args.output = Path(__file__).parent / "results" / name
     counts = [int(n) for n in args.workers.split(",")]
     raise_nofile()
     rd = rig.RunDir.create()
     ctx = client_context(str(rd.cert))
     dovecot, ports = rig.start_dovecot(rd, None)
+    redis = start_redis() if args.redis else None
     gateways: dict[int, rig.Server] = {}
     runs: dict[int, list[dict]] = {n: [] for n in counts}
     try:
         for n in counts:
             gateways[n] = rig.start_gateway(rd, ports.imap, None, ctx, workers=n,
-                                            name=f"gateway-{n}w")
+                                            name=f"gateway-{n}w",
+                                            redis=redis.url if redis else None)
             _ready(gateways[n], ctx)
         for r in range(args.rounds):
             for n in counts:
@@ -68,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 gw_pids = procstat.tree(server.pid)
                 dc_pids = procstat.tree(dovecot.pid)
                 gw0, dc0 = procstat.cpu_seconds(gw_pids), procstat.cpu_seconds(dc_pids)
+                rs0 = procstat.cpu_seconds([redis.proc.pid]) if redis else 0.0
                 sup0 = procstat.cpu_seconds([server.pid])
                 cl0 = os.times()
                 res = workloads.logins(server.addr, ctx, BOB, args.clients, args.seconds)
@@ -80,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                     1, res["completed"])
                 res["dovecot_cpu_s"] = procstat.cpu_seconds(procstat.tree(dovecot.pid)) - dc0
                 res["client_cpu_s"] = (cl1.user + cl1.system) - (cl0.user + cl0.system)
+                res["redis_cpu_s"] = (procstat.cpu_seconds([redis.proc.pid]) - rs0
+                                      if redis else 0.0)
                 res["gateway_processes"] = len(gw_pids)
                 runs[n].append(res)
                 print(f"round {r + 1}: {n} worker(s): {res['rate']:.0f} logins/s "
@@ -87,16 +104,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['gateway_cpu_ms_per_login']:.2f} ms/login, of which main process "
                       f"{res['main_process_cpu_s']:.1f}; dovecot "
                       f"{res['dovecot_cpu_s']:.1f}, client {res['client_cpu_s']:.1f}, "
-                      f"errors {res['errors']})", file=sys.stderr)
+                      + (f"redis {res['redis_cpu_s']:.2f}, " if redis else "")
+                      + f"errors {res['errors']})", file=sys.stderr)
     finally:
         for server in gateways.values():
             server.stop(30)
         dovecot.stop()
+        if redis is not None:
+            redis.stop()  # by PID: the server started above
         rd.remove()
     summary = {
         "cpus": sorted(os.sched_getaffinity(0)),
         "loadavg_at_end": os.getloadavg(),
-        "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients},
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients,
+                     "state": "redis" if args.redis else "in-process"},
         "median_logins_per_s": {n: median([r["rate"] for r in runs[n]]) for n in counts},
         "median_gateway_cpu_ms_per_login": {
             n: median([r["gateway_cpu_ms_per_login"] for r in runs[n]]) for n in counts},

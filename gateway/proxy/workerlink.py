@@ -40,7 +40,7 @@ import trio
 
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.decisions import Ban, ConnectDecision, ConnectionTicket
-from gateway.limits.state import DEFAULT_CAP, MemoryState, StateUnavailable
+from gateway.limits.state import BATCH_OPS, DEFAULT_CAP, MemoryState, Op, StateUnavailable
 from gateway.observability.logs import get_logger
 
 log = get_logger()
@@ -51,7 +51,7 @@ RECEIVE_SIZE = 65536
 
 _STATE_OPS = frozenset({
     "window_add", "window_count", "window_contains", "window_members", "counter_add",
-    "incr", "set_once", "delete", "ban_put", "ban_get", "ban_delete", "ban_list",
+    "incr", "set_once", "delete", "ban_put", "ban_get", "ban_delete", "ban_list", "batch",
 })
 
 
@@ -204,6 +204,8 @@ async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], i
         held.pop(ticket.serial, None)
         shared.tracker.close(ticket)
         return None
+    if op == "admit":
+        return await _admit(shared, held, *args)
     if op == "ready":
         return None
     if op not in _STATE_OPS:
@@ -211,6 +213,11 @@ async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], i
     state = shared.state
     if state is None:
         raise StateUnavailable("the supervisor holds no limiter state ([state] redis is set)")
+    if op == "batch":
+        ops = [(str(name), list(a)) for name, a in args[0]]
+        results = await state.batch(ops)
+        return [[ban.to_json() for ban in r] if name == "ban_get" else r
+                for (name, _), r in zip(ops, results, strict=True)]
     if op == "window_add":
         return await state.window_add([(str(k), str(m)) for k, m in args[0]], *args[1:])
     if op == "ban_put":
@@ -218,6 +225,21 @@ async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], i
     if op in ("ban_get", "ban_list"):
         return [ban.to_json() for ban in await getattr(state, op)(*args)]
     return await getattr(state, op)(*args)
+
+
+async def _admit(shared: SharedServices, held: dict[int, ConnectionTicket], ip: str,
+                 now: float, ban_keys: list[str] | None) -> list[Any]:
+    """A new connection in one round trip: the host's connection caps, then (if admitted
+    and ``ban_keys`` is given) the bans under those keys in the limiter's state."""
+    decision = shared.tracker.try_open(str(ip), float(now))
+    ticket = decision.ticket
+    if ticket is None:
+        return [False, decision.reason, None, None]
+    held[ticket.serial] = ticket
+    bans = None
+    if ban_keys is not None and shared.state is not None:
+        bans = [ban.to_json() for ban in await shared.state.ban_get(ban_keys, now)]
+    return [True, decision.reason, [ticket.ip, ticket.serial, ticket.exempt], bans]
 
 
 # -- worker side --------------------------------------------------------------------------------
@@ -362,6 +384,16 @@ class RemoteState:
     async def delete(self, keys: Sequence[str]) -> None:
         await self._link.call("delete", list(keys))
 
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        """One call for all of ``ops``: the supervisor runs them in order with nothing in
+        between (its ``MemoryState`` never awaits), so the batch is atomic there."""
+        for name, _ in ops:
+            if name not in BATCH_OPS:
+                raise ValueError(f"batch: {name!r} is not a batch operation")
+        results = await self._link.call("batch", [[name, list(args)] for name, args in ops])
+        return [[Ban.from_json(raw) for raw in r] if name == "ban_get" else r
+                for (name, _), r in zip(ops, results, strict=True)]
+
     async def ban_put(self, ban: Ban, now: float) -> None:
         await self._link.call("ban_put", ban.to_json(), now)
 
@@ -391,6 +423,19 @@ class RemoteTracker:
             return ConnectDecision(False, "max_connections")
         return ConnectDecision(bool(allowed), str(reason),
                                ticket=_ticket(ticket) if ticket is not None else None)
+
+    async def admit(self, ip: str, now: float,
+                    ban_keys: list[str] | None) -> tuple[ConnectDecision, list[Ban] | None]:
+        """``try_open`` and, when admitted and ``ban_keys`` is not None, the bans under
+        those keys in the supervisor's limiter state, in one round trip (for a worker
+        whose state is ``RemoteState``). Refuses like ``try_open`` when the link is down."""
+        try:
+            allowed, reason, ticket, bans = await self._link.call("admit", ip, now, ban_keys)
+        except StateUnavailable:
+            return ConnectDecision(False, "max_connections"), None
+        decision = ConnectDecision(bool(allowed), str(reason),
+                                   ticket=_ticket(ticket) if ticket is not None else None)
+        return decision, None if bans is None else [Ban.from_json(raw) for raw in bans]
 
     def authenticated(self, ticket: ConnectionTicket) -> None:
         self._link.notify("authenticated", [ticket.ip, ticket.serial, ticket.exempt])
