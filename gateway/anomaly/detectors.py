@@ -93,11 +93,13 @@ class AnomalyDetector:
         ]
         if unknown_user:
             entries.append((f"{_K}stuff:unknown", user))
-        counts = await self.state.window_add(entries, now, w, self._cap)
+        counts, failures, successes = await self.state.batch([  # one round trip
+            ("window_add", (entries, now, w, self._cap)),
+            ("counter_add", (f"{_K}stuff:failures", 1, now, w)),
+            ("counter_add", (f"{_K}stuff:successes", 0, now, w)),
+        ])
         spray_ip, spray_net, fail_ips, fail_users, dbf = counts[:5]
         unknown = counts[5] if unknown_user else 0
-        failures = await self.state.counter_add(f"{_K}stuff:failures", 1, now, w)
-        successes = await self.state.counter_add(f"{_K}stuff:successes", 0, now, w)
         found: list[Anomaly] = []
 
         if spray_ip >= s.spray_distinct_users:
