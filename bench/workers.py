@@ -14,6 +14,10 @@ With ``--redis`` the limiter's state is in a redis-server started here (``[state
 as with several gateway hosts) instead of the process (1 worker) or the supervisor (N
 workers); its CPU seconds are recorded too.
 
+With ``--baseline TREE`` each worker count also runs the gateway of another source tree
+(e.g. a worktree of the previous commit; it must know ``[server] workers``), in the same
+interleaved rounds, so a change is compared under the same load.
+
     python -m bench.workers --workers 1,2 --rounds 5 --seconds 5 --clients 32 [--redis]
 """
 
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32, help="concurrent client threads")
     p.add_argument("--redis", action="store_true",
                    help="limiter state in a redis-server started here ([state] redis)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="also run this source tree's gateway, interleaved (label N@base)")
     p.add_argument("--output", type=Path, default=None,
                    help="results file (default bench/results/workers.json, "
                    "workers-redis.json with --redis)")
@@ -63,22 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         name = "workers-redis.json" if args.redis else "workers.json"
         args.output = Path(__file__).parent / "results" / name
     counts = [int(n) for n in args.workers.split(",")]
+    # Each configuration: (label, workers, source tree or None for this one).
+    configs = [(str(n), n, None) for n in counts]
+    if args.baseline is not None:
+        configs = [c for n in counts
+                   for c in ((f"{n}@base", n, args.baseline.resolve()), (str(n), n, None))]
     raise_nofile()
     rd = rig.RunDir.create()
     ctx = client_context(str(rd.cert))
     dovecot, ports = rig.start_dovecot(rd, None)
     redis = start_redis() if args.redis else None
-    gateways: dict[int, rig.Server] = {}
-    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    gateways: dict[str, rig.Server] = {}
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in configs}
     try:
-        for n in counts:
-            gateways[n] = rig.start_gateway(rd, ports.imap, None, ctx, workers=n,
-                                            name=f"gateway-{n}w",
-                                            redis=redis.url if redis else None)
-            _ready(gateways[n], ctx)
+        for label, n, source in configs:
+            gateways[label] = rig.start_gateway(rd, ports.imap, None, ctx, workers=n,
+                                                name=f"gateway-{label}w", source=source,
+                                                server_section=True,
+                                                redis=redis.url if redis else None)
+            _ready(gateways[label], ctx)
         for r in range(args.rounds):
-            for n in counts:
-                server = gateways[n]
+            for label, _, _ in configs:
+                server = gateways[label]
                 gw_pids = procstat.tree(server.pid)
                 dc_pids = procstat.tree(dovecot.pid)
                 gw0, dc0 = procstat.cpu_seconds(gw_pids), procstat.cpu_seconds(dc_pids)
@@ -98,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["redis_cpu_s"] = (procstat.cpu_seconds([redis.proc.pid]) - rs0
                                       if redis else 0.0)
                 res["gateway_processes"] = len(gw_pids)
-                runs[n].append(res)
-                print(f"round {r + 1}: {n} worker(s): {res['rate']:.0f} logins/s "
+                runs[label].append(res)
+                print(f"round {r + 1}: {label} worker(s): {res['rate']:.0f} logins/s "
                       f"(gateway {res['gateway_cpu_s']:.1f} CPU s = "
                       f"{res['gateway_cpu_ms_per_login']:.2f} ms/login, of which main process "
                       f"{res['main_process_cpu_s']:.1f}; dovecot "
@@ -118,17 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_end": os.getloadavg(),
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients,
                      "state": "redis" if args.redis else "in-process"},
-        "median_logins_per_s": {n: median([r["rate"] for r in runs[n]]) for n in counts},
+        "baseline": str(args.baseline) if args.baseline else None,
+        "median_logins_per_s": {k: median([r["rate"] for r in v]) for k, v in runs.items()},
         "median_gateway_cpu_ms_per_login": {
-            n: median([r["gateway_cpu_ms_per_login"] for r in runs[n]]) for n in counts},
+            k: median([r["gateway_cpu_ms_per_login"] for r in v]) for k, v in runs.items()},
+        "median_main_process_cpu_ms_per_login": {
+            k: median([1000 * r["main_process_cpu_s"] / max(1, r["completed"]) for r in v])
+            for k, v in runs.items()},
         "runs": runs,
     }
-    base = summary["median_logins_per_s"][counts[0]]
-    for n in counts:
-        rate = summary["median_logins_per_s"][n]
-        cpu = summary["median_gateway_cpu_ms_per_login"][n]
-        print(f"{n} worker(s): median {rate:.0f} logins/s ({rate / base:.2f}x), "
-              f"gateway CPU {cpu:.2f} ms per login")
+    for label, _, source in configs:
+        base = summary["median_logins_per_s"][f"{counts[0]}@base" if source else str(counts[0])]
+        rate = summary["median_logins_per_s"][label]
+        cpu = summary["median_gateway_cpu_ms_per_login"][label]
+        main_cpu = summary["median_main_process_cpu_ms_per_login"][label]
+        print(f"{label} worker(s): median {rate:.0f} logins/s ({rate / base:.2f}x), "
+              f"gateway CPU {cpu:.2f} ms per login (main process {main_cpu:.2f})")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2))
     print(f"results: {args.output}")
