@@ -23,10 +23,9 @@ before the next (no task per call), so a batch is atomic across the workers.
 
 Costs: one round trip over a local socket per call, about 60 microseconds of CPU on both
 ends together (mostly system calls and trio's scheduling; encoding JSON is a few percent
-of it, so a binary format would not pay). Hence a login makes three calls, as it makes
-three round trips to Redis: ``admit`` at connect (the connection caps and the bans in
-one), and one ``batch`` (``StateBackend.batch``) each in ``check_login`` and
-``record_success``; ``authenticated`` and ``close`` are notifications, sent with whatever
+of it, so a binary format would not pay). Hence a login makes three calls: ``admit`` at
+connect (the connection caps and the bans in one), and one ``batch``
+(``StateBackend.batch``) each in ``check_login`` and ``record_success``; ``authenticated`` and ``close`` are notifications, sent with whatever
 else is queued. Why not ``multiprocessing.managers``: it is blocking and thread-based, and
 the workers' loop is trio.
 """
