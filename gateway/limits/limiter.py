@@ -237,9 +237,6 @@ class Limiter:
             return LoginGate(False, "user_lockout", True, tuple(found))
         return LoginGate(True, "ok", anomalies=tuple(found))
 
-    async def _familiar_networks(self, user: str, now: float) -> list[str]:
-        return await self.state.window_members(f"{_K}fam:{user}", now, self.limits.familiar_ttl)
-
     async def _count_spray(
         self, user: str, spray_key: bytes, now: float, protocol: str
     ) -> tuple[int, list[Anomaly]]:
