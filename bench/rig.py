@@ -403,8 +403,14 @@ def start_gateway(
     source: Path | None = None,
     name: str | None = None,
     workers: int = 1,
+    redis: str | None = None,
+    server_section: bool | None = None,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
+
+    ``redis``: a Redis URL for ``[state] redis`` (limiter state in Redis, not in the
+    process or the workers' supervisor). ``server_section``: write ``[server] workers``
+    (default: only for this tree; a ``source`` tree may predate the section).
 
     Forward mode by default (the client's password goes to Dovecot). With ``app_password_user``
     the gateway also gets the Dovecot master user, an app password is created for that user, and
@@ -432,7 +438,10 @@ def start_gateway(
             {"PORT": str(port), "IMAP_PORT": str(imap_port), "MASTER": master,
              # An older tree (--baseline) may not know [server]; this one defaults to a
              # worker per CPU, so the section is always written for it.
-             "SERVER": "" if source is not None else f"[server]\nworkers = {workers}",
+             "SERVER": (f"[server]\nworkers = {workers}"
+                        if (source is None if server_section is None else server_section)
+                        else "")
+             + (f'\n\n[state]\nredis = "{redis}"' if redis else ""),
              "METRICS_PORT": str(free_port())},
         )
     )

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 from gateway.anomaly.model import Anomaly, AnomalyKind
 from gateway.config import AnomalyConfig
-from gateway.limits.state import DEFAULT_CAP, StateBackend
+from gateway.limits.state import DEFAULT_CAP, Op, StateBackend
 
 _K = "an:"  # key namespace of the detectors inside the shared state
 
@@ -93,11 +93,13 @@ class AnomalyDetector:
         ]
         if unknown_user:
             entries.append((f"{_K}stuff:unknown", user))
-        counts = await self.state.window_add(entries, now, w, self._cap)
+        counts, failures, successes = await self.state.batch([  # one round trip
+            ("window_add", (entries, now, w, self._cap)),
+            ("counter_add", (f"{_K}stuff:failures", 1, now, w)),
+            ("counter_add", (f"{_K}stuff:successes", 0, now, w)),
+        ])
         spray_ip, spray_net, fail_ips, fail_users, dbf = counts[:5]
         unknown = counts[5] if unknown_user else 0
-        failures = await self.state.counter_add(f"{_K}stuff:failures", 1, now, w)
-        successes = await self.state.counter_add(f"{_K}stuff:successes", 0, now, w)
         found: list[Anomaly] = []
 
         if spray_ip >= s.spray_distinct_users:
@@ -133,14 +135,22 @@ class AnomalyDetector:
                                      evidence={"distinct_ips": dbf}))
         return found
 
+    def success_op(self, now: float) -> Op:
+        """The state operation that counts one successful login (for the stuffing ratio),
+        for a caller that sends it in its own batch and then passes ``counted=True`` to
+        ``observe_login_success``."""
+        return ("counter_add", (f"{_K}stuff:successes", 1, now, self.config.window))
+
     async def observe_login_success(
         self, user: str, ip: str, now: float, *, subnet: str,
-        previous_networks: Sequence[str],
+        previous_networks: Sequence[str], counted: bool = False,
     ) -> list[Anomaly]:
         """A successful login. ``previous_networks`` are the user's familiar networks before
         this login (the limiter knows them); a first-ever login raises nothing, since every
-        user's first network would otherwise be an "anomaly"."""
-        await self.state.counter_add(f"{_K}stuff:successes", 1, now, self.config.window)
+        user's first network would otherwise be an "anomaly". ``counted``: the caller
+        already ran ``success_op``."""
+        if not counted:
+            await self.state.counter_add(f"{_K}stuff:successes", 1, now, self.config.window)
         if not previous_networks or subnet in previous_networks:
             return []
         if not await self._once("new_network_for_user", f"user:{user}:{subnet}", now):

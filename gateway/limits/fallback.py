@@ -36,11 +36,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.limits.decisions import Ban
 from gateway.limits.rules import network_key, normalize_network
-from gateway.limits.state import DEFAULT_CAP, MemoryState, StateBackend, StateUnavailable
+from gateway.limits.state import (
+    DEFAULT_CAP,
+    MemoryState,
+    Op,
+    StateBackend,
+    StateUnavailable,
+)
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 
@@ -50,6 +56,10 @@ T = TypeVar("T")
 DEFAULT_PROBE_INTERVAL = 5.0
 
 log = get_logger()
+
+#: Where each batch operation has its ``now`` (``delete`` has none).
+_NOW_AT = {"window_add": 1, "window_count": 1, "window_contains": 2, "window_members": 1,
+           "counter_add": 2, "incr": 1, "set_once": 1, "ban_get": 1}
 
 
 class Pingable(StateBackend, Protocol):
@@ -189,6 +199,16 @@ class FallbackState:
             await self.local.delete(keys)
             await self.primary.delete(keys)
         await self._call(None, both, lambda: self.local.delete(keys))
+
+    async def batch(self, ops: Sequence[Op]) -> list[Any]:
+        # As for single calls: a delete also clears the local copy, and the batch's clock
+        # (the first ``now`` in it) paces the probe.
+        for name, args in ops:
+            if name == "delete":
+                await self.local.delete(args[0])
+        now = next((args[_NOW_AT[name]] for name, args in ops if name in _NOW_AT), None)
+        return await self._call(now, lambda: self.primary.batch(ops),
+                                lambda: self.local.batch(ops))
 
     async def ban_put(self, ban: Ban, now: float) -> None:
         # Always kept locally too: a ban this instance made still holds during an outage.

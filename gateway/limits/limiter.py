@@ -151,10 +151,21 @@ class Limiter:
         Allow-listed addresses are always admitted. Connection counts and rates are the
         ``ConnectionTracker``'s job (in-process); this is the shared ban check.
         """
+        keys = self.connect_ban_keys(ip)
+        bans = [] if keys is None else await self.state.ban_get(keys, now)
+        return self.connect_decision(ip, bans)
+
+    def connect_ban_keys(self, ip: str) -> list[str] | None:
+        """The state keys whose bans refuse ``ip`` at connect; None when allow-listed (no
+        ban applies). With ``connect_decision``: ``check_connect`` for a caller that looks
+        the bans up itself (a worker asks the supervisor together with the caps)."""
         ip = canonical_ip(ip)
-        if self.is_allow_listed(ip):
+        return None if self.is_allow_listed(ip) else list(covering_network_keys(ip))
+
+    def connect_decision(self, ip: str, bans: list[Ban]) -> ConnectDecision:
+        """``check_connect``'s answer given the active bans under ``connect_ban_keys(ip)``."""
+        if self.is_allow_listed(canonical_ip(ip)):
             return ConnectDecision(True, "allow_listed")
-        bans = await self.state.ban_get(covering_network_keys(ip), now)
         if bans:
             ban = max(bans, key=lambda b: b.expires)
             return ConnectDecision(False, f"banned:{ban.reason}", ban)
@@ -186,14 +197,16 @@ class Limiter:
         s = self.limits
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
-        if not self.is_allow_listed(ip):
-            bans = await self.state.ban_get(covering_network_keys(ip), now)
-            if bans:
-                return LoginGate(False, f"banned:{bans[0].reason}")
-        user_n, pair_n = await self.state.window_count(
-            [f"{_K}f:u:{user}", f"{_K}f:ui:{user}|{ip}"], now, s.fail_window
-        )
-        familiar_networks = await self._familiar_networks(user, now)
+        # The three reads in one round trip (they do not depend on each other).
+        allow = self.is_allow_listed(ip)
+        bans, (user_n, pair_n), familiar_networks = await self.state.batch([
+            ("ban_get", ([] if allow else covering_network_keys(ip), now)),
+            ("window_count", ([f"{_K}f:u:{user}", f"{_K}f:ui:{user}|{ip}"], now,
+                              s.fail_window)),
+            ("window_members", (f"{_K}fam:{user}", now, s.familiar_ttl)),
+        ])
+        if bans:
+            return LoginGate(False, f"banned:{bans[0].reason}")
         if subnet in familiar_networks:
             calm = user_n < s.user_fail_threshold and pair_n < s.user_ip_fail_threshold
             return LoginGate(True, "ok" if calm else "familiar_network")
@@ -223,9 +236,6 @@ class Limiter:
         if user_n >= s.user_fail_threshold:
             return LoginGate(False, "user_lockout", True, tuple(found))
         return LoginGate(True, "ok", anomalies=tuple(found))
-
-    async def _familiar_networks(self, user: str, now: float) -> list[str]:
-        return await self.state.window_members(f"{_K}fam:{user}", now, self.limits.familiar_ttl)
 
     async def _count_spray(
         self, user: str, spray_key: bytes, now: float, protocol: str
@@ -277,7 +287,11 @@ class Limiter:
         subnet = self.subnet(ip)
         allow = self.is_allow_listed(ip)
         fp = fingerprint.hex()
-        familiar_networks = await self._familiar_networks(user, now)
+        # Both reads in one round trip: the gate's adds below touch neither key.
+        familiar_networks, duplicate = await self.state.batch([
+            ("window_members", (f"{_K}fam:{user}", now, s.familiar_ttl)),
+            ("window_contains", (f"{_K}fp:{user}", fp, now, s.fail_window)),
+        ])
         familiar = subnet in familiar_networks
         keys = {
             "ip": f"{_K}f:ip:{ip}",
@@ -292,7 +306,6 @@ class Limiter:
             await self.state.window_add([(f"{_K}un:{user}", subnet)], now, s.fail_window)
             if spray_key is not None:
                 gate_anomalies += (await self._count_spray(user, spray_key, now, protocol))[1]
-        duplicate = await self.state.window_contains(f"{_K}fp:{user}", fp, now, s.fail_window)
         if duplicate:
             values = await self.state.window_count(list(keys.values()), now, s.fail_window)
         else:
@@ -353,13 +366,16 @@ class Limiter:
         ip, user = canonical_ip(ip), user.casefold()
         subnet = self.subnet(ip)
         fam_key = f"{_K}fam:{user}"
-        previous = await self.state.window_members(fam_key, now, s.familiar_ttl)
-        await self.state.window_add([(fam_key, subnet)], now, s.familiar_ttl, _FAMILIAR_CAP)
-        await self.state.delete([f"{_K}f:ui:{user}|{ip}"])
+        previous, _, _, _ = await self.state.batch([
+            ("window_members", (fam_key, now, s.familiar_ttl)),
+            ("window_add", ([(fam_key, subnet)], now, s.familiar_ttl, _FAMILIAR_CAP)),
+            ("delete", ([f"{_K}f:ui:{user}|{ip}"],)),
+            self.anomalies.success_op(now),
+        ])
         anomalies: list[Anomaly] = [
             dataclasses.replace(a, protocol=protocol)
             for a in await self.anomalies.observe_login_success(
-                user, ip, now, subnet=subnet, previous_networks=previous)
+                user, ip, now, subnet=subnet, previous_networks=previous, counted=True)
         ]
         return SuccessOutcome(anomalies=tuple(anomalies), new_network=subnet not in previous)
 

@@ -47,6 +47,7 @@ import trio
 
 from gateway.config import Config, ListenerConfig, parse_address
 from gateway.limits.connections import ConnectionTracker
+from gateway.limits.decisions import ConnectDecision
 from gateway.limits.limiter import Limiter
 from gateway.limits.outage import fail_open
 from gateway.limits.redis_state import open_state
@@ -210,8 +211,15 @@ class GatewayContext:
         metrics.connections_total.labels(listener.address, tls_mode).inc()
         session = ClientSession(self, listener, tcp)
         now = time.time()
+        banned: ConnectDecision | None = None
         if isinstance(self.tracker, RemoteTracker):
-            admitted = await self.tracker.try_open(session.client_ip, now)
+            if isinstance(self.limiter.state, RemoteState):
+                # Caps and bans both live in the supervisor: one round trip for both.
+                admitted, bans = await self.tracker.admit(
+                    session.client_ip, now, self.limiter.connect_ban_keys(session.client_ip))
+                banned = self.limiter.connect_decision(session.client_ip, bans or [])
+            else:
+                admitted = await self.tracker.try_open(session.client_ip, now)
         else:
             admitted = self.tracker.try_open(session.client_ip, now)
         if not admitted.allowed:
@@ -221,8 +229,9 @@ class GatewayContext:
         ticket = admitted.ticket
         assert ticket is not None  # try_open sets it on every admitted connection
         try:
-            banned = await fail_open(
-                "check_connect", self.limiter.check_connect(session.client_ip, now), session.log)
+            if banned is None:
+                banned = await fail_open("check_connect", self.limiter.check_connect(
+                    session.client_ip, now), session.log)
             if banned is not None and not banned.allowed:
                 await self._refuse(session, "banned", banned.reason)
                 return

@@ -177,3 +177,52 @@ def test_unreachable_redis_fails_at_startup_without_leaking_the_password():
     assert "[state] redis" in str(err.value) and "hunter2secret" not in str(err.value)
     with pytest.raises(StateUnavailable, match="redis://"):
         trio.run(lambda: open_state("http://x").__aenter__())
+
+
+async def _batch_scenario(s) -> list:
+    """A login's worth of operations as batches (one round trip each); every backend's
+    ``batch`` must answer as its single calls do, in order within the batch."""
+    from gateway.limits.rules import covering_network_keys
+
+    ban = Ban("ip", "192.0.2.9/32", "ip_failures", T0, T0 + 50)
+    await s.ban_put(ban, T0)
+    return [
+        await s.batch([]),
+        await s.batch([
+            ("window_members", ("fam", T0, 100.0)),
+            ("window_add", ([("fam", "n1"), ("fam", "n2")], T0, 100.0, 64)),
+            ("window_add", ([], T0, 100.0)),
+            ("window_count", (["fam", "none"], T0, 100.0)),
+            ("window_contains", ("fam", "n1", T0 + 1, 100.0)),
+            ("counter_add", ("c", 3, T0, 100.0)),
+            ("incr", ("n", T0, 10.0)),
+            ("set_once", ("f", T0, 10.0)),
+            ("set_once", ("f", T0, 10.0)),
+            ("ban_get", (covering_network_keys("192.0.2.9"), T0 + 1)),
+            ("ban_get", ([], T0 + 1)),
+        ]),
+        # A delete in a batch takes effect for the operations after it, not before.
+        await s.batch([
+            ("window_members", ("fam", T0 + 2, 100.0)),
+            ("delete", (["fam", "n"],)),
+            ("window_members", ("fam", T0 + 2, 100.0)),
+            ("delete", ([],)),
+            ("incr", ("n", T0 + 2, 10.0)),
+        ]),
+    ]
+
+
+def test_batches_answer_as_single_calls_on_every_backend(redis_url):
+    async def main():
+        expected = await _batch_scenario(MemoryState())
+        async with open_state(redis_url, key_prefix=new_prefix()) as state:
+            assert await _batch_scenario(state) == expected
+            with pytest.raises(ValueError, match="ban_put"):
+                await state.batch([("ban_put", ())])
+        return expected
+
+    result = trio.run(main)
+    ban = Ban("ip", "192.0.2.9/32", "ip_failures", T0, T0 + 50)
+    assert result[0] == []
+    assert result[1] == [[], [1, 2], [], [2, 0], True, 3, 1, True, False, [ban], []]
+    assert result[2] == [["n1", "n2"], None, [], None, 1]

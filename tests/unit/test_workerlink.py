@@ -14,6 +14,7 @@ import trio
 from gateway.limits.connections import ConnectionTracker
 from gateway.limits.decisions import Ban
 from gateway.limits.limiter import Limiter
+from gateway.limits.rules import covering_network_keys
 from gateway.limits.state import MemoryState, StateUnavailable
 from gateway.proxy.workerlink import (
     RemoteState,
@@ -175,3 +176,54 @@ def test_ready_is_reported_and_session_lists_reach_the_other_workers():
     events = _run_with_link(shared, body)
     assert events[0] == "ready"
     assert 1 not in shared.sessions  # dropped with its link
+
+
+def test_a_batch_over_the_link_is_run_by_the_supervisors_state_in_order():
+    shared = _shared()
+    mirror = MemoryState()
+    ban = Ban("ip", "192.0.2.7/32", "ip_failures", T0, T0 + 600)
+    ops = [
+        ("window_members", ("fam", T0, 100.0)),
+        ("window_add", ([("fam", "n1")], T0, 100.0, 64)),
+        ("window_contains", ("fam", "n1", T0, 100.0)),
+        ("ban_get", (covering_network_keys("192.0.2.7"), T0 + 1)),
+        ("delete", (["fam"],)),
+        ("window_count", (["fam"], T0, 100.0)),
+    ]
+
+    async def body(link: WorkerLink, _: trio.SocketStream) -> None:
+        remote = RemoteState(link)
+        for backend in (remote, mirror):
+            await backend.ban_put(ban, T0)
+            assert await backend.batch(ops) == [[], [1], True, [ban], None, [0]]
+        with pytest.raises(ValueError, match="ban_list"):
+            await remote.batch([("ban_list", (T0,))])
+
+    _run_with_link(shared, body)
+
+
+def test_admit_checks_caps_and_bans_in_one_call_and_a_refused_ban_gives_its_slot_back():
+    shared = _shared(max_connections_per_ip=1)
+    limiter = Limiter(MemoryState(), limits_config(), anomaly_config())
+    banned_ip, other_ip = "198.51.100.7", "203.0.113.5"
+
+    async def body(link: WorkerLink, _: trio.SocketStream) -> None:
+        assert shared.state is not None
+        await shared.state.ban_put(Ban("ip", f"{banned_ip}/32", "ip_failures", T0, T0 + 600), T0)
+        tracker = RemoteTracker(link)
+        decision, bans = await tracker.admit(banned_ip, T0, limiter.connect_ban_keys(banned_ip))
+        assert decision.allowed and decision.ticket is not None
+        refused = limiter.connect_decision(banned_ip, bans or [])
+        assert not refused.allowed and refused.reason == "banned:ip_failures"
+        tracker.close(decision.ticket)  # the gateway refuses and closes the connection
+        decision, bans = await tracker.admit(other_ip, T0, limiter.connect_ban_keys(other_ip))
+        assert decision.allowed and bans == []
+        # The per-IP cap still holds (one connection of other_ip is open).
+        decision, bans = await tracker.admit(other_ip, T0, limiter.connect_ban_keys(other_ip))
+        assert not decision.allowed and decision.reason == "max_connections_per_ip"
+        assert bans is None
+        # The banned address's slot was given back by the close notification.
+        again, _ = await tracker.admit(banned_ip, T0 + 1, None)
+        assert again.allowed
+
+    _run_with_link(shared, body)
