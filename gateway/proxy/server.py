@@ -1,7 +1,7 @@
 """The gateway process: listeners, signals, shared context. A thin trio shell.
 
 One nursery holds every listener and background task; each accepted connection runs in
-its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
+its own task (``_serve_listener``) as a ``ClientSession``. Background tasks:
 
 - policy watcher: reloads ``[policy] dir`` when a file changes (every 2 s) and on SIGHUP;
   a broken file keeps the last good policy, and live sessions the new policy denies are
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -206,7 +207,7 @@ class GatewayContext:
         return conn
 
     async def handle(self, listener: ListenerConfig, tcp: trio.SocketStream) -> None:
-        """Run one client connection to completion (called by trio.serve_listeners)."""
+        """Run one client connection to completion (called by ``_serve_listener``)."""
         tls_mode = "implicit" if listener.mode == "implicit-tls" else "starttls"
         metrics.connections_total.labels(listener.address, tls_mode).inc()
         session = ClientSession(self, listener, tcp)
@@ -649,8 +650,43 @@ async def _accept(ctx: GatewayContext, config: Config,
     with accepting:
         async with trio.open_nursery() as nursery:
             for listener, listener_sockets in zip(config.listeners, sockets, strict=True):
-                # A partial, not a wrapper coroutine: every session's task would keep
-                # the wrapper's frame alive for as long as it lasts.
-                handler = partial(ctx.handle, listener)
-                nursery.start_soon(partial(trio.serve_listeners, handler,
-                                           listener_sockets, handler_nursery=sessions))
+                for sock in listener_sockets:
+                    nursery.start_soon(_serve_listener, ctx, listener, sock, sessions)
+
+
+#: accept() failures that mean "out of descriptors or memory for now": wait, then accept
+#: again (what ``trio.serve_listeners`` does), instead of ending the listener.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_RETRY_SECONDS = 0.1
+
+
+async def _serve_listener(ctx: GatewayContext, listener: ListenerConfig,
+                          sock: trio.SocketListener, sessions: trio.Nursery) -> None:
+    """Accept connections on ``sock``, each run as its own task in ``sessions``.
+
+    ``trio.serve_listeners`` without its per-connection ``aclose_forcefully``: a session
+    closes its own streams, so the TCP socket is closed here synchronously (a cancel
+    scope, a cancellation and a checkpoint less per connection).
+    """
+    async with sock:
+        while True:
+            try:
+                tcp = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("listener.accept_failed", listener=listener.address,
+                          error=errno.errorcode.get(exc.errno, str(exc.errno)),
+                          retry_s=_ACCEPT_RETRY_SECONDS)
+                await trio.sleep(_ACCEPT_RETRY_SECONDS)
+            else:
+                sessions.start_soon(_run_connection, ctx, listener, tcp)
+
+
+async def _run_connection(ctx: GatewayContext, listener: ListenerConfig,
+                          tcp: trio.SocketStream) -> None:
+    try:
+        await ctx.handle(listener, tcp)
+    finally:
+        # Closing twice is harmless, and a socket the TLS stream took over is detached.
+        tcp.socket.close()

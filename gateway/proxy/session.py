@@ -78,6 +78,17 @@ def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> Capab
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _login_ok(ok_tail: bytes) -> tuple[tuple[str, ...] | None, bytes]:
+    """The backend's tagged login OK without its tag (`` OK [CAPABILITY ...] Logged in``):
+    its capability list, and the line as the client gets it after its own tag
+    (:func:`rewrite_login_ok`). Neither depends on the tag, and a backend answers every
+    login with the same line: parsed and rewritten once, not once per login."""
+    line = b"t" + ok_tail
+    caps = capability_from_ok(line)
+    return (tuple(caps) if caps is not None else None), rewrite_login_ok(line)[1:]
+
+
 #: ``plain_ip`` remembered for recent addresses (a pure function; parsing an address
 #: with ``ipaddress`` costs more than the dict lookup, twice per connection).
 _plain_ip = functools.lru_cache(maxsize=1024)(plain_ip)
@@ -497,12 +508,13 @@ class ClientSession:
             user, self.client_ip, time.time()), self.log)
         if success is not None:
             self._report(success.anomalies)
-        raw_caps = capability_from_ok(outcome.ok_line)
+        ok_tail = outcome.ok_line[outcome.ok_line.index(b" "):]
+        raw_caps, client_tail = _login_ok(ok_tail)
         if raw_caps is None:
-            raw_caps = await backend.fetch_capabilities()
-        self.capabilities = capability_view(tuple(raw_caps), self.mailbox_scoped)
+            raw_caps = tuple(await backend.fetch_capabilities())
+        self.capabilities = capability_view(raw_caps, self.mailbox_scoped)
         backend.capabilities = []  # pre-login list: not needed any more
-        await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
+        await self._send(req.tag + client_tail)
         return backend
 
     def endpoint(self) -> ClientEndpoint:
