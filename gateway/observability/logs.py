@@ -90,11 +90,27 @@ def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | Non
     )
 
 
+#: (structlog's configuration, a logger assembled from it): every logger bound with
+#: fields is a child of this one, instead of each assembling its own (a logger factory
+#: call and a wrapper per session, most of a bind's cost).
+_assembled: tuple[tuple[Any, ...], Any] | None = None
+
+
 def get_logger(**fields: Any) -> Any:
     """A logger that follows the configuration in force when it logs.
 
     Without fields this is structlog's lazy proxy, safe to create at import time; with
-    fields it binds now (sessions are created after ``configure_logging`` ran).
+    fields it binds now, to the configuration in force now (sessions are created after
+    ``configure_logging`` ran; ``structlog.testing.capture_logs`` swaps the processors,
+    which assembles a new parent).
     """
-    logger = structlog.get_logger()
-    return logger.bind(**fields) if fields else logger
+    global _assembled
+    if not fields:
+        return structlog.get_logger()
+    config = structlog.get_config()
+    key = (config["processors"], config["wrapper_class"], config["logger_factory"],
+           config["context_class"])
+    assembled = _assembled
+    if assembled is None or any(a is not b for a, b in zip(assembled[0], key, strict=True)):
+        assembled = _assembled = (key, structlog.get_logger().bind())
+    return assembled[1].bind(**fields)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hashlib
 import hmac
 import ipaddress
 import os
@@ -138,6 +137,18 @@ class GatewayContext:
         self._fingerprint_key = secrets.token_bytes(32)
         self._history: collections.deque[LoginRecord] = collections.deque(maxlen=HISTORY_BACKLOG)
         metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
+        # Series every connection or login updates, looked up once (labels() takes a lock
+        # and a dict lookup per call); the listeners and the backend never change at runtime.
+        self._backend_connect_seconds = metrics.backend_connect_seconds.labels(self.backend_name)
+        self._backend_up = metrics.backend_up.labels(self.backend_name)
+        self._listener_series = {
+            lst.address: (
+                metrics.connections_total.labels(
+                    lst.address, "implicit" if lst.mode == "implicit-tls" else "starttls"),
+                metrics.connections_active.labels(lst.address),
+            )
+            for lst in self.config.listeners
+        }
         # The gateway only starts with a policy that loads (gateway.startup.prepare).
         metrics.policy_last_reload_successful.set(1)
 
@@ -180,7 +191,8 @@ class GatewayContext:
     def attempt_fingerprint(self, user: str, password: str) -> bytes:
         """Keyed, truncated hash of one attempt: counts distinct wrong passwords, reveals none."""
         msg = (user.casefold() + "\0" + password).encode("utf-8", "surrogateescape")
-        return hmac.new(self._fingerprint_key, msg, hashlib.sha256).digest()[:8]
+        # hmac.digest: the same HMAC in one C call (hmac.new builds Python objects).
+        return hmac.digest(self._fingerprint_key, msg, "sha256")[:8]
 
     def spray_fingerprint(self, password: str) -> bytes:
         """User-independent keyed hash of a password (``gateway.limits.rules``): the same
@@ -201,15 +213,21 @@ class GatewayContext:
             metrics.backend_errors_total.labels(self.backend_name, exc.kind).inc()
             metrics.backend_up.labels(self.backend_name).set(0)
             raise
-        metrics.backend_connect_seconds.labels(self.backend_name).observe(
-            trio.current_time() - started)
-        metrics.backend_up.labels(self.backend_name).set(1)
+        self._backend_connect_seconds.observe(trio.current_time() - started)
+        self._backend_up.set(1)
         return conn
 
     async def handle(self, listener: ListenerConfig, tcp: trio.SocketStream) -> None:
         """Run one client connection to completion (called by ``_serve_listener``)."""
-        tls_mode = "implicit" if listener.mode == "implicit-tls" else "starttls"
-        metrics.connections_total.labels(listener.address, tls_mode).inc()
+        series = self._listener_series.get(listener.address)
+        if series is None:  # a listener this context was not built with
+            series = self._listener_series[listener.address] = (
+                metrics.connections_total.labels(
+                    listener.address,
+                    "implicit" if listener.mode == "implicit-tls" else "starttls"),
+                metrics.connections_active.labels(listener.address))
+        connections_total, active = series
+        connections_total.inc()
         session = ClientSession(self, listener, tcp)
         now = time.time()
         banned: ConnectDecision | None = None
@@ -236,7 +254,6 @@ class GatewayContext:
             if banned is not None and not banned.allowed:
                 await self._refuse(session, "banned", banned.reason)
                 return
-            active = metrics.connections_active.labels(listener.address)
             active.inc()
             session.on_login = lambda: self.tracker.authenticated(ticket)
             self.sessions[session.session_id] = session
