@@ -219,57 +219,63 @@ class GatewayContext:
 
     async def handle(self, listener: ListenerConfig, tcp: trio.SocketStream) -> None:
         """Run one client connection to completion (called by ``_serve_listener``)."""
-        series = self._listener_series.get(listener.address)
-        if series is None:  # a listener this context was not built with
-            series = self._listener_series[listener.address] = (
-                metrics.connections_total.labels(
-                    listener.address,
-                    "implicit" if listener.mode == "implicit-tls" else "starttls"),
-                metrics.connections_active.labels(listener.address))
-        connections_total, active = series
-        connections_total.inc()
-        session = ClientSession(self, listener, tcp)
-        now = time.time()
-        banned: ConnectDecision | None = None
-        if isinstance(self.tracker, RemoteTracker):
-            if isinstance(self.limiter.state, RemoteState):
-                # Caps and bans both live in the supervisor: one round trip for both.
-                admitted, bans = await self.tracker.admit(
-                    session.client_ip, now, self.limiter.connect_ban_keys(session.client_ip))
-                banned = self.limiter.connect_decision(session.client_ip, bans or [])
-            else:
-                admitted = await self.tracker.try_open(session.client_ip, now)
-        else:
-            admitted = self.tracker.try_open(session.client_ip, now)
-        if not admitted.allowed:
-            await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
-                               admitted.reason)
-            return
-        ticket = admitted.ticket
-        assert ticket is not None  # try_open sets it on every admitted connection
         try:
-            if banned is None:
-                banned = await fail_open("check_connect", self.limiter.check_connect(
-                    session.client_ip, now), session.log)
-            if banned is not None and not banned.allowed:
-                await self._refuse(session, "banned", banned.reason)
+            series = self._listener_series.get(listener.address)
+            if series is None:  # a listener this context was not built with
+                series = self._listener_series[listener.address] = (
+                    metrics.connections_total.labels(
+                        listener.address,
+                        "implicit" if listener.mode == "implicit-tls" else "starttls"),
+                    metrics.connections_active.labels(listener.address))
+            connections_total, active = series
+            connections_total.inc()
+            session = ClientSession(self, listener, tcp)
+            now = time.time()
+            banned: ConnectDecision | None = None
+            if isinstance(self.tracker, RemoteTracker):
+                if isinstance(self.limiter.state, RemoteState):
+                    # Caps and bans both live in the supervisor: one round trip for both.
+                    admitted, bans = await self.tracker.admit(
+                        session.client_ip, now, self.limiter.connect_ban_keys(session.client_ip))
+                    banned = self.limiter.connect_decision(session.client_ip, bans or [])
+                else:
+                    admitted = await self.tracker.try_open(session.client_ip, now)
+            else:
+                admitted = self.tracker.try_open(session.client_ip, now)
+            if not admitted.allowed:
+                await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
+                                   admitted.reason)
                 return
-            active.inc()
-            session.on_login = lambda: self.tracker.authenticated(ticket)
-            self.sessions[session.session_id] = session
-            if self.draining:
-                session.drain()
+            ticket = admitted.ticket
+            assert ticket is not None  # try_open sets it on every admitted connection
             try:
-                await session.run()
-            except Exception:
-                # A bug in one session must never take the listener (and every other
-                # session) down with it; the traceback goes to the log, not the client.
-                session.log.exception("session.crashed")
+                if banned is None:
+                    banned = await fail_open("check_connect", self.limiter.check_connect(
+                        session.client_ip, now), session.log)
+                if banned is not None and not banned.allowed:
+                    await self._refuse(session, "banned", banned.reason)
+                    return
+                active.inc()
+                session.on_login = lambda: self.tracker.authenticated(ticket)
+                self.sessions[session.session_id] = session
+                if self.draining:
+                    session.drain()
+                try:
+                    await session.run()
+                except Exception:
+                    # A bug in one session must never take the listener (and every other
+                    # session) down with it; the traceback goes to the log, not the client.
+                    session.log.exception("session.crashed")
+                finally:
+                    del self.sessions[session.session_id]
+                    active.dec()
             finally:
-                del self.sessions[session.session_id]
-                active.dec()
+                self.tracker.close(ticket)
         finally:
-            self.tracker.close(ticket)
+            # The session closes its own streams; this catches every early exit (a
+            # client gone before getpeername, a refusal, a tracker error). Closing twice is
+            # harmless, and a socket the TLS stream took over is detached.
+            tcp.socket.close()
 
     async def _refuse(self, session: ClientSession, label: str, reason: str) -> None:
         """Say BYE (over TLS on an implicit-TLS listener, so the client can read it) and close."""
@@ -697,13 +703,6 @@ async def _serve_listener(ctx: GatewayContext, listener: ListenerConfig,
                           retry_s=_ACCEPT_RETRY_SECONDS)
                 await trio.sleep(_ACCEPT_RETRY_SECONDS)
             else:
-                sessions.start_soon(_run_connection, ctx, listener, tcp)
-
-
-async def _run_connection(ctx: GatewayContext, listener: ListenerConfig,
-                          tcp: trio.SocketStream) -> None:
-    try:
-        await ctx.handle(listener, tcp)
-    finally:
-        # Closing twice is harmless, and a socket the TLS stream took over is detached.
-        tcp.socket.close()
+                # The bound method itself, not a wrapper coroutine: every session's task
+                # would keep the wrapper's frame alive for as long as it lasts.
+                sessions.start_soon(ctx.handle, listener, tcp)
