@@ -10,6 +10,7 @@ locals (``dict_tracebacks`` would show locals, and a local may hold a password).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -31,13 +32,35 @@ REDACTED = "[redacted]"
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]):
-    """Replace the value of any secret-named field, at any depth of dicts."""
-    for key, value in list(event_dict.items()):
+    """Replace the value of any secret-named field, at any depth of dicts.
+
+    Keys are only assigned to, never added or removed, so the loop can walk the dict
+    itself (no copy of every line's items).
+    """
+    for key, value in event_dict.items():
         if key.lower() in SECRET_FIELDS:
             event_dict[key] = REDACTED
         elif isinstance(value, dict):
             event_dict[key] = redact_secrets(_logger, _method, dict(value))
     return event_dict
+
+
+def _json_fallback(obj: Any) -> Any:
+    """A value JSON has no type for: its ``__structlog__()`` if it has one, else repr()."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+#: One encoder for every line: ``json.dumps`` with a ``default=`` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_json_fallback)
+
+
+def render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The line as JSON, keys in the order they were added (structlog's JSONRenderer
+    output, without building an encoder per line)."""
+    return _ENCODER.encode(event_dict)
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -58,7 +81,7 @@ def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | Non
     if fmt == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     else:
-        processors.append(structlog.processors.JSONRenderer(sort_keys=False))
+        processors.append(render_json)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
@@ -67,11 +90,27 @@ def configure_logging(fmt: str = "json", level: str = "info", file: TextIO | Non
     )
 
 
+#: (structlog's configuration, a logger assembled from it): every logger bound with
+#: fields is a child of this one, instead of each assembling its own (a logger factory
+#: call and a wrapper per session, most of a bind's cost).
+_assembled: tuple[tuple[Any, ...], Any] | None = None
+
+
 def get_logger(**fields: Any) -> Any:
     """A logger that follows the configuration in force when it logs.
 
     Without fields this is structlog's lazy proxy, safe to create at import time; with
-    fields it binds now (sessions are created after ``configure_logging`` ran).
+    fields it binds now, to the configuration in force now (sessions are created after
+    ``configure_logging`` ran; ``structlog.testing.capture_logs`` swaps the processors,
+    which assembles a new parent).
     """
-    logger = structlog.get_logger()
-    return logger.bind(**fields) if fields else logger
+    global _assembled
+    if not fields:
+        return structlog.get_logger()
+    config = structlog.get_config()
+    key = (config["processors"], config["wrapper_class"], config["logger_factory"],
+           config["context_class"])
+    assembled = _assembled
+    if assembled is None or any(a is not b for a, b in zip(assembled[0], key, strict=True)):
+        assembled = _assembled = (key, structlog.get_logger().bind())
+    return assembled[1].bind(**fields)

@@ -76,7 +76,9 @@ class BackendConnection:
     ) -> BackendConnection:
         name = f"{host}:{port}"
         try:
-            with trio.fail_after(connect_timeout):
+            # move_on_after + cancelled_caught below, not fail_after: the same deadline
+            # without fail_after's generator-based context manager (twice per login).
+            with trio.move_on_after(connect_timeout) as deadline:
                 tcp = await _open_tcp(host, port)
                 try:
                     stream: trio.abc.Stream = tcp
@@ -103,6 +105,8 @@ class BackendConnection:
                 except BaseException:
                     await trio.aclose_forcefully(tcp)
                     raise
+            if deadline.cancelled_caught:
+                raise trio.TooSlowError
         except trio.TooSlowError:
             raise BackendUnavailable("connect_timeout", f"no greeting from {name} within {connect_timeout}s") from None
         except ConnectionRefusedError as exc:
@@ -161,7 +165,8 @@ class BackendConnection:
         pending, self._pending = self._pending, b""
         id_tag = pending.split(b" ", 1)[0] if pending else None
         try:
-            with trio.fail_after(timeout):
+            # The body returns or raises: leaving the scope any other way is the deadline.
+            with trio.move_on_after(timeout):
                 tag = self._next_tag()
                 if "SASL-IR" in self.capabilities:
                     await self.stream.send_all(
@@ -175,10 +180,9 @@ class BackendConnection:
                     return _result(first, [])
                 await self.stream.send_all(payload + b"\r\n")
                 return await self._until_tagged(tag)
-        except trio.TooSlowError:
-            raise BackendUnavailable("login_timeout", f"{self.name}: no login answer within {timeout}s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BackendUnavailable("closed", f"{self.name}: {exc}") from None
+        raise BackendUnavailable("login_timeout", f"{self.name}: no login answer within {timeout}s")
 
     async def _expect_id_ok(self, id_tag: bytes | None) -> None:
         if id_tag is None:
@@ -247,7 +251,12 @@ class BackendConnection:
             self._live_reader().receive_data(bytes(data))
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+        """Close the backend connection now (cancel-safe). A plain TCP stream closes
+        synchronously, without the cancel scope and checkpoint of ``aclose_forcefully``."""
+        if type(self.stream) is trio.SocketStream:
+            self.stream.socket.close()
+        else:
+            await trio.aclose_forcefully(self.stream)
 
 
 async def _open_tcp(host: str, port: int) -> trio.SocketStream:

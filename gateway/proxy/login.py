@@ -67,6 +67,10 @@ if TYPE_CHECKING:
     from gateway.imap.preauth import LoginRequest
 
 
+#: Parsed client addresses remembered for recent clients (addresses are immutable
+#: values; parsing one with ``ipaddress`` costs more than the dict lookup).
+_ip_address = functools.lru_cache(maxsize=1024)(ipaddress.ip_address)
+
 #: Refusals that only say "a password alone is not enough here".
 _NO_SECOND_FACTOR = frozenset({DENY_TOTP_REQUIRED, DENY_TOTP_NOT_ENROLLED})
 
@@ -119,7 +123,7 @@ class Authenticator:
 
         policy = self.ctx.policy.current
         assert policy is not None  # startup loads a policy before any listener opens
-        client_ip = ipaddress.ip_address(client.endpoint.ip)
+        client_ip = _ip_address(client.endpoint.ip)
         requirement = policy.requirement_for(user, client_ip)
         if not requirement.allowed:
             metrics.policy_denials_total.labels(requirement.rule or "no_rule_matched").inc()
@@ -257,7 +261,7 @@ class Authenticator:
         assert policy is not None  # startup loads a policy before any listener opens
         factor = "oauth-mfa" if checked.mfa else "oauth"
         final = policy.decide(LoginContext(
-            user=user, ip=ipaddress.ip_address(client.endpoint.ip), factor=factor))
+            user=user, ip=_ip_address(client.endpoint.ip), factor=factor))
         if not final.allowed:
             metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=final.reason)

@@ -1,7 +1,7 @@
 """The gateway process: listeners, signals, shared context. A thin trio shell.
 
 One nursery holds every listener and background task; each accepted connection runs in
-its own task (trio.serve_listeners) as a ``ClientSession``. Background tasks:
+its own task (``_serve_listener``) as a ``ClientSession``. Background tasks:
 
 - policy watcher: reloads ``[policy] dir`` when a file changes (every 2 s) and on SIGHUP;
   a broken file keeps the last good policy, and live sessions the new policy denies are
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
+import errno
 import hmac
 import ipaddress
 import os
@@ -137,6 +137,18 @@ class GatewayContext:
         self._fingerprint_key = secrets.token_bytes(32)
         self._history: collections.deque[LoginRecord] = collections.deque(maxlen=HISTORY_BACKLOG)
         metrics.init_series([lst.address for lst in self.config.listeners], self.backend_name)
+        # Series every connection or login updates, looked up once (labels() takes a lock
+        # and a dict lookup per call); the listeners and the backend never change at runtime.
+        self._backend_connect_seconds = metrics.backend_connect_seconds.labels(self.backend_name)
+        self._backend_up = metrics.backend_up.labels(self.backend_name)
+        self._listener_series = {
+            lst.address: (
+                metrics.connections_total.labels(
+                    lst.address, "implicit" if lst.mode == "implicit-tls" else "starttls"),
+                metrics.connections_active.labels(lst.address),
+            )
+            for lst in self.config.listeners
+        }
         # The gateway only starts with a policy that loads (gateway.startup.prepare).
         metrics.policy_last_reload_successful.set(1)
 
@@ -179,7 +191,8 @@ class GatewayContext:
     def attempt_fingerprint(self, user: str, password: str) -> bytes:
         """Keyed, truncated hash of one attempt: counts distinct wrong passwords, reveals none."""
         msg = (user.casefold() + "\0" + password).encode("utf-8", "surrogateescape")
-        return hmac.new(self._fingerprint_key, msg, hashlib.sha256).digest()[:8]
+        # hmac.digest: the same HMAC in one C call (hmac.new builds Python objects).
+        return hmac.digest(self._fingerprint_key, msg, "sha256")[:8]
 
     def spray_fingerprint(self, password: str) -> bytes:
         """User-independent keyed hash of a password (``gateway.limits.rules``): the same
@@ -200,58 +213,69 @@ class GatewayContext:
             metrics.backend_errors_total.labels(self.backend_name, exc.kind).inc()
             metrics.backend_up.labels(self.backend_name).set(0)
             raise
-        metrics.backend_connect_seconds.labels(self.backend_name).observe(
-            trio.current_time() - started)
-        metrics.backend_up.labels(self.backend_name).set(1)
+        self._backend_connect_seconds.observe(trio.current_time() - started)
+        self._backend_up.set(1)
         return conn
 
     async def handle(self, listener: ListenerConfig, tcp: trio.SocketStream) -> None:
-        """Run one client connection to completion (called by trio.serve_listeners)."""
-        tls_mode = "implicit" if listener.mode == "implicit-tls" else "starttls"
-        metrics.connections_total.labels(listener.address, tls_mode).inc()
-        session = ClientSession(self, listener, tcp)
-        now = time.time()
-        banned: ConnectDecision | None = None
-        if isinstance(self.tracker, RemoteTracker):
-            if isinstance(self.limiter.state, RemoteState):
-                # Caps and bans both live in the supervisor: one round trip for both.
-                admitted, bans = await self.tracker.admit(
-                    session.client_ip, now, self.limiter.connect_ban_keys(session.client_ip))
-                banned = self.limiter.connect_decision(session.client_ip, bans or [])
-            else:
-                admitted = await self.tracker.try_open(session.client_ip, now)
-        else:
-            admitted = self.tracker.try_open(session.client_ip, now)
-        if not admitted.allowed:
-            await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
-                               admitted.reason)
-            return
-        ticket = admitted.ticket
-        assert ticket is not None  # try_open sets it on every admitted connection
+        """Run one client connection to completion (called by ``_serve_listener``)."""
         try:
-            if banned is None:
-                banned = await fail_open("check_connect", self.limiter.check_connect(
-                    session.client_ip, now), session.log)
-            if banned is not None and not banned.allowed:
-                await self._refuse(session, "banned", banned.reason)
+            series = self._listener_series.get(listener.address)
+            if series is None:  # a listener this context was not built with
+                series = self._listener_series[listener.address] = (
+                    metrics.connections_total.labels(
+                        listener.address,
+                        "implicit" if listener.mode == "implicit-tls" else "starttls"),
+                    metrics.connections_active.labels(listener.address))
+            connections_total, active = series
+            connections_total.inc()
+            session = ClientSession(self, listener, tcp)
+            now = time.time()
+            banned: ConnectDecision | None = None
+            if isinstance(self.tracker, RemoteTracker):
+                if isinstance(self.limiter.state, RemoteState):
+                    # Caps and bans both live in the supervisor: one round trip for both.
+                    admitted, bans = await self.tracker.admit(
+                        session.client_ip, now, self.limiter.connect_ban_keys(session.client_ip))
+                    banned = self.limiter.connect_decision(session.client_ip, bans or [])
+                else:
+                    admitted = await self.tracker.try_open(session.client_ip, now)
+            else:
+                admitted = self.tracker.try_open(session.client_ip, now)
+            if not admitted.allowed:
+                await self._refuse(session, _TRACKER_REASONS.get(admitted.reason, "global_limit"),
+                                   admitted.reason)
                 return
-            active = metrics.connections_active.labels(listener.address)
-            active.inc()
-            session.on_login = lambda: self.tracker.authenticated(ticket)
-            self.sessions[session.session_id] = session
-            if self.draining:
-                session.drain()
+            ticket = admitted.ticket
+            assert ticket is not None  # try_open sets it on every admitted connection
             try:
-                await session.run()
-            except Exception:
-                # A bug in one session must never take the listener (and every other
-                # session) down with it; the traceback goes to the log, not the client.
-                session.log.exception("session.crashed")
+                if banned is None:
+                    banned = await fail_open("check_connect", self.limiter.check_connect(
+                        session.client_ip, now), session.log)
+                if banned is not None and not banned.allowed:
+                    await self._refuse(session, "banned", banned.reason)
+                    return
+                active.inc()
+                session.on_login = lambda: self.tracker.authenticated(ticket)
+                self.sessions[session.session_id] = session
+                if self.draining:
+                    session.drain()
+                try:
+                    await session.run()
+                except Exception:
+                    # A bug in one session must never take the listener (and every other
+                    # session) down with it; the traceback goes to the log, not the client.
+                    session.log.exception("session.crashed")
+                finally:
+                    del self.sessions[session.session_id]
+                    active.dec()
             finally:
-                del self.sessions[session.session_id]
-                active.dec()
+                self.tracker.close(ticket)
         finally:
-            self.tracker.close(ticket)
+            # The session closes its own streams; this catches every early exit (a
+            # client gone before getpeername, a refusal, a tracker error). Closing twice is
+            # harmless, and a socket the TLS stream took over is detached.
+            tcp.socket.close()
 
     async def _refuse(self, session: ClientSession, label: str, reason: str) -> None:
         """Say BYE (over TLS on an implicit-TLS listener, so the client can read it) and close."""
@@ -649,8 +673,36 @@ async def _accept(ctx: GatewayContext, config: Config,
     with accepting:
         async with trio.open_nursery() as nursery:
             for listener, listener_sockets in zip(config.listeners, sockets, strict=True):
-                # A partial, not a wrapper coroutine: every session's task would keep
-                # the wrapper's frame alive for as long as it lasts.
-                handler = partial(ctx.handle, listener)
-                nursery.start_soon(partial(trio.serve_listeners, handler,
-                                           listener_sockets, handler_nursery=sessions))
+                for sock in listener_sockets:
+                    nursery.start_soon(_serve_listener, ctx, listener, sock, sessions)
+
+
+#: accept() failures that mean "out of descriptors or memory for now": wait, then accept
+#: again (what ``trio.serve_listeners`` does), instead of ending the listener.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_RETRY_SECONDS = 0.1
+
+
+async def _serve_listener(ctx: GatewayContext, listener: ListenerConfig,
+                          sock: trio.SocketListener, sessions: trio.Nursery) -> None:
+    """Accept connections on ``sock``, each run as its own task in ``sessions``.
+
+    ``trio.serve_listeners`` without its per-connection ``aclose_forcefully``: a session
+    closes its own streams, so the TCP socket is closed here synchronously (a cancel
+    scope, a cancellation and a checkpoint less per connection).
+    """
+    async with sock:
+        while True:
+            try:
+                tcp = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("listener.accept_failed", listener=listener.address,
+                          error=errno.errorcode.get(exc.errno, str(exc.errno)),
+                          retry_s=_ACCEPT_RETRY_SECONDS)
+                await trio.sleep(_ACCEPT_RETRY_SECONDS)
+            else:
+                # The bound method itself, not a wrapper coroutine: every session's task
+                # would keep the wrapper's frame alive for as long as it lasts.
+                sessions.start_soon(ctx.handle, listener, tcp)

@@ -29,7 +29,7 @@ import trio
 
 from gateway.auth.oauth import unverified_user
 from gateway.auth.scopes import build_filter, mailbox_matcher, parse_mailbox_patterns
-from gateway.config import ListenerConfig
+from gateway.config import Config, ListenerConfig
 from gateway.imap import preauth as pa
 from gateway.imap.capabilities import client_capabilities, commands_for_capabilities
 from gateway.imap.commands import CommandFilter
@@ -78,10 +78,77 @@ def capability_view(raw: tuple[str, ...], mailbox_scoped: bool = False) -> Capab
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _login_ok(ok_tail: bytes) -> tuple[tuple[str, ...] | None, bytes]:
+    """The backend's tagged login OK without its tag (`` OK [CAPABILITY ...] Logged in``):
+    its capability list, and the line as the client gets it after its own tag
+    (:func:`rewrite_login_ok`). Neither depends on the tag, and a backend answers every
+    login with the same line: parsed and rewritten once, not once per login."""
+    line = b"t" + ok_tail
+    caps = capability_from_ok(line)
+    return (tuple(caps) if caps is not None else None), rewrite_login_ok(line)[1:]
+
+
+#: ``plain_ip`` remembered for recent addresses (a pure function; parsing an address
+#: with ``ipaddress`` costs more than the dict lookup, twice per connection).
+_plain_ip = functools.lru_cache(maxsize=1024)(plain_ip)
+
+
 #: Failures that say nothing about the client's credentials: not counted by the limiter.
 _NOT_THE_CLIENTS_FAULT = frozenset(
     {"backend_unavailable", "store_error", "master_user_missing", "master_login_failed",
      KEYS_UNAVAILABLE, INTROSPECTION_UNAVAILABLE})
+
+
+@dataclass(frozen=True, slots=True)
+class _PreauthSettings:
+    """What every pre-auth dialogue under one configuration shares."""
+
+    privacy_text: str
+    limits: pa.PreauthLimits
+    oauth_challenge: bytes | None
+
+
+#: The settings of the configuration in force: (config object, its settings). A reload
+#: installs a new config object, so an identity check is enough to notice it.
+_preauth_cache: tuple[object, _PreauthSettings] | None = None
+
+
+def _preauth_settings(config: Config) -> _PreauthSettings:
+    """The pre-auth settings of ``config``, built once per configuration instead of once
+    per connection."""
+    global _preauth_cache
+    cached = _preauth_cache
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    limits = config.limits
+    settings = _PreauthSettings(
+        privacy_text=pa.privacy_text(lst.port for lst in config.listeners
+                                     if lst.mode == "implicit-tls" and lst.port is not None),
+        limits=pa.PreauthLimits(
+            max_line=limits.max_line,
+            max_literal=limits.max_preauth_literal,
+            max_bad_commands=limits.max_bad_commands,
+        ),
+        oauth_challenge=error_challenge(config.oauth) if config.oauth.enabled else None,
+    )
+    _preauth_cache = (config, settings)
+    return settings
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close a client stream now, without waiting (cancel-safe, raises nothing).
+
+    The gateway's own streams close synchronously: no cancel scope and no checkpoint
+    as ``trio.aclose_forcefully`` would spend on every session end; any other stream
+    goes through ``aclose_forcefully``.
+    """
+    if isinstance(stream, TLSStream):
+        stream.close()
+    elif isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+    else:
+        await trio.aclose_forcefully(stream)
 
 
 def new_session_id() -> str:
@@ -149,8 +216,8 @@ class ClientSession:
     def __post_init__(self) -> None:
         peer = self.tcp.socket.getpeername()
         local = self.tcp.socket.getsockname()
-        self.client_ip, self.client_port = plain_ip(peer[0]), peer[1]
-        self.local_ip, self.local_port = plain_ip(local[0]), local[1]
+        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
+        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
         self.stream = self.tcp
         self.started_at = time.time()
         self.log = get_logger(
@@ -225,15 +292,17 @@ class ClientSession:
         tls_stream = TLSStream(self.tcp, self.ctx.tls.context)
         reason = None
         try:
-            with trio.fail_after(limits.tls_handshake_timeout):
+            # move_on_after + cancelled_caught, not fail_after: the same deadline without
+            # fail_after's generator-based context manager (measurable once per login).
+            with trio.move_on_after(limits.tls_handshake_timeout) as deadline:
                 await tls_stream.do_handshake()
-        except trio.TooSlowError:
-            reason = "timeout"
+            if deadline.cancelled_caught:
+                reason = "timeout"
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__
             reason = "protocol" if isinstance(cause, ssl.SSLError) else "eof"
         if reason is not None:
-            await trio.aclose_forcefully(tls_stream)
+            tls_stream.close()
             metrics.tls_handshake_failures_total.labels(self.listener.address, reason).inc()
             self.log.info("tls.handshake_failed", reason=reason)
             raise SessionClosed(f"tls_{reason}")
@@ -272,7 +341,7 @@ class ClientSession:
         finally:
             if backend is not None:
                 await backend.aclose()
-            await trio.aclose_forcefully(self.stream)
+            await close_stream(self.stream)
             duration = trio.current_time() - started
             metrics.session_duration_seconds.observe(duration)
             self.log.info(
@@ -282,20 +351,15 @@ class ClientSession:
 
     async def _preauth(self, implicit: bool) -> tuple[BackendLink | None, bytes]:
         """Run the pre-auth dialogue; return the logged-in backend and the client's leftover bytes."""
-        limits = self.ctx.config.limits
-        implicit_ports = (lst.port for lst in self.ctx.config.listeners
-                          if lst.mode == "implicit-tls" and lst.port is not None)
+        config = self.ctx.config
+        limits = config.limits
+        settings = _preauth_settings(config)
         conn = pa.PreauthConnection(
             tls_active=implicit,
             starttls_allowed=not implicit,
-            privacy_text=pa.privacy_text(implicit_ports),
-            limits=pa.PreauthLimits(
-                max_line=limits.max_line,
-                max_literal=limits.max_preauth_literal,
-                max_bad_commands=limits.max_bad_commands,
-            ),
-            oauth_challenge=(error_challenge(self.ctx.config.oauth)
-                             if self.ctx.config.oauth.enabled else None),
+            privacy_text=settings.privacy_text,
+            limits=settings.limits,
+            oauth_challenge=settings.oauth_challenge,
         )
         pending = collections.deque(conn.initial_events())
         with trio.move_on_after(limits.preauth_timeout) as timer:
@@ -444,12 +508,13 @@ class ClientSession:
             user, self.client_ip, time.time()), self.log)
         if success is not None:
             self._report(success.anomalies)
-        raw_caps = capability_from_ok(outcome.ok_line)
+        ok_tail = outcome.ok_line[outcome.ok_line.index(b" "):]
+        raw_caps, client_tail = _login_ok(ok_tail)
         if raw_caps is None:
-            raw_caps = await backend.fetch_capabilities()
-        self.capabilities = capability_view(tuple(raw_caps), self.mailbox_scoped)
+            raw_caps = tuple(await backend.fetch_capabilities())
+        self.capabilities = capability_view(raw_caps, self.mailbox_scoped)
         backend.capabilities = []  # pre-login list: not needed any more
-        await self._send(rewrite_login_ok(req.tag + outcome.ok_line[outcome.ok_line.index(b" "):]))
+        await self._send(req.tag + client_tail)
         return backend
 
     def endpoint(self) -> ClientEndpoint:
