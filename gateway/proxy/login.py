@@ -60,7 +60,13 @@ from gateway.observability import metrics
 from gateway.policy import LoginContext
 from gateway.proxy.backend import BackendUnavailable
 from gateway.proxy.oauth import TokenVerifier
-from gateway.proxy.values import BackendLoginResult, LoginClient, LoginOutcome, LoginServices
+from gateway.proxy.values import (
+    BackendLink,
+    BackendLoginResult,
+    LoginClient,
+    LoginOutcome,
+    LoginServices,
+)
 from gateway.store.errors import DeviceNotFound, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -179,37 +185,16 @@ class Authenticator:
         if isinstance(plan, ForwardPassword) and self.rejected.get(user, plan.password, now):
             return LoginOutcome(reason="password_known_bad")
 
-        backend_cfg = self.ctx.config.backend
-        try:
-            backend = await self.ctx.connect_backend(client.endpoint)
-        except BackendUnavailable as exc:
-            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
-        try:
-            if isinstance(plan, UseAppPassword):
-                master_password = self.ctx.master_password
-                assert master_password is not None  # decide() checked master_configured
-                if backend_cfg.master_login == "separator":
-                    authzid, authcid = "", f"{user}{separator}{backend_cfg.master_user}"
-                else:
-                    authzid, authcid = user, backend_cfg.master_user
-                result = await backend.login_plain(
-                    authzid=authzid, authcid=authcid, password=master_password,
-                    timeout=backend_cfg.login_timeout,
-                )
-            else:
-                result = await backend.login_plain(
-                    authzid="", authcid=plan.user, password=plan.password,
-                    timeout=backend_cfg.login_timeout,
-                )
-        except BaseException as exc:
-            # Includes cancellation (admin kill, shutdown): never leave the backend open.
-            await backend.aclose()
-            if not isinstance(exc, BackendUnavailable):
-                raise
-            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
-            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        if isinstance(plan, UseAppPassword):
+            master_password = self.ctx.master_password
+            assert master_password is not None  # decide() checked master_configured
+            authzid, authcid = self._master_identity(user)
+            logged_in = await self._backend_login(client, authzid, authcid, master_password)
+        else:
+            logged_in = await self._backend_login(client, "", plan.user, plan.password)
+        if isinstance(logged_in, LoginOutcome):
+            return logged_in
+        backend, result = logged_in
 
         if not result.ok:
             await backend.aclose()
@@ -237,6 +222,38 @@ class Authenticator:
             except StoreError as exc:
                 client.log.error("store.error", error=str(exc))
         return outcome
+
+    def _master_identity(self, user: str) -> tuple[str, str]:
+        """``(authzid, authcid)`` of a master-user login as ``user`` (``[backend] master_login``)."""
+        cfg = self.ctx.config.backend
+        if cfg.master_login == "separator":
+            return "", f"{user}{cfg.master_separator}{cfg.master_user}"
+        return user, cfg.master_user
+
+    async def _backend_login(
+        self, client: LoginClient, authzid: str, authcid: str, password: str
+    ) -> tuple[BackendLink, BackendLoginResult] | LoginOutcome:
+        """Connect to the backend and send the login; an unreachable or failing backend
+        becomes the ``backend_unavailable`` outcome (counted and logged here)."""
+        try:
+            backend = await self.ctx.connect_backend(client.endpoint)
+        except BackendUnavailable as exc:
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        try:
+            result = await backend.login_plain(
+                authzid=authzid, authcid=authcid, password=password,
+                timeout=self.ctx.config.backend.login_timeout,
+            )
+        except BaseException as exc:
+            # Includes cancellation (admin kill, shutdown): never leave the backend open.
+            await backend.aclose()
+            if not isinstance(exc, BackendUnavailable):
+                raise
+            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
+            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
+            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        return backend, result
 
     async def _login_oauth(self, client: LoginClient, req: LoginRequest) -> LoginOutcome:
         """An OAuth bearer token: check it, ask the policy, log in via the master user."""
@@ -266,28 +283,13 @@ class Authenticator:
             metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=final.reason)
 
-        try:
-            backend = await self.ctx.connect_backend(client.endpoint)
-        except BackendUnavailable as exc:
-            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
         master_password = self.ctx.master_password
         assert master_password is not None  # master_configured
-        if backend_cfg.master_login == "separator":
-            authzid, authcid = "", f"{user}{separator}{backend_cfg.master_user}"
-        else:
-            authzid, authcid = user, backend_cfg.master_user
-        try:
-            result = await backend.login_plain(authzid=authzid, authcid=authcid,
-                                               password=master_password,
-                                               timeout=backend_cfg.login_timeout)
-        except BaseException as exc:
-            await backend.aclose()
-            if not isinstance(exc, BackendUnavailable):
-                raise
-            metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
-            client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-            return LoginOutcome(reason="backend_unavailable", unavailable=True)
+        authzid, authcid = self._master_identity(user)
+        logged_in = await self._backend_login(client, authzid, authcid, master_password)
+        if isinstance(logged_in, LoginOutcome):
+            return logged_in
+        backend, result = logged_in
         if not result.ok:
             await backend.aclose()
             if _not_a_verdict(client, result):
@@ -331,23 +333,12 @@ class Authenticator:
                                   cfg.backend.login_timeout)
         result: BackendLoginResult | None = None
         with trio.move_on_at(deadline):
-            try:
-                backend = await self.ctx.connect_backend(client.endpoint)
-            except BackendUnavailable as exc:
-                client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-                return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            try:
-                result = await backend.login_plain(
-                    authzid="", authcid=plan.user, password=plan.password,
-                    timeout=cfg.backend.login_timeout,
-                )
-            except BackendUnavailable as exc:
-                metrics.backend_errors_total.labels(backend.name, exc.kind).inc()
-                client.log.warning("backend.error", kind=exc.kind, detail=exc.detail)
-                return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            finally:
-                # Also a session the backend opened: this login is refused all the same.
-                await backend.aclose()
+            logged_in = await self._backend_login(client, "", plan.user, plan.password)
+            if isinstance(logged_in, LoginOutcome):
+                return logged_in
+            backend, result = logged_in
+            # Also a session the backend opened: this login is refused all the same.
+            await backend.aclose()
         if result is None:
             # Expected for a wrong password when the backend delays refusals longer than
             # the gateway's delay (Dovecot's default is 2 s); a right one is retried.
