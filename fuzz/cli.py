@@ -25,9 +25,10 @@ from pathlib import Path
 
 from fuzz import worker
 
-TARGET_NAMES = ("preauth", "commands", "commands-scoped", "responses", "sasl", "proxyproto")
-WEIGHTS = {"preauth": 0.25, "commands": 0.20, "commands-scoped": 0.20, "responses": 0.15,
-           "sasl": 0.10, "proxyproto": 0.10}
+TARGET_NAMES = ("preauth", "preauth-oauth", "commands", "commands-scoped", "responses",
+                "sasl", "proxyproto", "authpolicy")
+WEIGHTS = {"preauth": 0.25, "preauth-oauth": 0.10, "commands": 0.15, "commands-scoped": 0.15,
+           "responses": 0.15, "sasl": 0.10, "proxyproto": 0.05, "authpolicy": 0.05}
 _ADDR_NO_RANDOMIZE = 0x0040000
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -171,6 +171,77 @@ IMAP_TOKENS = [
     b"Archive/", b"Secret", _PLAIN, _USER, b"=",
 ]
 
+# -- OAuth (OAUTHBEARER, RFC 7628; XOAUTH2) -----------------------------------------------------
+
+_JWT = (b"eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSIsImVtYWlsIjoiYWxpY2VAZXhh"
+        b"bXBsZS5jb20ifQ.c2lnbmF0dXJl")
+_OAUTHBEARER = _b64(b"n,a=alice@example.com,\x01host=mail.example.com\x01port=993\x01"
+                    b"auth=Bearer " + _JWT + b"\x01\x01")
+_OAUTHBEARER_NO_A = _b64(b"n,,\x01auth=Bearer " + _JWT + b"\x01\x01")
+_XOAUTH2 = _b64(b"user=alice@example.com\x01auth=Bearer " + _JWT + b"\x01\x01")
+
+#: Pre-auth sessions for a listener that offers OAUTHBEARER and XOAUTH2 (the shell's
+#: "fail" verdict answers them with the RFC 7628 error challenge, which wants a ^A back).
+PREAUTH_OAUTH = [
+    b"a1 CAPABILITY\r\na2 AUTHENTICATE OAUTHBEARER " + _OAUTHBEARER + b"\r\nAQ==\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER\r\n" + _OAUTHBEARER + b"\r\nAQ==\r\na2 NOOP\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _OAUTHBEARER_NO_A + b"\r\n*\r\n",
+    b"a1 AUTHENTICATE XOAUTH2 " + _XOAUTH2 + b"\r\nAQ==\r\na2 LOGOUT\r\n",
+    b"a1 AUTHENTICATE XOAUTH2\r\n" + _XOAUTH2 + b"\r\n\r\na2 SELECT INBOX\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER\r\n*\r\na2 AUTHENTICATE XOAUTH2\r\n*\r\n",
+    # a= with RFC 5801 escapes, p= channel binding, y flag, no auth=, bad scheme
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"y,a=a=2Cb=3Dc,\x01auth=Bearer tok\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"p=tls-unique,,\x01auth=Bearer tok\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"n,a=bob,\x01host=x\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"n,a=bob,\x01auth=Basic dG9r\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"n,a=b=ob,\x01auth=Bearer tok\x01") + b"\r\n",
+    b"a1 AUTHENTICATE XOAUTH2 " + _b64(b"user=\x01auth=Bearer tok\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE XOAUTH2 " + _b64(b"user=a\x01user=b\x01auth=Bearer t\x01\x01") + b"\r\n",
+    b"a1 AUTHENTICATE XOAUTH2 " + _XOAUTH2[:-2] + b"\r\n",  # bad padding
+    b"a1 AUTHENTICATE XOAUTH2 " + _XOAUTH2 + b"=\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _b64(b"n,,\x01auth=Bearer " + b"A" * 3000 + b"\x01\x01")
+    + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER {40}\r\n" + _OAUTHBEARER[:40] + b"\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _OAUTHBEARER + b"\r\nAQ== extra\r\na2 NOOP\r\n",
+    b"a1 AUTHENTICATE OAUTHBEARER " + _OAUTHBEARER + b"\r\n{1}\r\n\x01\r\na2 NOOP\r\n",
+    b"a1 LOGIN alice@example.com " + _JWT + b"\r\n",
+]
+OAUTH_TOKENS = [_OAUTHBEARER, _XOAUTH2, b"AQ==", b"*", b"OAUTHBEARER", b"XOAUTH2",
+                b"AUTHENTICATE", _b64(b"\x01"), _b64(b"n,,\x01auth=Bearer x\x01\x01"), b"\r\n"]
+
+# -- Dovecot auth-policy request bodies (gateway.authpolicy.protocol.parse_request) ----------
+
+#: As Dovecot 2.3 sends them (auth_policy_request_attributes as in the README, plus its own
+#: "tls" and, on a report, "success" and "policy_reject"), and broken ones.
+AUTHPOLICY = [
+    b'{"login":"alice@example.com","pwhash":"3fa1","remote":"203.0.113.7",'
+    b'"real_remote":"10.0.0.5","protocol":"imap","session_id":"ab12CD34",'
+    b'"device_id":"","tls":true}',
+    b'{"login":"alice@example.com","pwhash":"3fa1","remote":"2001:db8::7",'
+    b'"protocol":"pop3","session_id":"x","tls":false,"success":false,"policy_reject":false}',
+    b'{"login":"bob","remote":"198.51.100.9","protocol":"submission","success":true,'
+    b'"policy_reject":false,"tls":true}',
+    b'{"login":"","remote":"","protocol":"","tls":false}',
+    b'{"login":"a","remote":"fe80::1%eth0","real_remote":"::ffff:10.0.0.5","protocol":"IMAP"}',
+    b'{"login":"a","remote":"not-an-ip","protocol":"imap","success":false}',
+    b'{"login":"\\u00e9\\ud800","remote":"192.0.2.1","pwhash":"ZZ","success":false}',
+    b'{"login":1,"remote":"192.0.2.1"}',
+    b'{"attrs":{"x":"y"},"login":"a","remote":"192.0.2.1","success":"false"}',
+    b'[{"login":"a"}]',
+    b'{"login":"a","login":"b","remote":"192.0.2.1"}',
+    b'{"remote":"192.0.2.1","success":false,"policy_reject":null}',
+    b"\xff\xfe{}",
+    b'{"login":"' + b"x" * 400 + b'"}',
+    b"[" * 2000 + b"]" * 2000,
+    b'{"a":' * 1500 + b"1" + b"}" * 1500,
+    b'{"n":' + b"9" * 5000 + b"}",
+    b'{"login":"a","remote":"192.0.2.1",',
+    b"",
+]
+AUTHPOLICY_TOKENS = [b'"login":', b'"remote":', b'"real_remote":', b'"success":', b'true',
+                     b'false', b'null', b'"protocol":"imap"', b'"192.0.2.1"', b'"::1"', b"{",
+                     b"}", b"[", b"]", b'"\\ud800"', b'"\\u0000"', b","]
+
 SASL_TOKENS = [b"=", b"==", b"+", b"/", b"A", b"AA", b"AAA", b"AAAA", b"\x00", b"\r", b"\n",
                b" ", b"-", b"_", b"*", b"\xff", _PLAIN, _USER]
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth import scopes
+from gateway.authpolicy import protocol as policy_proto
 from gateway.imap import commands as cm
 from gateway.imap import preauth as pa
 from gateway.imap import sasl
@@ -390,14 +391,16 @@ _ENDS = ("none", "eof", "timeout", "eof+timeout")
 class PreauthDriver:
     """Plays the shell around a PreauthConnection (session.py's loop, without I/O)."""
 
-    def __init__(self, flags: int, features: set) -> None:
+    def __init__(self, flags: int, features: set, oauth: bool = False) -> None:
+        self.oauth = oauth
         self.tls_at_start = bool(flags & 1)
         self.limits = SMALL_LIMITS if flags & 4 else DEFAULT_LIMITS
         self.verdict = _VERDICTS[(flags >> 3) & 3]
         self.delay = bool(flags & 32)
         self.end = _ENDS[(flags >> 6) & 3]
         self.conn = pa.PreauthConnection(
-            tls_active=self.tls_at_start, starttls_allowed=bool(flags & 2), limits=self.limits
+            tls_active=self.tls_at_start, starttls_allowed=bool(flags & 2), limits=self.limits,
+            oauth_challenge=OAUTH_CHALLENGE if oauth else None,
         )
         self.features = features
         self.transcript: list = []
@@ -407,6 +410,7 @@ class PreauthDriver:
         self.closed = False
         self.saw_starttls = False
         self.logins = 0
+        self.oauth_errors = 0
         self.pending: list[str] = []  # shell calls postponed to the next chunk (delay)
         self.post: StreamChecker | None = None
         greeting = self.conn.initial_events()
@@ -499,6 +503,10 @@ class PreauthDriver:
             cls = type(ev)
             if cls is pa.SendData:
                 _check_reply(ev.data, "preauth")
+                if ev.data.startswith(b"+ " + OAUTH_CHALLENGE):
+                    if not self.oauth:
+                        _fail("preauth.oauth_challenge_not_offered")
+                    self.oauth_errors += 1
                 self.sent += len(ev.data)
                 self.transcript.append(ev.data)
                 feats.add(("send", ev.data[:48].split(b" ", 3)[1:3].__repr__()))
@@ -556,6 +564,12 @@ class PreauthDriver:
         conn = self.conn
         if not conn.tls_active:
             _fail("preauth.credential_before_tls", ev.mechanism)
+        if ev.mechanism in sasl.OAUTH_MECHANISMS:
+            if not self.oauth:
+                _fail("preauth.oauth_login_not_offered", ev.mechanism)
+            # the shell sends the token to the provider: RFC 6750 b64token, nothing else
+            if not _B64TOKEN.fullmatch(ev.password) or len(ev.password) > self.limits.max_line:
+                _fail("preauth.oauth_token_not_b64token", repr(ev.password[:40]))
         if conn.state is not pa.PreauthState.LOGGING_IN:
             _fail("preauth.login_state", conn.state.value)
         # The shell hands these to sasl.encode_plain for the backend login: a NUL there
@@ -594,18 +608,28 @@ class PreauthDriver:
         return events
 
 
-def run_preauth(blob: bytes, features: set) -> None:
+#: What session.py passes as ``oauth_challenge`` (gateway.proxy.oauth.error_challenge).
+OAUTH_CHALLENGE = base64.b64encode(
+    b'{"status":"invalid_token","scope":"email","openid-configuration":'
+    b'"https://id.example.com/.well-known/openid-configuration"}')
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def run_preauth(blob: bytes, features: set, oauth: bool = False) -> None:
     flags, split, data = decode(blob)
-    d = _drive_preauth(flags, chunks_of(data, split), features)
+    d = _drive_preauth(flags, chunks_of(data, split), features, oauth)
+    if d.oauth_errors and not d.closed and d.post is None:
+        features.add(("oauth-error-challenge", d.conn.state.value))
     for resplit in () if d.saw_starttls or d.delay else _resplits(blob):
-        other = _again(lambda sp: _drive_preauth(flags, chunks_of(data, sp), set()),
+        other = _again(lambda sp: _drive_preauth(flags, chunks_of(data, sp), set(), oauth),
                        "preauth.split_dependent", resplit)
         if other.saw_starttls or _preauth_view(other) != _preauth_view(d):
             _fail("preauth.split_dependent", f"different result with {split_name(resplit)}")
 
 
-def _drive_preauth(flags: int, chunks: list[bytes], features: set) -> PreauthDriver:
-    d = PreauthDriver(flags, features)
+def _drive_preauth(flags: int, chunks: list[bytes], features: set,
+                   oauth: bool = False) -> PreauthDriver:
+    d = PreauthDriver(flags, features, oauth)
     for chunk in chunks:
         d.feed(chunk)
         if d.closed:  # later bytes must yield nothing: check once, skip the rest
@@ -623,15 +647,17 @@ def _preauth_view(d: PreauthDriver) -> tuple:
     return sent, other, post
 
 
-def _preauth_source(flags: int) -> str:
+def _preauth_source(flags: int, oauth: bool = False) -> str:
     lim = "PreauthLimits(max_line=64, max_literal=32, max_bad_commands=3, max_command=256)" \
         if flags & 4 else "PreauthLimits()"
     return (
         "from gateway.imap.preauth import PreauthConnection, PreauthLimits\n"
         f"c = PreauthConnection(tls_active={bool(flags & 1)}, "
         f"starttls_allowed={bool(flags & 2)},\n"
-        f"                      limits={lim})\n"
-        f"# shell: login verdict {_VERDICTS[(flags >> 3) & 3]!r}, "
+        f"                      limits={lim}"
+        + (",\n                      oauth_challenge=fuzz.targets.OAUTH_CHALLENGE)\n"
+           if oauth else ")\n")
+        + f"# shell: login verdict {_VERDICTS[(flags >> 3) & 3]!r}, "
         f"{'answered after the next chunk' if flags & 32 else 'answered at once'}; "
         f"at the end: {_ENDS[(flags >> 6) & 3]}\n"
     )
@@ -987,6 +1013,53 @@ def run_proxy(blob: bytes, features: set) -> None:
     features.add(("proxy", v6, tls is None, len(header) > 100))
 
 
+# -- Dovecot auth-policy requests ------------------------------------------------------------------
+
+_POLICY_COMMANDS = ("allow", "report", None, "allow ")
+_GATEWAY_NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+
+
+def run_authpolicy(blob: bytes, features: set) -> None:
+    """``parse_request`` of a body: a PolicyRequest or BadRequest, never another exception;
+    what it keeps is what the service and the logs can take (bounded text, a canonical
+    address or None, UTF-8-encodable strings)."""
+    flags, _split, data = decode(blob)
+    command = _POLICY_COMMANDS[flags & 3]
+    try:
+        req = policy_proto.parse_request(command, data)
+    except policy_proto.BadRequest as exc:
+        if len(str(exc)) > 200:
+            _fail("authpolicy.long_error", str(exc)[:80])
+        features.add(("policy-bad", str(exc)[:24]))
+        return
+    if command not in policy_proto.COMMANDS:
+        _fail("authpolicy.accepted_unknown_command", repr(command))
+    if req.command != command:
+        _fail("authpolicy.command_changed")
+    texts = (req.login, req.protocol, req.pwhash, req.session_id, req.device_id)
+    for text in texts:
+        if type(text) is not str or len(text) > policy_proto.MAX_FIELD:
+            _fail("authpolicy.text_unbounded", repr(text)[:80])
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            _fail("authpolicy.text_not_utf8", repr(text)[:80])
+    for addr in (req.remote, req.real_remote):
+        if addr is not None and str(ipaddress.ip_address(addr)) != addr:
+            _fail("authpolicy.address_not_canonical", addr)
+    if req.protocol != req.protocol.lower() or not req.protocol:
+        _fail("authpolicy.protocol_not_lowercase")
+    if command == "report" and type(req.success) is not bool:
+        _fail("authpolicy.report_without_success")
+    if command == "allow" and (req.success is not None or req.policy_reject is not None):
+        _fail("authpolicy.allow_with_report_fields")
+    policy_proto.is_gateway_relay(req, _GATEWAY_NETS)
+    policy_proto.fingerprint(b"k" * 32, req.login, req.pwhash)
+    policy_proto.protocol_label(req.protocol)
+    features.add(("policy-ok", req.command, req.remote is None, bool(req.login),
+                  req.success))
+
+
 # -- registry -----------------------------------------------------------------------------------------
 
 
@@ -1005,8 +1078,9 @@ class Target:
         flags, split, data = decode(blob)
         chunks = chunks_of(data, split)
         src = self.source(flags)
-        if self.name in ("preauth", "commands", "commands-scoped", "responses"):
-            obj = {"preauth": "c", "responses": "r"}.get(self.name, "s")
+        if self.name in ("preauth", "preauth-oauth", "commands", "commands-scoped",
+                         "responses"):
+            obj = {"preauth": "c", "preauth-oauth": "c", "responses": "r"}.get(self.name, "s")
             lines = [src, f"for chunk in {chunks!r}:", f"    {obj}.receive_data(chunk)"]
             return "\n".join(lines)
         return src + f"data = {data!r}\n"
@@ -1036,6 +1110,13 @@ def _sasl_source(flags: int) -> str:
     )
 
 
+def _authpolicy_source(flags: int) -> str:
+    return (
+        "from gateway.authpolicy.protocol import parse_request\n"
+        f"parse_request({_POLICY_COMMANDS[flags & 3]!r}, data)\n"
+    )
+
+
 def _proxy_source(flags: int) -> str:
     return (
         "from gateway.proxyproto import proxy_v2_header\n"
@@ -1050,11 +1131,17 @@ TARGETS: dict[str, Target] = {
                "PreauthConnection + a shell driver (STARTTLS, login verdicts, "
                "timeout, EOF); after a successful login the rest goes to a CommandStream",
                _preauth_source),
+        Target("preauth-oauth", lambda b, f: run_preauth(b, f, oauth=True),
+               seeds.PREAUTH_OAUTH + seeds.PREAUTH[-12:-8],
+               seeds.IMAP_TOKENS + seeds.OAUTH_TOKENS, 0.10,
+               "PreauthConnection offering OAUTHBEARER and XOAUTH2 (oauth_challenge set): "
+               "SASL-IR and continuation, the RFC 7628 error challenge and its ^A answer",
+               lambda flags: _preauth_source(flags, oauth=True)),
         Target("commands", lambda b, f: run_commands(b, f, False), seeds.COMMANDS,
-               seeds.IMAP_TOKENS, 0.20, "CommandStream without a command filter",
+               seeds.IMAP_TOKENS, 0.15, "CommandStream without a command filter",
                _commands_source(False)),
         Target("commands-scoped", lambda b, f: run_commands(b, f, True), seeds.COMMANDS,
-               seeds.IMAP_TOKENS, 0.20,
+               seeds.IMAP_TOKENS, 0.15,
                "CommandStream with scope filters from gateway.auth.scopes.build_filter "
                "(read-only; read-only + mailboxes=; mailboxes=)", _commands_source(True)),
         Target("responses", run_responses, seeds.RESPONSES, seeds.IMAP_TOKENS, 0.15,
@@ -1063,8 +1150,11 @@ TARGETS: dict[str, Target] = {
         Target("sasl", run_sasl, seeds.SASL, seeds.SASL_TOKENS, 0.10,
                "sasl.decode_b64, decode_plain, decode_login_response (+ encoders)",
                _sasl_source),
-        Target("proxyproto", run_proxy, seeds.PROXY, [], 0.10,
+        Target("proxyproto", run_proxy, seeds.PROXY, [], 0.05,
                "proxy_v2_header (the gateway only builds PROXY v2; checked by an "
                "independent parser)", _proxy_source),
+        Target("authpolicy", run_authpolicy, seeds.AUTHPOLICY, seeds.AUTHPOLICY_TOKENS, 0.05,
+               "gateway.authpolicy.protocol.parse_request of a Dovecot policy body "
+               "(+ is_gateway_relay, fingerprint)", _authpolicy_source),
     )
 }

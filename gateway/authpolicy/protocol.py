@@ -142,7 +142,15 @@ def _text(data: Mapping[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise BadRequest(f"attribute {key!r} must be a string, got {type(value).__name__}")
-    return value[:MAX_FIELD]
+    value = value[:MAX_FIELD]
+    try:
+        # JSON's \uD800 escapes can name lone surrogates, which no UTF-8 text holds (and
+        # which the limiter's keys, the fingerprint and the log cannot encode). Dovecot
+        # escapes only real characters.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"attribute {key!r} is not valid Unicode (a lone surrogate)") from None
+    return value
 
 
 def _address(data: Mapping[str, Any], key: str) -> str | None:
@@ -177,6 +185,9 @@ def parse_request(command: str | None, body: bytes) -> PolicyRequest:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # Dovecot's body is one flat object; thousands of nested brackets are not one.
+        raise BadRequest("body is not a policy request: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     is_report = command == "report"

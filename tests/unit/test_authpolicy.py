@@ -71,6 +71,13 @@ def test_dovecot_bodies_parse_into_requests():
     ("allow", b'{"login": 7}', "'login' must be a string"),
     ("report", b'{"login": "alice"}', "must carry 'success'"),
     ("report", b'{"login": "alice", "success": "yes"}', "'success' must be true or false"),
+    # json.loads recurses per bracket: a 64 KiB body can nest far past the stack limit
+    ("allow", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    ("allow", b'{"a":' * 3000 + b"1" + b"}" * 3000, "nested too deeply"),
+    # a lone surrogate is no character: no UTF-8 for the limiter's keys, fingerprint, log
+    ("report", b'{"login": "\\ud800alice", "remote": "192.0.2.7", "success": false}',
+     "'login' is not valid Unicode"),
+    ("allow", b'{"login": "a", "pwhash": "\\udc80"}', "'pwhash' is not valid Unicode"),
 ])
 def test_what_is_not_a_dovecot_request_is_refused_with_the_reason(command, body, message):
     with pytest.raises(proto.BadRequest, match=message):
@@ -284,6 +291,16 @@ def test_the_endpoint_refuses_what_is_not_a_policy_request():
     assert client.post("/?command=allow", content=b"{").status_code == 400
     assert client.post("/?command=allow", content=b"x" * (65 * 1024)).status_code == 413
     assert client.get("/?command=allow").status_code == 405
+
+
+def test_garbage_bodies_get_400_not_500_and_count_against_no_one():
+    client = AsgiClient(auth_policy_app(service(), None), base_url="http://127.0.0.1:9145")
+    for body in (b"[" * 20000 + b"]" * 20000,
+                 b'{"login":"alice\\ud800","remote":"192.0.2.7","pwhash":"07cb",'
+                 b'"success":false,"policy_reject":false}'):
+        r = client.post("/?command=report", content=body)
+        assert r.status_code == 400, r.text
+    assert client.post("/?command=report", content=POP3_REPORT).status_code == 200
 
 
 # -- startup ----------------------------------------------------------------------------------
