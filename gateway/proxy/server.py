@@ -521,19 +521,18 @@ def _inherited_http(fds: list[int] | None) -> list[trio.SocketListener] | None:
 
 
 def _bind_requests(config: Config) -> list[BindRequest]:
-    """Listeners first, then metrics, admin API, portal and auth-policy server when on; see
+    """Listeners first, then the HTTP sockets (``http_bind_requests``); see
     _BoundSockets.split."""
     wanted = [BindRequest("[[listener]] address", lst.address, backlog=1024)
               for lst in config.listeners]
-    if config.metrics.address:
-        wanted.append(BindRequest("[metrics] address", config.metrics.address))
-    if config.admin.address:
-        wanted.append(BindRequest("[admin] address", config.admin.address))
-    if config.web.address:
-        wanted.append(BindRequest("[web] address", config.web.address))
-    if config.auth_policy.address:
-        wanted.append(BindRequest("[auth_policy] address", config.auth_policy.address))
-    return wanted
+    return wanted + http_bind_requests(config)
+
+
+def http_bind_requests(config: Config) -> list[BindRequest]:
+    """Metrics, admin API, portal and auth-policy server, in that order, those that are on."""
+    sections = (("metrics", config.metrics.address), ("admin", config.admin.address),
+                ("web", config.web.address), ("auth_policy", config.auth_policy.address))
+    return [BindRequest(f"[{name}] address", address) for name, address in sections if address]
 
 
 @dataclass(frozen=True, slots=True)

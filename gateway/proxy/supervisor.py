@@ -54,7 +54,7 @@ from gateway.limits.state import MemoryState
 from gateway.observability import metrics
 from gateway.observability.logs import get_logger
 from gateway.proxy.bind import BindRequest, bind_all, bind_reuseport, close_all
-from gateway.proxy.server import DRAIN_GRACE_SECONDS
+from gateway.proxy.server import DRAIN_GRACE_SECONDS, http_bind_requests
 from gateway.proxy.workerlink import WORKER_ENV, SharedServices, WorkerSpec, serve_worker
 from gateway.web.app import metrics_app
 from gateway.web.serve import hypercorn_config
@@ -79,19 +79,6 @@ class _Worker:
     pids: list[int] = field(default_factory=list)
 
 
-def _http_requests(config: Config) -> list[BindRequest]:
-    wanted = []
-    if config.metrics.address:
-        wanted.append(BindRequest("[metrics] address", config.metrics.address))
-    if config.admin.address:
-        wanted.append(BindRequest("[admin] address", config.admin.address))
-    if config.web.address:
-        wanted.append(BindRequest("[web] address", config.web.address))
-    if config.auth_policy.address:
-        wanted.append(BindRequest("[auth_policy] address", config.auth_policy.address))
-    return wanted
-
-
 async def supervise(config: Config, metrics_dir: str) -> None:
     """Run the workers until SIGTERM/SIGINT; see the module docstring.
 
@@ -102,7 +89,7 @@ async def supervise(config: Config, metrics_dir: str) -> None:
                                                backlog=1024), count)
                     for lst in config.listeners]
     try:
-        http = await bind_all(_http_requests(config))
+        http = await bind_all(http_bind_requests(config))
     except BaseException:
         for groups in per_listener:
             close_all([[trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in g]
