@@ -25,6 +25,7 @@ import trio
 from gateway.imap.framing import FramingError, NeedData
 from gateway.imap.responses import ResponseReader, ServerResponse, quote
 from gateway.proxy.proxyproto import proxy_v2_header
+from gateway.proxy.rawio import PlainSocketStream, connect_tcp
 from gateway.proxy.values import BackendLoginResult, ClientEndpoint
 
 _MAX_RESPONSE_LINE = 65536
@@ -253,26 +254,25 @@ class BackendConnection:
     async def aclose(self) -> None:
         """Close the backend connection now (cancel-safe). A plain TCP stream closes
         synchronously, without the cancel scope and checkpoint of ``aclose_forcefully``."""
-        if type(self.stream) is trio.SocketStream:
-            self.stream.socket.close()
+        stream = self.stream
+        if type(stream) is PlainSocketStream:
+            stream.close()
+        elif type(stream) is trio.SocketStream:
+            stream.socket.close()
         else:
             await trio.aclose_forcefully(self.stream)
 
 
-async def _open_tcp(host: str, port: int) -> trio.SocketStream:
+async def _open_tcp(host: str, port: int) -> trio.SocketStream | PlainSocketStream:
     """TCP to the backend. An IP address (the usual backend ``address``) is connected
-    directly: ``trio.open_tcp_stream``'s name resolution and happy-eyeballs nursery (a task
-    per address) cost a login more than the connect itself. A host name goes through it."""
+    directly, as a :class:`~gateway.proxy.rawio.PlainSocketStream`: ``trio.open_tcp_stream``'s
+    name resolution and happy-eyeballs nursery (a task per address) and ``trio.socket``'s
+    per-call layers cost a login more than the connect itself. A host name goes through
+    ``trio.open_tcp_stream``."""
     family = _ip_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
+    return await connect_tcp(family, (host, port))
 
 
 @functools.lru_cache(maxsize=16)

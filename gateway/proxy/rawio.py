@@ -21,7 +21,9 @@ that is not cancelled (the session closes its sockets after the relay's tasks en
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 import trio
 
@@ -80,3 +82,68 @@ async def send_all(fd: int, data: bytes | bytearray | memoryview, *,
         waited = True
     if not waited and schedule:
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class PlainSocketStream(trio.abc.Stream):
+    """A connected TCP socket as a trio stream, read and written with this module's two
+    calls: the backend leg of a session, which carries a login dialogue and then the
+    relay. ``trio.SocketStream`` would add its ``trio.socket`` wrapper (a Python object
+    around the socket, a context manager and retry helper per call) to every login.
+
+    The stream owns the socket. ``close()`` tells trio first (``notify_closing``), so a
+    task waiting on it gets ``ClosedResourceError``; use after close raises it too.
+    """
+
+    __slots__ = ("socket", "fd", "_closed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.fd = sock.fileno()
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("socket closed")
+        return await receive(self.fd, max_bytes or 65536)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket closed")
+        await send_all(self.fd, data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket closed")
+        await trio.lowlevel.wait_writable(self.fd)
+
+    def close(self) -> None:
+        """Close now (idempotent); ``aclose`` without its checkpoint."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self.fd)
+            self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+async def connect_tcp(family: int, address: tuple[str, int]) -> PlainSocketStream:
+    """A TCP connection to an IP ``address`` (no name resolution), Nagle off like
+    ``trio.SocketStream``. Refused or unreachable: the ``OSError`` subclass the errno
+    maps to (``ConnectionRefusedError`` ...). Cancelled while connecting: the socket is
+    closed."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock.fileno())
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return PlainSocketStream(sock)

@@ -93,8 +93,8 @@ class _PlainSocket:
 
     __slots__ = ("fd",)
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.fd = stream.socket.fileno()
+    def __init__(self, stream: trio.SocketStream | rawio.PlainSocketStream) -> None:
+        self.fd = stream.fd if isinstance(stream, rawio.PlainSocketStream) else stream.socket.fileno()
 
     async def receive_some(self, max_bytes: int) -> bytes:
         return await rawio.receive(self.fd, max_bytes)
@@ -224,9 +224,10 @@ class _Pump:
         self.backend = backend
         self.engine = engine
         self.client: _Pipe = session.stream
-        self.backend_io: _Pipe = (_PlainSocket(backend.stream)
-                                  if isinstance(backend.stream, trio.SocketStream)
-                                  else backend.stream)
+        self.backend_io: _Pipe = (
+            _PlainSocket(backend.stream)
+            if isinstance(backend.stream, (trio.SocketStream, rawio.PlainSocketStream))
+            else backend.stream)
         #: The plain backend's descriptor, read without a wrapper (-1: a TLS backend).
         self.backend_fd = (self.backend_io.fd if isinstance(self.backend_io, _PlainSocket)
                            else -1)
