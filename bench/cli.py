@@ -12,7 +12,10 @@ Method (why each step is there):
   PSS from /proc/PID/smaps_rollup (RSS counts shared libraries in full);
 - "gateway-app-password" is a second gateway whose client logs in with an app password (scrypt in
   the gateway, then a master-user login to Dovecot): it runs only the login workload, since once
-  logged in it relays exactly like "gateway".
+  logged in it relays exactly like "gateway";
+- "trio-floor" is ``python -m bench.floor`` on the gateway's config: a TLS login relay built from
+  the gateway's I/O layer with no gateway features, i.e. the floor of the gateway/haproxy ratio
+  that trio and that layer cost (the line "floor share" under the table).
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ from pathlib import Path
 
 from bench import procstat, rig, workloads
 from bench.imapclient import Credentials, client_context
-from bench.stats import BASELINE, LOGIN_ONLY, TARGETS, median, ratio_note, short_error, table
+from bench.stats import (
+    BASELINE,
+    FLOOR,
+    LOGIN_ONLY,
+    TARGETS,
+    floor_note,
+    median,
+    ratio_note,
+    short_error,
+    table,
+)
 
 WORKLOADS = ("logins", "noop", "fetch", "memory")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -255,7 +268,8 @@ class Bench:
             )
         if "haproxy" in self.settings.targets:
             self._start_proxy("haproxy")
-        for name in ("gateway", "gateway-app-password", BASELINE):
+        # the floor too: it is built from this tree's gateway package
+        for name in ("gateway", "gateway-app-password", FLOOR, BASELINE):
             if name in self.settings.targets:
                 why_not = rig.gateway_available()
                 if why_not:
@@ -275,7 +289,7 @@ class Bench:
         return rig.dovecot_login_pids(self.dovecot)
 
     def _start_proxy(self, name: str) -> None:
-        """(Re)start HAProxy or a gateway on a fresh port; a failure disables that target."""
+        """(Re)start HAProxy, a gateway or the floor on a fresh port; a failure disables that target."""
         old = self.targets.pop(name, None)
         if old and old.server:
             old.server.stop()
@@ -284,6 +298,8 @@ class Bench:
                 server = rig.start_haproxy(self.rd, self.ports.proxy, self.server_cpus, self.ctx)
             elif name == "gateway":
                 server = rig.start_gateway(self.rd, self.ports.imap, self.server_cpus, self.ctx)
+            elif name == FLOOR:
+                server = rig.start_floor(self.rd, self.ports.imap, self.server_cpus, self.ctx)
             elif name == BASELINE:
                 server = rig.start_gateway(self.rd, self.ports.imap, self.server_cpus, self.ctx,
                                            source=self.settings.baseline, name=BASELINE)
@@ -629,16 +645,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.extra["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     rows = bench.rows()
     text = table(rows, {k: short_error(v) for k, v in bench.errors.items()})
-    notes = bench.saturation_notes()
-    # logins/s and CPU per login: the busy and client-CPU rows' ratios mean nothing
-    pair = ratio_note([r for r in rows if r[0].startswith(("TLS logins/s", "login: proxy CPU"))])
-    if pair:
-        notes.insert(0, pair)
+    ratios = []
     if bench.settings.baseline is not None:
-        against = ratio_note(rows, numerator="gateway", denominator=BASELINE,
-                             label=f"change ({bench.settings.baseline})")
-        if against:
-            notes.insert(0, against)
+        ratios.append(ratio_note(rows, numerator="gateway", denominator=BASELINE,
+                                 label=f"change ({bench.settings.baseline})"))
+    # logins/s and CPU per login: the busy and client-CPU rows' ratios mean nothing
+    ratios.append(
+        ratio_note([r for r in rows if r[0].startswith(("TLS logins/s", "login: proxy CPU"))])
+    )
+    ratios.append(floor_note(rows))
+    notes = [n for n in ratios if n] + bench.saturation_notes()
     info = machine()
     print(f"{started:%Y-%m-%d %H:%M} UTC, {info['cpu'] or 'unknown CPU'} ({info['cpus']} CPUs), "
           f"load average {' '.join(map(str, bench.extra['loadavg_start']))} at the start\n")

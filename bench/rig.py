@@ -346,6 +346,10 @@ def gateway_available() -> str | None:
     return None
 
 
+#: What ``start_gateway`` runs (with ``--config FILE``): the gateway, or the bench's floor relay.
+GATEWAY_COMMAND = ("-m", "gateway", "serve")
+FLOOR_COMMAND = ("-m", "bench.floor")
+
 #: Forward mode: the password goes to Dovecot, no second factor (what HAProxy compares to).
 BENCH_POLICY = """\
 [[rule]]
@@ -405,8 +409,13 @@ def start_gateway(
     workers: int = 1,
     redis: str | None = None,
     server_section: bool | None = None,
+    command: tuple[str, ...] = GATEWAY_COMMAND,
 ) -> Server:
     """Run ``python -m gateway serve --config FILE`` on a fresh dir/port (config contract: bench/gateway.toml.in).
+
+    ``command``: what runs with ``--config FILE`` instead (``FLOOR_COMMAND``: see
+    :func:`start_floor`), so that every target built on the gateway's config gets the same
+    rendering, certificate and pinning.
 
     ``redis``: a Redis URL for ``[state] redis`` (limiter state in Redis, not in the
     process or the workers' supervisor). ``server_section``: write ``[server] workers``
@@ -451,7 +460,7 @@ def start_gateway(
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with open(stderr_path, "ab") as out:
         proc = subprocess.Popen(
-            taskset(cpus, [sys.executable, "-m", "gateway", "serve", "--config", str(cfg)]),
+            taskset(cpus, [sys.executable, *command, "--config", str(cfg)]),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -464,5 +473,15 @@ def start_gateway(
         wait_greeting(server, ctx, timeout=20)
     except RigError as e:
         server.stop()
-        raise RigError(f"{e}\ngateway.log:\n{tail(gdir / 'gateway.log')}") from None
+        log = gdir / "gateway.log"  # written by the gateway only
+        raise RigError(f"{e}\ngateway.log:\n{tail(log)}" if log.exists() else str(e)) from None
     return server
+
+
+def start_floor(rd: RunDir, imap_port: int, cpus: set[int] | None, ctx) -> Server:
+    """Run ``python -m bench.floor`` (the ``trio-floor`` target) on the gateway target's config.
+
+    Same certificate, listener and backend as :func:`start_gateway` renders for the gateway,
+    and pinned the same way, so the two differ only in what runs.
+    """
+    return start_gateway(rd, imap_port, cpus, ctx, name="trio-floor", command=FLOOR_COMMAND)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 
-TARGETS = ("dovecot-direct", "haproxy", "gateway", "gateway-app-password", "gateway-baseline")
+TARGETS = ("dovecot-direct", "haproxy", "gateway", "gateway-app-password", "trio-floor",
+           "gateway-baseline")
+#: ``python -m bench.floor``: a trio TLS login relay built from the gateway's I/O layer with
+#: no gateway features, so trio-floor/haproxy is the part of gateway/haproxy that feature work
+#: cannot remove
+FLOOR = "trio-floor"
 #: runs only with ``--baseline TREE``: the gateway of another source tree (e.g. the commit
 #: before a change), in the same rounds, so "did the change cost anything" is one run's ratio
 BASELINE = "gateway-baseline"
@@ -74,8 +79,25 @@ def ratio_note(
     return f"{label} ({numerator}/{denominator}): " + "; ".join(parts) if parts else None
 
 
+#: rows whose ratio between two targets says nothing about either one's cost (how busy the
+#: shared server core and the client were): left out of the floor line
+UTILISATION_ROWS = ("login: server core busy", "login: client CPU")
+
+
+def floor_note(rows: list[tuple[str, dict[str, float | None]]]) -> str | None:
+    """trio-floor/haproxy per metric, or None when the floor did not run.
+
+    Next to the table's gateway/haproxy it splits the gateway's ratio: what trio and the
+    gateway's I/O layer cost with no features (this line), and what the features add (the
+    difference).
+    """
+    costs = [r for r in rows if not r[0].startswith(UTILISATION_ROWS)]
+    return ratio_note(costs, numerator=FLOOR, denominator="haproxy", label="floor share")
+
+
 def table(rows: list[tuple[str, dict[str, float | None]]], errors: dict[str, str]) -> str:
-    """Markdown table: metric | dovecot-direct | haproxy | gateway | gateway-app-password | gateway/haproxy.
+    """Markdown table: metric | dovecot-direct | haproxy | gateway | gateway-app-password |
+    trio-floor | gateway/haproxy (and gateway-baseline before the ratio when it ran).
 
     A target that failed shows 'error' in its column (the reason is listed under the table).
     """

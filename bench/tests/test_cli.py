@@ -1,7 +1,7 @@
 import pytest
 
 from bench.cli import WORKLOADS, parse_args, split_cpus
-from bench.stats import BASELINE, TARGETS
+from bench.stats import BASELINE, FLOOR, LOGIN_ONLY, TARGETS
 
 
 def test_defaults_are_the_documented_full_run():
@@ -41,3 +41,10 @@ def test_baseline_adds_the_other_trees_gateway_as_a_target(tmp_path):
     (tmp_path / "gateway" / "__main__.py").write_text("")
     s = parse_args(["--baseline", str(tmp_path)])
     assert s.baseline == tmp_path.resolve() and s.targets[-1] == BASELINE
+
+
+def test_the_floor_runs_by_default_in_every_workload_and_alone_with_haproxy():
+    s = parse_args([])
+    assert FLOOR in s.targets and FLOOR not in LOGIN_ONLY
+    assert TARGETS.index("gateway-app-password") < TARGETS.index(FLOOR) < TARGETS.index(BASELINE)
+    assert parse_args(["--targets", "trio-floor,haproxy"]).targets == ("haproxy", FLOOR)

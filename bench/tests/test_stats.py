@@ -1,6 +1,15 @@
 import pytest
 
-from bench.stats import fmt, median, percentile, ratio, ratio_note, short_error, table
+from bench.stats import (
+    floor_note,
+    fmt,
+    median,
+    percentile,
+    ratio,
+    ratio_note,
+    short_error,
+    table,
+)
 
 
 def test_percentile_is_nearest_rank_sample():
@@ -52,12 +61,14 @@ def test_table_marks_failed_target_and_ratio():
         " haproxy ",
         " gateway ",
         " gateway-app-password ",
+        " trio-floor ",
         " gateway/haproxy ",
     ]
-    assert lines[2].split("|")[6].strip() == "0.50"
+    assert lines[2].split("|")[7].strip() == "0.50"
     assert lines[3].split("|")[4].strip() == "error"
     assert lines[3].split("|")[5].strip() == "-"  # app-password target: not run, not failed
     assert lines[3].split("|")[6].strip() == "-"
+    assert lines[3].split("|")[7].strip() == "-"
     assert "gateway: noop: ImapError: LOGIN answered NO" in text
 
 
@@ -83,3 +94,28 @@ def test_ratio_note_compares_app_password_with_forward_where_both_ran():
         "TLS logins/s 0.10; login: proxy CPU ms per login 16.50"
     )
     assert ratio_note(rows[2:]) is None
+
+
+def test_table_shows_the_floor_before_the_ratio_and_keeps_the_ratio_gateway_over_haproxy():
+    rows = [("login: proxy CPU ms per login", {"haproxy": 0.7, "gateway": 2.1, "trio-floor": 1.2})]
+    head, _, body = table(rows, {}).splitlines()
+    assert [c.strip() for c in head.split("|")[5:8]] == [
+        "gateway-app-password", "trio-floor", "gateway/haproxy"]
+    assert [c.strip() for c in body.split("|")[5:8]] == ["-", "1.20", "3.00"]
+
+
+def test_floor_note_gives_floor_over_haproxy_for_cost_rows_only():
+    rows = [
+        ("TLS logins/s (32 clients, higher is better)",
+         {"haproxy": 800.0, "gateway": 340.0, "trio-floor": 560.0}),
+        ("login: proxy CPU ms per login", {"haproxy": 0.716, "gateway": 2.04, "trio-floor": 1.21}),
+        ("login: server core busy % (proxy + Dovecot)", {"haproxy": 99.0, "trio-floor": 99.0}),
+        ("login: client CPU % of one core", {"haproxy": 70.0, "trio-floor": 50.0}),
+        ("NOOP x 16: proxy CPU µs per NOOP", {"haproxy": 14.6, "trio-floor": 34.9}),
+        ("FETCH MB/s", {"haproxy": 600.0}),  # the floor failed or did not run this workload
+    ]
+    assert floor_note(rows) == (
+        "floor share (trio-floor/haproxy): TLS logins/s 0.70; login: proxy CPU ms per login "
+        "1.69; NOOP x 16: proxy CPU µs per NOOP 2.39"
+    )
+    assert floor_note([("TLS logins/s", {"haproxy": 800.0, "gateway": 340.0})]) is None
