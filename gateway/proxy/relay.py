@@ -169,31 +169,36 @@ async def relay(session: RelayedSession, backend: BackendLink, leftover: bytes) 
                        max(4096, config.anomaly.high_volume_fetch_bytes // 4))
     engine = rl.Relay(stream, response_filter=session.response_filter, report_every=report_every)
     pump = _Pump(session, backend, engine, config.limits.idle_timeout)
-    idle = pump.idle
-    session.cancel_scope = idle
-    with idle:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump.backend_to_client, nursery.cancel_scope)
+    try:
+        async with trio.open_nursery() as nursery:
+            # The nursery's scope is the session's only one: the idle deadline moves on it,
+            # kill() cancels it, and the pump cancels it when the session ends (one scope
+            # less per session than an idle scope around the nursery).
+            scope = pump.idle = nursery.cancel_scope
+            scope.deadline = trio.current_time() + pump.idle_timeout
+            session.cancel_scope = scope
+            if session.kill_reason is not None:  # killed between the login and here
+                scope.cancel()
+            nursery.start_soon(pump.backend_to_client, scope)
 
-                pump.nursery = nursery
-                session.on_drain = pump  # calling it starts the drain
-                if session.draining:  # the drain began between login and relay
-                    pump()
-                # In the nursery's own task rather than a third one: a task (and its frames)
-                # less for every logged-in session.
-                await pump.client_to_backend(leftover, nursery.cancel_scope)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pump.reason = "connection_lost"
-        finally:
-            session.on_drain = None
-            pump.flush_metrics()
+            pump.nursery = nursery
+            session.on_drain = pump  # calling it starts the drain
+            if session.draining:  # the drain began between login and relay
+                pump()
+            # In the nursery's own task rather than a third one: a task (and its frames)
+            # less for every logged-in session.
+            await pump.client_to_backend(leftover, scope)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pump.reason = "connection_lost"
+    finally:
+        session.on_drain = None
+        pump.flush_metrics()
     reason = pump.reason
     unreported = engine.take_unreported()
     if unreported:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await session.on_bytes(unreported)
-    if idle.cancelled_caught:
+    if pump.idle.cancelled_caught and not pump.ended:
         if session.kill_reason:
             reason = session.kill_reason
             bye = rl.bye(session.kill_message)
@@ -215,8 +220,11 @@ class _Pump:
     __slots__ = (
         "session", "backend", "engine", "client", "backend_io", "backend_fd", "to_backend_lock",
         "to_client_lock", "resume", "reason", "unmetered_out", "unmetered_in", "idle",
-        "idle_timeout", "slack", "nursery", "commands",
+        "idle_timeout", "slack", "nursery", "commands", "ended",
     )
+
+    #: The relay's nursery scope (set when the relay starts), whose deadline is the idle one.
+    idle: trio.CancelScope
 
     def __init__(self, session: RelayedSession, backend: BackendLink, engine: rl.Relay,
                  idle_timeout: float) -> None:
@@ -244,7 +252,9 @@ class _Pump:
         self.unmetered_in = 0  # backend -> client
         self.idle_timeout = idle_timeout
         self.slack = idle_timeout * IDLE_DEADLINE_SLACK
-        self.idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+        #: The session ended by its own course (an End action), not by kill() or the idle
+        #: deadline, which cancel the same scope.
+        self.ended = False
 
     def __call__(self) -> None:
         """The session's ``on_drain``: end the session right after the response in flight
@@ -301,6 +311,7 @@ class _Pump:
                 await session.on_bytes(action.count)
             elif isinstance(action, rl.End):
                 self.reason = action.reason
+                self.ended = True
                 if action.data:
                     await self.to_client_lock.send(self.client, action.data)
                 cancel.cancel()

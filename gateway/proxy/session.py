@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -287,48 +287,59 @@ class ClientSession:
         self.bytes_out += len(data)
 
     async def _start_tls(self) -> None:
-        """Wrap the TCP stream in TLS and handshake within the configured deadline."""
-        limits = self.ctx.config.limits
+        """Wrap the TCP stream in TLS and handshake within the configured deadline (the
+        STARTTLS command, and the refusal of a client that may not connect)."""
+        with trio.move_on_after(self.ctx.config.limits.tls_handshake_timeout) as deadline:
+            await self._handshake()
+        if deadline.cancelled_caught:
+            self._handshake_failed("timeout")
+
+    async def _handshake(self) -> None:
+        """The TLS handshake on the TCP stream, under the caller's deadline; a failed one
+        ends the session (SessionClosed). On success the session's stream is TLS."""
         tls_stream = TLSStream(self.tcp, self.ctx.tls.context)
-        reason = None
         try:
-            # move_on_after + cancelled_caught, not fail_after: the same deadline without
-            # fail_after's generator-based context manager (measurable once per login).
-            with trio.move_on_after(limits.tls_handshake_timeout) as deadline:
-                await tls_stream.do_handshake()
-            if deadline.cancelled_caught:
-                reason = "timeout"
+            await tls_stream.do_handshake()
         except trio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            reason = "protocol" if isinstance(cause, ssl.SSLError) else "eof"
-        if reason is not None:
             tls_stream.close()
-            metrics.tls_handshake_failures_total.labels(self.listener.address, reason).inc()
-            self.log.info("tls.handshake_failed", reason=reason)
-            raise SessionClosed(f"tls_{reason}")
+            cause = exc.__cause__
+            self._handshake_failed("protocol" if isinstance(cause, ssl.SSLError) else "eof")
+        except BaseException:
+            tls_stream.close()  # the deadline: the caller says why
+            raise
         self.stream = tls_stream
         self.tls_version = tls_stream.version()
+
+    def _handshake_failed(self, reason: str) -> NoReturn:
+        metrics.tls_handshake_failures_total.labels(self.listener.address, reason).inc()
+        self.log.info("tls.handshake_failed", reason=reason)
+        raise SessionClosed(f"tls_{reason}")
 
     # -- the whole session ---------------------------------------------------------------------
 
     async def run(self) -> None:
         started = trio.current_time()
         implicit = self.listener.mode == "implicit-tls"
+        limits = self.ctx.config.limits
         self.log.info("session.start", listener=self.listener.address,
                       tls="implicit" if implicit else "starttls")
         backend: BackendLink | None = None
+        conn = self._preauth_connection(implicit)
         try:
-            if implicit:
-                await self._start_tls()
-            with trio.CancelScope() as killable:
-                self.cancel_scope = killable  # kill() before login ends the dialogue too
+            # One cancel scope from accept to login (entering and leaving a scope costs
+            # a login more than the deadline logic): the handshake's deadline, then the
+            # pre-auth deadline; once TLS is up it is also the scope kill() cancels.
+            with trio.CancelScope(deadline=started + limits.tls_handshake_timeout) as scope:
+                if implicit:
+                    await self._handshake()
+                scope.deadline = trio.current_time() + limits.preauth_timeout
+                self.cancel_scope = scope
                 if self.kill_reason is not None:  # killed (drained) during the handshake
-                    killable.cancel()
-                backend, leftover = await self._preauth(implicit)
-            if killable.cancelled_caught:
-                with trio.move_on_after(1):
-                    await self._send(b"* BYE " + self.kill_message.encode() + b"\r\n")
-                raise SessionClosed(self.kill_reason or "killed")
+                    scope.cancel()
+                backend, leftover = await self._preauth(conn)
+            if scope.cancelled_caught:
+                await self._preauth_cancelled(conn, implicit)
+            del conn  # not needed while the session is relayed
             if backend is not None:
                 self.on_login = None  # called by the login; its closure need not live on
                 metrics.sessions_active.inc()
@@ -349,58 +360,66 @@ class ClientSession:
                 bytes_in=self.bytes_in, bytes_out=self.bytes_out, duration_s=round(duration, 3),
             )
 
-    async def _preauth(self, implicit: bool) -> tuple[BackendLink | None, bytes]:
-        """Run the pre-auth dialogue; return the logged-in backend and the client's leftover bytes."""
-        config = self.ctx.config
-        limits = config.limits
-        settings = _preauth_settings(config)
-        conn = pa.PreauthConnection(
-            tls_active=implicit,
-            starttls_allowed=not implicit,
-            privacy_text=settings.privacy_text,
-            limits=settings.limits,
-            oauth_challenge=settings.oauth_challenge,
-        )
-        pending = collections.deque(conn.initial_events())
-        with trio.move_on_after(limits.preauth_timeout) as timer:
-            while True:
-                while pending:
-                    event = pending.popleft()
-                    if isinstance(event, pa.SendData):
-                        await self._send(event.data)
-                    elif isinstance(event, pa.StartTLS):
-                        if event.discarded:
-                            self.log.warning("starttls.injection_discarded", bytes=event.discarded)
-                        await self._start_tls()
-                        pending.extend(conn.tls_started())
-                    elif isinstance(event, pa.LoginRequest):
-                        backend, more = await self._login(conn, event)
-                        if backend is not None:
-                            for ev in more:
-                                if isinstance(ev, pa.Authenticated):
-                                    return backend, ev.leftover
-                        pending.extend(more)
-                    elif isinstance(event, pa.PlaintextLoginRefused):
-                        await self._plaintext_refused(event.mechanism, event.username)
-                    elif isinstance(event, pa.ClientIdentified):
-                        self.client_id = dict(event.fields)
-                        self.log.info("client.id", client_id=self.client_id)
-                    elif isinstance(event, pa.CommandRejected):
-                        self.log.info("command.rejected", reason=event.reason)
-                    elif isinstance(event, pa.CloseConnection):
-                        if event.reason not in ("logout", "eof"):
-                            metrics.preauth_disconnects_total.labels(event.reason).inc()
-                        raise SessionClosed(event.reason)
-                data = await self._receive()
-                pending.extend(conn.receive_data(data))
-        # Only reached when the pre-auth deadline passed.
-        assert timer.cancelled_caught
+    async def _preauth_cancelled(self, conn: pa.PreauthConnection, implicit: bool) -> NoReturn:
+        """The scope from accept to login was cancelled: the handshake's deadline, the
+        pre-auth deadline or kill(). Says BYE where the client can read it and ends."""
+        if implicit and self.stream is self.tcp:
+            self._handshake_failed("timeout")  # only the deadline reaches into a handshake
+        if self.kill_reason is not None:
+            with trio.move_on_after(1):
+                await self._send(b"* BYE " + self.kill_message.encode() + b"\r\n")
+            raise SessionClosed(self.kill_reason)
         metrics.preauth_disconnects_total.labels("timeout").inc()
         with trio.move_on_after(1):
             for event in conn.timed_out():
                 if isinstance(event, pa.SendData):
                     await self._send(event.data)
         raise SessionClosed("preauth_timeout")
+
+    def _preauth_connection(self, implicit: bool) -> pa.PreauthConnection:
+        settings = _preauth_settings(self.ctx.config)
+        return pa.PreauthConnection(
+            tls_active=implicit,
+            starttls_allowed=not implicit,
+            privacy_text=settings.privacy_text,
+            limits=settings.limits,
+            oauth_challenge=settings.oauth_challenge,
+        )
+
+    async def _preauth(self, conn: pa.PreauthConnection) -> tuple[BackendLink | None, bytes]:
+        """Run the pre-auth dialogue (the caller holds its deadline); return the logged-in
+        backend and the client's leftover bytes."""
+        pending = collections.deque(conn.initial_events())
+        while True:
+            while pending:
+                event = pending.popleft()
+                if isinstance(event, pa.SendData):
+                    await self._send(event.data)
+                elif isinstance(event, pa.StartTLS):
+                    if event.discarded:
+                        self.log.warning("starttls.injection_discarded", bytes=event.discarded)
+                    await self._start_tls()
+                    pending.extend(conn.tls_started())
+                elif isinstance(event, pa.LoginRequest):
+                    backend, more = await self._login(conn, event)
+                    if backend is not None:
+                        for ev in more:
+                            if isinstance(ev, pa.Authenticated):
+                                return backend, ev.leftover
+                    pending.extend(more)
+                elif isinstance(event, pa.PlaintextLoginRefused):
+                    await self._plaintext_refused(event.mechanism, event.username)
+                elif isinstance(event, pa.ClientIdentified):
+                    self.client_id = dict(event.fields)
+                    self.log.info("client.id", client_id=self.client_id)
+                elif isinstance(event, pa.CommandRejected):
+                    self.log.info("command.rejected", reason=event.reason)
+                elif isinstance(event, pa.CloseConnection):
+                    if event.reason not in ("logout", "eof"):
+                        metrics.preauth_disconnects_total.labels(event.reason).inc()
+                    raise SessionClosed(event.reason)
+            data = await self._receive()
+            pending.extend(conn.receive_data(data))
 
     async def _plaintext_refused(self, mechanism: str, username: str | None) -> None:
         metrics.plaintext_logins_blocked_total.labels(self.listener.address).inc()

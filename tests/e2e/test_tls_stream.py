@@ -40,6 +40,20 @@ def test_a_client_that_leaves_during_the_handshake_is_an_eof(gateway):
     assert gw.wait_for_event("tls.handshake_failed", timeout=10)["reason"] == "eof"
 
 
+def test_a_client_silent_in_the_handshake_is_closed_at_its_deadline_without_a_byte(gateway):
+    """The handshake deadline (``[limits] tls_handshake_timeout``) ends a client that
+    connects and says nothing; it gets no plaintext BYE (an implicit-TLS client could not
+    read one), and the pre-auth deadline, which is longer, is not what ended it."""
+    gw = gateway(limits={"tls_handshake_timeout": "1s", "preauth_timeout": "30s"})
+    gw.wait_idle(timeout=10)
+    with socket.create_connection((gw.host, gw.implicit_port), timeout=10) as s:
+        s.settimeout(10)
+        assert s.recv(4096) == b""  # closed by the gateway, nothing written first
+    assert gw.wait_for_event("tls.handshake_failed", timeout=10)["reason"] == "timeout"
+    end = gw.wait_for_event("session.end", timeout=10, reason="tls_timeout")
+    assert 0.9 <= end["duration_s"] < 5
+
+
 @pytest.mark.parametrize("close_notify", [True, False])
 def test_a_logged_in_client_closing_ends_the_session_as_client_closed(gateway, close_notify):
     gw = gateway()
