@@ -116,6 +116,12 @@ MAX_ARGS: Final = {
     "UID EXPUNGE": 1,
     "SETACL": 3,
 }
+#: Commands without arguments that the built-in rules forward unchanged (the others are
+#: answered by the gateway: CAPABILITY, STARTTLS, UNAUTHENTICATE); read by the stream's
+#: shortcut for a whole line (CommandStream._simple_command).
+_FORWARDED_AS_IS: Final = frozenset(
+    name for name, count in MAX_ARGS.items() if count == 0
+) - {"CAPABILITY", "STARTTLS", "UNAUTHENTICATE"} - STRICT_COMMANDS
 #: Bytes (lines and literals) of one fixed-arity command the stream holds while reading it.
 MAX_COLLECTED: Final = 16384
 
@@ -357,6 +363,11 @@ class CommandStream:
         framer = self._framer
         whole = framer.partial_len == 0 and self._waiting is None
         segments = framer.whole_lines(data) if whole else None
+        if (segments is not None and len(segments) == 1 and not self._idle
+                and self.command_filter is None):
+            info = self._simple_command(segments[0])
+            if info is not None:
+                return [Command(info), Forward(data)]
         self._begin()
         if segments is not None:
             # Whole lines without literals (a NOOP, a FETCH ...): the same events the
@@ -761,6 +772,30 @@ class CommandStream:
         return line
 
     # -- command inspection -----------------------------------------------------------------------
+
+    def _simple_command(self, seg: LineSegment) -> CommandInfo | None:
+        """The commonest client line, a known command without arguments that is forwarded
+        as it is (NOOP, CHECK, IDLE ...), read without the general path's steps: its
+        CommandInfo, with the stream's state set exactly as :meth:`_on_segment` sets it
+        for that line; None, changing nothing, for any other line. Only for a whole first
+        line without a literal, outside IDLE and without a command filter (the caller
+        checks)."""
+        text = seg.text
+        head = parse_head(text)
+        if isinstance(head, ParseError):
+            return None
+        tag, name, pos = head
+        if pos != len(text) or name not in _FORWARDED_AS_IS or name not in self.known_commands:
+            return None
+        self._mode = "forward"
+        self._lexer = None
+        self._command_name = name
+        self._tag = tag
+        self._binary_seen = False
+        self.forwarded_commands += 1
+        if name == "IDLE":
+            self._idle = True
+        return CommandInfo(tag, name)
 
     def _inspect(self, seg: LineSegment) -> CommandInfo | bytes | tuple[str]:
         """The command's CommandInfo, the complete reply refusing it, or ``("collect",)``

@@ -478,3 +478,57 @@ def test_a_command_the_backend_answers_early_is_dropped_and_the_backend_line_end
     rest, _client, other = run(s, [b" {9+}\r\ns1 NOOP\r\n\r\nb NOOP\r\n"])
     assert rest == b"b NOOP\r\n"
     assert [a.info.name for a in other if isinstance(a, Command)] == ["NOOP"]
+
+
+# -- the shortcut for a whole line with an argument-less command --------------------------------
+
+_SHORTCUT_LINES = [
+    b"a NOOP\r\n", b"a1 noop\r\n", b"x.y Check\r\n", b"b IDLE\r\n", b"DONE\r\n", b"done\r\n",
+    b"c LOGOUT\r\n", b"d CAPABILITY\r\n", b"e STARTTLS\r\n", b"f UNAUTHENTICATE\r\n",
+    b"g NOOP extra\r\n", b"h  NOOP\r\n", b"i NOOP \r\n", b"j+ NOOP\r\n", b"k] NOOP\r\n",
+    b"l NOOP\n", b"m NOOP\r\r\n", b"n NO\x00OP\r\n", b"o UID\r\n", b"p UID NOOP\r\n",
+    b"q XYZZY\r\n", b"r NOOP {3}\r\n", b"s NOOP {3+}\r\n", b"abc\r\n", b"t CLOSE\r\n",
+    b"u UNSELECT\r\n", b"v NAMESPACE\r\n", b"w EXPUNGE\r\n", b"\r\n", b"y COMPRESS DEFLATE\r\n",
+    b"z APPEND x {3+}\r\n", b"NOOP\r\n", b"* NOOP\r\n", b'"a" NOOP\r\n', b"a\tNOOP\r\n",
+]
+
+
+class _GeneralPathOnly(CommandStream):
+    """The stream without its shortcut: every line takes the general path."""
+
+    __slots__ = ()
+
+    def _simple_command(self, seg):
+        return None
+
+
+def _state(s: CommandStream) -> tuple:
+    return (s.forwarded_commands, s.idling, s.paused, s.current_tag, s.closed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_SHORTCUT_LINES), st.binary(max_size=12)),
+                min_size=1, max_size=10),
+       st.frozensets(st.sampled_from(["NOOP", "CHECK", "IDLE", "LOGOUT", "CLOSE"])))
+def test_the_whole_line_shortcut_gives_what_the_general_path_gives(pieces, unknown):
+    """Fed the same chunks, a stream with the shortcut and one without return the same
+    actions and end in the same state (the shortcut only skips steps)."""
+    known = commands_for_capabilities(("IMAP4rev1", "IDLE", "UNSELECT", "NAMESPACE",
+                                       "LITERAL+")) - unknown
+    fast = stream(known_commands=known)
+    slow = _GeneralPathOnly(capability_line=CAPS, known_commands=known)
+    for p in pieces:
+        got, want = fast.receive_data(p), slow.receive_data(p)
+        assert got == want, p
+        assert _state(fast) == _state(slow)
+        if fast.paused:
+            assert fast.literal_answered(True) == slow.literal_answered(True)
+
+
+def test_the_shortcut_takes_only_commands_the_built_in_rules_forward():
+    from gateway.imap.commands import _FORWARDED_AS_IS
+
+    s = stream()
+    assert {"NOOP", "CHECK", "IDLE", "LOGOUT"} <= _FORWARDED_AS_IS
+    for name in _FORWARDED_AS_IS:
+        assert s._builtin(CommandInfo(b"a", name)) is None, name
