@@ -354,14 +354,18 @@ async def open_link(stream: trio.SocketStream,
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             link._lost()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_then_report)
-        nursery.start_soon(write)
-        try:
-            yield link
-        finally:
-            nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(stream)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_then_report)
+            nursery.start_soon(write)
+            try:
+                yield link
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        # Outside the nursery: an await inside its cancelled scope would raise Cancelled,
+        # which that scope then catches, and the body's own exception would be lost.
+        await trio.aclose_forcefully(stream)
 
 
 class RemoteState:
