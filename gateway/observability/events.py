@@ -18,16 +18,20 @@ Theory of operation:
 3. Threads. A log line may come from a worker thread (``trio.to_thread``); the event is
    handed to the trio thread with the run's ``TrioToken`` (``run_sync_soon`` does not
    block). Subscriptions are only touched in the trio thread.
-4. Several instances (``gateway.observability.events_redis``): with ``[state] redis`` a
+4. Several instances (``gateway.observability.events_relay``): with ``[state] redis`` a
    relay publishes every local event on a Redis channel and delivers the events of the
    other instances to the local subscriptions (``deliver_remote``). Local events are
    delivered locally at once, so a Redis outage loses only the other instances' events.
+   Without Redis, the workers of one host send theirs to worker 0, which serves the
+   subscribers, over the worker link (``gateway.proxy.feedlink``).
 
 Event shape (one JSON object): the log event's own fields (``event``, ``ts``, ``level``,
 ``session_id``, ``user``, ``client_ip``, ``reason``, ...), plus ``kind`` (one of
-``KINDS``) and ``instance`` (the gateway instance that logged it). A log field that
-already has one of those two names keeps its value under ``<event>_<name>`` (an
-anomaly's own ``kind`` becomes ``anomaly_kind``). A lost notice is
+``KINDS``) and ``instance`` (the gateway instance that logged it: ``host:pid``, so each
+worker process is an instance of its own; a worker's events also carry its ``worker``
+index, as all its log lines do). A log field that already has one of those two names
+keeps its value under ``<event>_<name>`` (an anomaly's own ``kind`` becomes
+``anomaly_kind``). A lost notice is
 ``{"kind": "lost", "lost": N, "instance": ..., "ts": ...}``.
 """
 
@@ -39,7 +43,7 @@ import math
 import os
 import socket
 from collections import deque
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -345,8 +349,12 @@ class EventFeed:
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self._subscriptions: set[Subscription] = set()
-        #: Called with each local event (in the trio thread): the Redis relay's outbox.
+        #: Called with each local event (in the trio thread): the outbox of the Redis
+        #: relay, or of a worker's link to worker 0 (``gateway.proxy.feedlink``).
         self.forward: Any = None
+        #: Called with True when the first subscription opens and False when the last
+        #: one ends (worker 0 tells the other workers whether to forward). Must not raise.
+        self.on_watched: Callable[[bool], None] | None = None
         try:
             self._token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
         except RuntimeError:
@@ -376,10 +384,14 @@ class EventFeed:
             raise FeedFull(f"{self.max_subscribers} feed subscribers already; try again later")
         sub = Subscription(flt or FeedFilter(), self.queue_size, self.instance)
         self._subscriptions.add(sub)
+        if len(self._subscriptions) == 1 and self.on_watched is not None:
+            self.on_watched(True)
         try:
             yield sub
         finally:
             self._subscriptions.discard(sub)
+            if not self._subscriptions and self.on_watched is not None:
+                self.on_watched(False)
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ its own task (``_serve_listener``) as a ``ClientSession``. Background tasks:
 - the HTTP listeners (admin API, metrics, portal, Dovecot's auth-policy server):
   ``gateway.web.serve``;
 - the live event feed's Redis relay, with ``[state] redis``
-  (``gateway.observability.events_relay``).
+  (``gateway.observability.events_relay``); without it, a worker other than 0 sends
+  its feed events to worker 0 over the worker link (``gateway.proxy.feedlink``).
 
 SIGHUP also reloads the TLS certificate (new handshakes only; live sessions keep theirs).
 
@@ -60,6 +61,7 @@ from gateway.observability.logs import get_logger
 from gateway.policy import LoginContext, PolicyReloader, snapshot
 from gateway.proxy.backend import BackendConnection, BackendUnavailable
 from gateway.proxy.bind import BindRequest, bind_all, close_all
+from gateway.proxy.feedlink import FeedSender, WorkerZeroFeed
 from gateway.proxy.login import Authenticator
 from gateway.proxy.relay import SHUTDOWN_TEXT
 from gateway.proxy.session import ClientSession
@@ -586,8 +588,12 @@ async def _send_sessions(ctx: GatewayContext, link: WorkerLink) -> None:
     link.notify("sessions", [session_record(s) for s in list(ctx.sessions.values())])
 
 
-def _on_supervisor_command(ctx: GatewayContext, op: str, args: list[Any]) -> None:
-    """A kill that worker 0's admin API asked for, of one of this worker's sessions."""
+def _on_supervisor_command(ctx: GatewayContext, feed_link: FeedSender | WorkerZeroFeed | None,
+                           op: str, args: list[Any]) -> None:
+    """A kill that worker 0's admin API asked for, of one of this worker's sessions, or
+    the live feed's word (``gateway.proxy.feedlink``)."""
+    if feed_link is not None and feed_link.command(op, args):
+        return
     if op != "kill":
         log.warning("worker_link.unknown_command", op=op)
         return
@@ -643,7 +649,15 @@ async def _run(config: Config, runtime: Runtime, tls: TLSContextHolder,
                                "store_prune")
             web_view: Gateway = ctx
             if link is not None and worker is not None:  # worker 0 serves the admin API
-                link.on_command = partial(_on_supervisor_command, ctx)
+                # Without Redis the other workers send their feed events to worker 0 over
+                # the link; with it, each worker's Redis relay carries them.
+                feed_link: FeedSender | WorkerZeroFeed | None = None
+                if not config.state.redis and worker.index == 0:
+                    feed_link = WorkerZeroFeed(feed, link)
+                elif not config.state.redis:
+                    feed_link = FeedSender(feed, link)
+                    nursery.start_soon(feed_link.run)
+                link.on_command = partial(_on_supervisor_command, ctx, feed_link)
                 if worker.index == 0:
                     view = _WorkerZeroView(ctx)
                     web_view = cast(Gateway, view)

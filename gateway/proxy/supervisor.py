@@ -13,7 +13,8 @@ right only here):
   directory made by ``imap-gateway serve``), so one scrape has every worker's counters;
 * ``[admin] address``, ``[web] address`` and ``[auth_policy] address`` once, served by
   worker 0 (bans and the limiter are exact across workers through the shared state; the
-  session list is gathered from every worker; see README "Worker processes").
+  session list and, without Redis, the live feed's events are gathered from every worker;
+  see README "Worker processes and shutdown").
 
 Each worker is ``python -m gateway serve`` again, started with its sockets inherited and
 :data:`WORKER_ENV` describing them, plus one end of a Unix socket pair to the supervisor

@@ -14,7 +14,9 @@ What travels on it is what must be exact across the workers of one host:
 * the live sessions, for the admin API and the portal, which worker 0 serves: every other
   worker sends its list each second (``sessions``), worker 0 fetches the others' lists
   each second (``all_sessions``), and a kill of another worker's session goes through the
-  supervisor to that worker (``kill``). The list is up to about two seconds old.
+  supervisor to that worker (``kill``). The list is up to about two seconds old;
+* the live feed's events, for worker 0's subscribers, when ``[state] redis`` is not set
+  (``feed_watched``, ``feed_forward``, ``feed_events``: ``gateway.proxy.feedlink``).
 
 Wire format: one JSON object per line. A call ``{"i": n, "op": ..., "a": [...]}`` gets
 ``{"i": n, "r": result}`` or ``{"i": n, "e": message}``; a notification has no ``"i"``
@@ -49,6 +51,7 @@ from gateway.limits.decisions import Ban, ConnectDecision, ConnectionTicket
 from gateway.limits.state import BATCH_OPS, DEFAULT_CAP, MemoryState, Op, StateUnavailable
 from gateway.observability.logs import get_logger
 from gateway.proxy import rawio
+from gateway.proxy.feedlink import FeedHub
 
 log = get_logger()
 
@@ -150,6 +153,8 @@ class SharedServices:
     peers: dict[int, _Peer] = field(default_factory=dict)
     #: The last session list each worker (but 0) sent.
     sessions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    #: The live feed's way to worker 0 (no Redis: ``gateway.proxy.feedlink``).
+    feed: FeedHub = field(default_factory=FeedHub)
 
 
 async def serve_worker(stream: trio.SocketStream, shared: SharedServices, index: int,
@@ -158,36 +163,54 @@ async def serve_worker(stream: trio.SocketStream, shared: SharedServices, index:
     slots it still held (a worker that died cannot close its tickets itself)."""
     held: dict[int, ConnectionTicket] = {}
     peer = shared.peers[index] = _Peer(stream)
+    ready = trio.Event()
+
+    def now_ready() -> None:
+        ready.set()
+        on_ready()
+
     try:
-        async for lines in _batches(stream):
-            replies = []
-            for line in lines:
-                msg = json.loads(line)
-                op, args, ident = msg["op"], msg.get("a", []), msg.get("i")
-                try:
-                    result = await _dispatch(shared, held, index, op, args)
-                except Exception as exc:  # noqa: BLE001 - the worker gets the error as an answer
-                    if ident is None:
-                        log.error("worker_link.failed", op=op, error=str(exc))
-                        continue
-                    replies.append(_encode({"i": ident, "e": f"{exc.__class__.__name__}: {exc}"}))
-                else:
-                    if op == "ready":
-                        on_ready()
-                    if ident is not None:
-                        replies.append(_encode({"i": ident, "r": result}))
-            if not replies:
-                continue
-            try:
-                await peer.send(b"".join(replies))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shared.feed.serve, index, peer.send, ready)
+            await _answer(stream, shared, held, index, peer, now_ready)
+            nursery.cancel_scope.cancel()
     finally:
         if shared.peers.get(index) is peer:
             del shared.peers[index]
         shared.sessions.pop(index, None)
+        if index == 0:
+            shared.feed.watch(False)  # its subscribers are gone with it
         for ticket in held.values():
             shared.tracker.close(ticket)
+
+
+async def _answer(stream: trio.SocketStream, shared: SharedServices,
+                  held: dict[int, ConnectionTicket], index: int, peer: _Peer,
+                  on_ready: Callable[[], None]) -> None:
+    """Answer worker ``index``'s calls, in order, until its link closes."""
+    async for lines in _batches(stream):
+        replies = []
+        for line in lines:
+            msg = json.loads(line)
+            op, args, ident = msg["op"], msg.get("a", []), msg.get("i")
+            try:
+                result = await _dispatch(shared, held, index, op, args)
+            except Exception as exc:  # noqa: BLE001 - the worker gets the error as an answer
+                if ident is None:
+                    log.error("worker_link.failed", op=op, error=str(exc))
+                    continue
+                replies.append(_encode({"i": ident, "e": f"{exc.__class__.__name__}: {exc}"}))
+            else:
+                if op == "ready":
+                    on_ready()
+                if ident is not None:
+                    replies.append(_encode({"i": ident, "r": result}))
+        if not replies:
+            continue
+        try:
+            await peer.send(b"".join(replies))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
 
 
 async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], index: int,
@@ -203,6 +226,13 @@ async def _dispatch(shared: SharedServices, held: dict[int, ConnectionTicket], i
         if peer is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await peer.send(_encode({"op": "kill", "a": [session_id, reason, message]}))
+        return None
+    if op == "feed_events":
+        shared.feed.put(list(args[0]))
+        return None
+    if op == "feed_watched":
+        if index == 0:  # the one worker with subscribers
+            shared.feed.watch(bool(args[0]))
         return None
     if op == "try_open":
         decision = shared.tracker.try_open(str(args[0]), float(args[1]))
@@ -354,14 +384,18 @@ async def open_link(stream: trio.SocketStream,
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             link._lost()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_then_report)
-        nursery.start_soon(write)
-        try:
-            yield link
-        finally:
-            nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(stream)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_then_report)
+            nursery.start_soon(write)
+            try:
+                yield link
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        # Outside the nursery: an await inside its cancelled scope would raise Cancelled,
+        # which that scope then catches, and the body's own exception would be lost.
+        await trio.aclose_forcefully(stream)
 
 
 class RemoteState:

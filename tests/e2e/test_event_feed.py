@@ -194,6 +194,42 @@ def test_an_event_on_gateway_a_reaches_a_subscriber_of_gateway_b(gateway, redis_
     assert event["instance"].endswith(f":{gw_b.pid}")
 
 
+def test_with_two_workers_and_no_redis_the_feed_carries_every_workers_logins(gateway,
+                                                                           followers):
+    """Worker 0 serves the admin API; a login on worker 1 reaches its subscriber too,
+    over the worker link, and worker 1 forwards only while somebody watches."""
+    gw = admin_gateway(gateway, wait=False, server={"workers": 2},
+                       limits={"max_connection_rate_per_ip": 200})
+    gw.wait_for_event("workers.ready", timeout=120)
+    f = follow(followers, gw, "--json", "--kind", "login")
+    gw.wait_for_event("feed.forwarding", 30, worker=1, active=True)
+
+    served: dict[str, int] = {}  # session id -> the worker that served it
+    for _ in range(40):  # all on one worker: probability 2**-39 (kernel hash of the ports)
+        with LineClient.implicit(gw, timeout=30) as client:
+            assert client.command("a", "LOGIN bob bobpass")[-1].startswith(b"a OK")
+            start = gw.wait_for_event("session.start", 30, client_port=client.local_port)
+        served[start["session_id"]] = start["worker"]
+        if len(served) >= 6 and set(served.values()) == {0, 1}:
+            break
+    assert set(served.values()) == {0, 1}, served
+
+    seen: dict[str, dict[str, Any]] = {}
+    while set(seen) < set(served):
+        _, event = f.next_event(10.0, event="login.ok")
+        seen[event["session_id"]] = event
+    assert set(seen) == set(served)
+    pids = {w: gw.wait_for_event("worker.started", 30, worker=w)["pid"] for w in (0, 1)}
+    for session_id, worker in served.items():
+        event = seen[session_id]
+        assert (event["kind"], event["user"], event["worker"]) == ("login", "bob", worker)
+        assert event["instance"].endswith(f":{pids[worker]}")
+
+    code, err = f.stop()
+    assert code == 0, err
+    gw.wait_for_event("feed.forwarding", 30, worker=1, active=False)
+
+
 # -- the admin pages in a real browser ----------------------------------------------------------
 
 

@@ -173,6 +173,20 @@ def test_subscribers_are_capped():
     assert feed.subscribers == 0 and not feed.full()
 
 
+def test_on_watched_hears_of_the_first_subscription_and_the_end_of_the_last():
+    feed = EventFeed("i")
+    heard: list[bool] = []
+    feed.on_watched = heard.append
+    with feed.subscribe():
+        with feed.subscribe():
+            pass
+        assert heard == [True]
+    assert heard == [True, False]
+    with pytest.raises(RuntimeError), feed.subscribe():
+        raise RuntimeError("the subscriber's error")
+    assert heard == [True, False, True, False]
+
+
 def test_receive_waits_for_an_event_and_takes_it_from_a_worker_thread(logging_to):
     async def main() -> list[dict]:
         feed = EventFeed("i")

@@ -227,3 +227,18 @@ def test_admit_checks_caps_and_bans_in_one_call_and_a_refused_ban_gives_its_slot
         assert again.allowed
 
     _run_with_link(shared, body)
+
+
+def test_an_error_in_the_body_of_open_link_is_not_swallowed():
+    """Closing the stream on the way out must not turn the body's error into a quiet
+    exit (a worker whose serve loop fails must fail, not exit as if stopped)."""
+
+    async def main() -> None:
+        _, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        async with open_link(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
+                             lambda: None):
+            await trio.sleep(0)
+            raise LookupError("from the body")
+
+    with pytest.RaisesGroup(LookupError, flatten_subgroups=True):
+        trio.run(main)
