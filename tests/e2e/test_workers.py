@@ -221,6 +221,27 @@ def test_process_metrics_describe_the_supervisor_and_every_worker(gateway):
     assert 0 < worker(third, "cpu_seconds_total", 1) <= _cpu_of(successor)
 
 
+def _open_files(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def test_only_the_workers_hold_the_credential_store_open(gateway):
+    """The supervisor creates and checks the store before the workers start, then closes
+    it: it serves no login, and one connection less per host counts with PostgreSQL."""
+    gw = start(gateway, 2)
+    store = str(gw.dir / "state" / "gateway.db")
+    assert os.path.exists(store)
+    for index in (0, 1):
+        assert store in _open_files(_worker_pid(gw, index)), index
+    assert not {f for f in _open_files(gw.pid) if f.startswith(store)}, _open_files(gw.pid)
+
+
 def test_sighup_reaches_every_worker_and_sigterm_drains_them_all(gateway):
     gw = start(gateway, 2, drain="15s")
     gw.proc.send_signal(signal.SIGHUP)
