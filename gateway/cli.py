@@ -82,6 +82,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"imap-gateway: {exc}", file=sys.stderr)
         return 2
+    if metrics_dir is not None:
+        # The supervisor checks everything the workers will load (and creates the store
+        # and its key, migrates the schema) once, before any of them starts; it serves no
+        # login and no page, so it holds no store connection while it runs.
+        runtime.store.close()
     log_file = None
     if config.logging.file:
         log_file = open(config.logging.file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115

@@ -13,13 +13,17 @@ Rules for this module:
    collector: it exports the standard ``process_*`` names (``process_cpu_seconds_total``,
    ``process_resident_memory_bytes``, ``process_open_fds``, ``process_start_time_seconds``
    ...) that every exporter uses, so the dashboards and alerts operators already have
-   for CPU, memory and file descriptors work unchanged.
+   for CPU, memory and file descriptors work unchanged. Next to it,
+   ``imap_gateway_worker_*{worker}`` describe each worker process
+   (``gateway.observability.processes``; worker "0" = the process without workers).
 4. With ``[server] workers > 1`` every process writes its values to prometheus_client's
    multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by ``imap-gateway serve`` before
    this module is imported) and the supervisor's scrape adds them up
    (``exposition_registry``). So every gauge says how to combine the workers' values
    (``multiprocess_mode``; ignored in a single process): "livesum" for what each worker
    holds, "livemax"/"livemostrecent" for what each reads from shared state or the backend.
+   What only /proc knows (CPU, memory, descriptors) the supervisor reads itself, for
+   itself and its workers, at each scrape (``GatewayProcessCollector``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from gateway.observability.processes import (
+    GatewayProcessCollector,
+    WorkerProcessCollector,
+    Workers,
+)
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
+REGISTRY.register(WorkerProcessCollector(lambda: [(0, os.getpid())]))
 
 _NS = "imap_gateway"
 
@@ -220,17 +231,21 @@ def command_label(name: str) -> str:
     return label if label in KNOWN_COMMANDS else "other"
 
 
-def exposition_registry() -> CollectorRegistry:
+def _no_workers() -> list[tuple[int, int]]:
+    return []
+
+
+def exposition_registry(workers: Workers = _no_workers) -> CollectorRegistry:
     """What a scrape shows: this process's registry, or, under a supervisor (rule 4), the
-    sum of every worker's multiprocess files (the supervisor's own counters included)."""
+    sum of every worker's multiprocess files (the supervisor's own counters included) and
+    the ``process_*`` series of the supervisor and ``workers()`` together: (index, pid) of
+    each live worker, asked at every scrape."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=path)
-    # process_*: the supervisor's own (prometheus_client cannot add up processes' CPU,
-    # memory or descriptors): with workers they describe the supervisor only.
-    ProcessCollector(registry=registry)
+    registry.register(GatewayProcessCollector(workers))
     return registry
 
 

@@ -10,7 +10,9 @@ right only here):
   (``bind.bind_reuseport``): the kernel spreads new connections over the workers;
 * ``[metrics] address`` once: the supervisor serves it, from prometheus_client's
   multiprocess files that every worker writes (``PROMETHEUS_MULTIPROC_DIR``, a private
-  directory made by ``imap-gateway serve``), so one scrape has every worker's counters;
+  directory made by ``imap-gateway serve``), so one scrape has every worker's counters,
+  and the ``process_*`` series of itself and its live workers together, read from /proc
+  (``gateway.observability.processes``);
 * ``[admin] address``, ``[web] address`` and ``[auth_policy] address`` once, served by
   worker 0 (bans and the limiter are exact across workers through the shared state; the
   session list and, without Redis, the live feed's events are gathered from every worker;
@@ -125,9 +127,15 @@ async def _run(config: Config, workers: list[_Worker],
     def all_ready() -> bool:
         return all(w.ready for w in workers)
 
+    def live_workers() -> list[tuple[int, int]]:
+        # returncode reaps a worker that has exited (on this thread, as the scrape runs):
+        # from then on its CPU time is in the supervisor's cutime, no longer listed here.
+        return [(w.index, w.process.pid) for w in workers
+                if w.process is not None and w.process.returncode is None]
+
     async with trio.open_nursery() as nursery:
         if metrics_sockets is not None:
-            app = metrics_app(all_ready)
+            app = metrics_app(all_ready, live_workers)
             hc = hypercorn_config(config.metrics.address, sockets=metrics_sockets)
             await nursery.start(hypercorn_serve, app, hc)
             log.info("metrics.listening", address=config.metrics.address)

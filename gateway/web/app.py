@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.observability import metrics
 from gateway.observability.events import EventFeed
 from gateway.observability.logs import get_logger
+from gateway.observability.processes import Workers
 from gateway.store.errors import StoreError
 from gateway.web import admin
 from gateway.web.admin import AdminServices, HttpError, Reply
@@ -237,16 +238,21 @@ def admin_app(services: AdminServices, token: str, *,
 class _Exposition:
     """``prometheus_client``'s ASGI app as a route (an object: Starlette mounts it as is)."""
 
-    def __init__(self) -> None:
-        self.app = make_asgi_app(registry=metrics.exposition_registry())
+    def __init__(self, workers: Workers | None) -> None:
+        registry = (metrics.exposition_registry() if workers is None
+                    else metrics.exposition_registry(workers))
+        self.app = make_asgi_app(registry=registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
 
-def metrics_app(ready: Callable[[], bool]) -> ASGIApp:
+def metrics_app(ready: Callable[[], bool], workers: Workers | None = None) -> ASGIApp:
     """``/metrics`` (the gateway's registry), ``/healthz`` (200 while the process serves)
-    and ``/readyz`` (200 once ``ready()``: every listener is bound; else 503)."""
+    and ``/readyz`` (200 once ``ready()``: every listener is bound; else 503).
+
+    ``workers``: under a supervisor, (index, pid) of each live worker, for the process
+    series (``metrics.exposition_registry``)."""
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -263,7 +269,7 @@ def metrics_app(ready: Callable[[], bool]) -> ASGIApp:
         return PlainTextResponse("not found\n", exc.status_code)
 
     routes = [
-        Route("/metrics", _Exposition(), methods=["GET"]),
+        Route("/metrics", _Exposition(workers), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

@@ -2,8 +2,9 @@
 
 Against the real Dovecot (and Redis where named): connections land on both workers; an
 attacker gets exactly as many wrong passwords before the ban as with one worker, with
-and without Redis; one scrape adds up both workers' counters; a killed worker is started
-again; SIGHUP reaches every worker; SIGTERM drains every worker and the supervisor exits.
+and without Redis; one scrape adds up both workers' counters, CPU, memory and descriptors;
+a killed worker is started again; SIGHUP reaches every worker; SIGTERM drains every worker
+and the supervisor exits.
 """
 
 from __future__ import annotations
@@ -135,6 +136,110 @@ def test_a_killed_worker_is_started_again_and_counted(gateway):
         with LineClient.implicit(gw, timeout=30) as c:
             assert c.greeting.startswith(b"* OK")
     assert gw.returncode is None
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc (its own, not its waited-for children's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def _login_burst(gw: Any, sources: list[str], per_source: int) -> None:
+    """Successful logins (TLS handshake, LOGIN, LOGOUT): work for the workers that take
+    them; the supervisor only answers their limiter calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def logins(source: str) -> None:
+        for _ in range(per_source):
+            assert attempt_login(gw, "bob", "bobpass", source=source).ok
+
+    with ThreadPoolExecutor(len(sources)) as pool:
+        for future in [pool.submit(logins, s) for s in sources]:
+            future.result()
+
+
+def test_process_metrics_describe_the_supervisor_and_every_worker(gateway):
+    """process_* of one scrape cover the supervisor and both workers (not the supervisor
+    alone), and imap_gateway_worker_*{worker} describe each worker, checked against /proc."""
+    gw = start(gateway, 2, metrics=metrics_on(),
+               limits=fast_limits(max_connection_rate_per_ip=MANY))
+    supervisor, pids = gw.pid, {i: _worker_pid(gw, i) for i in (0, 1)}
+
+    def worker(text: str, name: str, index: int) -> float:
+        return sample_value(text, f"imap_gateway_worker_{name}", worker=str(index))
+
+    before = {i: _cpu_of(pid) for i, pid in pids.items()}
+    rss = {i: _rss_of(pid) for i, pid in pids.items()}
+    text = scrape(gw)
+    after = {i: _cpu_of(pid) for i, pid in pids.items()}
+    memory = sample_value(text, "process_resident_memory_bytes")
+    assert memory >= 0.9 * (_rss_of(supervisor) + rss[0] + rss[1]), (memory, rss)
+    assert memory >= _rss_of(supervisor) + 0.9 * (rss[0] + rss[1])
+    for i, pid in pids.items():
+        assert worker(text, "resident_memory_bytes", i) == pytest.approx(rss[i], rel=0.25)
+        assert before[i] <= worker(text, "cpu_seconds_total", i) <= after[i]
+        assert before[i] > 0
+        fds = worker(text, "open_fds", i)
+        assert 4 <= fds <= len(os.listdir(f"/proc/{pid}/fd")) + 5, fds
+    assert sample_value(text, "process_open_fds") >= sum(
+        worker(text, "open_fds", i) for i in pids) + 4
+    assert sample_value(text, "process_start_time_seconds") <= time.time()
+
+    # A burst of logins keeps the workers busy: the gateway's CPU counter grows by their
+    # share, which is more than what the supervisor used meanwhile.
+    supervisor_before = _cpu_of(supervisor)
+    first = scrape(gw)
+    _login_burst(gw, [f"127.0.5.{n}" for n in range(1, 5)], 30)
+    second = scrape(gw)
+    supervisor_used = _cpu_of(supervisor) - supervisor_before
+    grew = (sample_value(second, "process_cpu_seconds_total")
+            - sample_value(first, "process_cpu_seconds_total"))
+    by_worker = {i: worker(second, "cpu_seconds_total", i) - worker(first, "cpu_seconds_total", i)
+                 for i in pids}
+    assert all(used > 0 for used in by_worker.values()), by_worker
+    assert grew - supervisor_used >= 0.1, (grew, supervisor_used, by_worker)
+    assert grew - supervisor_used >= 0.9 * sum(by_worker.values()) - 0.05, (grew, by_worker)
+
+    # A worker killed and started again: its CPU stays in process_cpu_seconds_total (the
+    # counter does not go back), the new one is worker 1 from then on.
+    os.kill(pids[1], signal.SIGKILL)  # a worker this test's supervisor started
+    gw.wait_for_event("worker.exited", 30, pid=pids[1])
+    successor = _worker_pid(gw, 1, restarts=1)
+    gw.wait_for_event("worker.ready", READY_TIMEOUT, pid=successor)
+    third = scrape(gw)
+    assert sample_value(third, "process_cpu_seconds_total") >= sample_value(
+        second, "process_cpu_seconds_total")
+    assert 0 < worker(third, "cpu_seconds_total", 1) <= _cpu_of(successor)
+
+
+def _open_files(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def test_only_the_workers_hold_the_credential_store_open(gateway):
+    """The supervisor creates and checks the store before the workers start, then closes
+    it: it serves no login, and one connection less per host counts with PostgreSQL."""
+    gw = start(gateway, 2)
+    store = str(gw.dir / "state" / "gateway.db")
+    assert os.path.exists(store)
+    for index in (0, 1):
+        assert store in _open_files(_worker_pid(gw, index)), index
+    assert not {f for f in _open_files(gw.pid) if f.startswith(store)}, _open_files(gw.pid)
 
 
 def test_sighup_reaches_every_worker_and_sigterm_drains_them_all(gateway):

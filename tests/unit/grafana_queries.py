@@ -117,6 +117,10 @@ METRICS: dict[str, Metric] = {
     ),
     "imap_gateway_workers": _m("gauge"),
     "imap_gateway_worker_restarts_total": _m("counter"),
+    # worker is the worker's index ("0" also without workers): open, as [server] workers is.
+    "imap_gateway_worker_cpu_seconds_total": _m("counter", "worker"),
+    "imap_gateway_worker_resident_memory_bytes": _m("gauge", "worker"),
+    "imap_gateway_worker_open_fds": _m("gauge", "worker"),
 }
 
 #: Catalogued series whose definitions come with other branches (the limiter's Redis
@@ -127,8 +131,9 @@ NOT_DEFINED_YET = frozenset({
 })
 
 #: Series that are not defined in gateway/observability/metrics.py but that dashboards and
-#: rules may use: Prometheus' own ``up`` for every target, and the standard names that
-#: prometheus_client's process collector exports for the gateway process.
+#: rules may use: Prometheus' own ``up`` for every target, and the standard names of the
+#: process collectors (prometheus_client's for one process; with workers the supervisor's,
+#: gateway/observability/processes.py, for the whole gateway).
 STANDARD_METRICS: dict[str, Metric] = {
     "up": _m("gauge"),
     "process_cpu_seconds_total": _m("counter"),

@@ -8,6 +8,7 @@ grafana_queries.py, which mirrors gateway/observability/metrics.py.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -203,7 +204,8 @@ def _exprs(panel: dict) -> list[str]:
 def test_event_rates_are_in_operations_per_second(path: Path):
     """Grafana's "reqps" reads "requests/s"; a login, a ban or an IMAP command is an
     operation ("ops"). Byte rates, CPU, ratios and latencies have units of their own."""
-    own_units = ("imap_gateway_bytes_relayed_total", "process_cpu_seconds_total")
+    own_units = ("imap_gateway_bytes_relayed_total", "process_cpu_seconds_total",
+                 "imap_gateway_worker_cpu_seconds_total")
     for panel in _panels(path):
         unit = panel["fieldConfig"]["defaults"].get("unit")
         assert unit != "reqps", panel["title"]
@@ -271,6 +273,7 @@ def test_operations_dashboard_covers_health_and_traffic():
         "imap_gateway_state_unavailable_total",
         "imap_gateway_store_unavailable_total",
         "imap_gateway_worker_restarts_total",
+        "imap_gateway_worker_cpu_seconds_total",
         "imap_gateway_connections_active",
         "imap_gateway_sessions_active",
         "imap_gateway_connections_total",
@@ -327,6 +330,7 @@ def test_catalogue_matches_the_metrics_the_gateway_defines():
     from prometheus_client.metrics import MetricWrapperBase
 
     import gateway.observability.metrics as gateway_metrics
+    from gateway.observability.processes import WorkerProcessCollector
 
     defined = {}
     for obj in vars(gateway_metrics).values():
@@ -334,6 +338,10 @@ def test_catalogue_matches_the_metrics_the_gateway_defines():
             # prometheus-client keeps the counter name without "_total" in _name.
             name = obj._name + ("_total" if obj._type == "counter" else "")
             defined[name] = (obj._type, frozenset(obj._labelnames))
+    # the per-worker process series come from a collector, not from metric objects
+    for family in WorkerProcessCollector(lambda: [(0, os.getpid())]).collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        defined[name] = (family.type, frozenset().union(*(s.labels for s in family.samples)))
     expected = {name: (m.kind, m.labels) for name, m in METRICS.items()
                 if name in defined or name not in NOT_DEFINED_YET}
     assert defined == expected
