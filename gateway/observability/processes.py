@@ -113,14 +113,7 @@ def parse_stat(text: bytes, *, boot_time: float, ticks: int = CLOCK_TICKS,
 @cache
 def boot_time(proc: str = PROC) -> float | None:
     """The host's boot time (``btime`` of /proc/stat), None without a readable /proc."""
-    try:
-        with open(os.path.join(proc, "stat"), "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _field_of_line(os.path.join(proc, "stat"), b"btime ", 1)
 
 
 def read_process(pid: int | str = "self", proc: str = PROC) -> ProcessSample | None:
@@ -143,11 +136,24 @@ def read_process(pid: int | str = "self", proc: str = PROC) -> ProcessSample | N
 
 def read_max_fds(pid: int | str = "self", proc: str = PROC) -> float | None:
     """The soft limit on open descriptors (``Max open files`` of /proc/PID/limits)."""
+    return _field_of_line(os.path.join(proc, str(pid), "limits"), b"Max open files", 3)
+
+
+def _in_ticks(seconds: float) -> float:
+    """A sum of tick counts as seconds, rounded to the tick: the same CPU time summed in
+    another order (a worker's own time, later its parent's ``cutime``) gives the same
+    float, so the counter never appears to fall by one unit in the last place."""
+    return round(seconds * CLOCK_TICKS) / CLOCK_TICKS
+
+
+def _field_of_line(path: str, prefix: bytes, index: int) -> float | None:
+    """Field ``index`` (split on white space) of the first line of ``path`` that starts
+    with ``prefix``, as a number; None when the file, the line or the field is missing."""
     try:
-        with open(os.path.join(proc, str(pid), "limits"), "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"Max open files"):
-                    return float(line.split()[3])
+                if line.startswith(prefix):
+                    return float(line.split()[index])
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -205,7 +211,8 @@ class GatewayProcessCollector(Collector):
                 "process_cpu_seconds_total",
                 "Total user and system CPU time spent in seconds: the supervisor, its live "
                 "workers and the workers that exited since it started.",
-                value=own.waited_children_cpu_seconds + sum(s.cpu_seconds for s in everyone)),
+                value=_in_ticks(own.waited_children_cpu_seconds
+                                + sum(s.cpu_seconds for s in everyone))),
             GaugeMetricFamily(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes: the supervisor and its live workers added up.",
