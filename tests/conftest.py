@@ -19,6 +19,7 @@ from tests.support.certs import Certs, make_certs
 from tests.support.dovecot import DovecotRig, RigError, start_rig
 from tests.support.gatewayproc import GatewayFactory
 from tests.support.postgres import PostgresServer, PostgresStartError, start_postgres
+from tests.support.redis import RedisServer, RedisStartError, start_redis
 from tests.support.stores import BACKENDS, StoreOpener, make_opener, pg_store_section
 
 
@@ -141,3 +142,17 @@ def fake_silent_backend() -> Iterator[str]:
         listener.close()
         for c in held:
             c.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of the suite's own for a test module (tests that stop Redis define
+    their own, per test)."""
+    try:
+        server = start_redis()
+    except RedisStartError as e:  # a missing server is a failure, not a skip
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -35,7 +35,6 @@ from tests.support.attack import greeting_from
 from tests.support.browser import launch_chromium
 from tests.support.imap import LineClient, imaps
 from tests.support.net import free_ports
-from tests.support.redis import RedisServer, RedisStartError, start_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -147,18 +146,6 @@ def test_events_follow_json_prints_an_imap_login_within_a_second(gateway, follow
     code, err = f.stop()
     assert code == 0, err
     assert "not-bobs-password" not in json.dumps(denied) and "alicepass" not in json.dumps(event)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = start_redis()
-    except RedisStartError as e:  # a missing server is a failure, not a skip
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_an_event_on_gateway_a_reaches_a_subscriber_of_gateway_b(gateway, redis_server,

@@ -13,7 +13,6 @@ running several gateways behind a load balancer relies on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,18 +29,6 @@ from tests.support.scrape import sample_value, scrape
 pytestmark = pytest.mark.e2e
 
 BAN_TTL = 600.0  # fast_limits' ban_ttl = "10m"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = start_redis()
-    except RedisStartError as e:  # a missing server is a failure, not a skip
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_ban_is_shared_by_two_instances_and_survives_a_restart(gateway, redis_server):

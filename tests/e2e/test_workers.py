@@ -13,14 +13,12 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.support.attack import attempt_login, fast_limits, metrics_on
 from tests.support.imap import LineClient
-from tests.support.redis import RedisServer, RedisStartError, start_redis
 from tests.support.scrape import sample_value, scrape
 
 pytestmark = pytest.mark.e2e
@@ -30,18 +28,6 @@ READY_TIMEOUT = 120.0
 #: Eight sessions land on one worker alone with probability 2/256 (kernel hash of the ports).
 THRESHOLD = 8
 MANY = 200  # connections per minute allowed from one address: the rate cap stays out of it
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = start_redis()
-    except RedisStartError as e:  # a missing server is a failure, not a skip
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start(gateway: Any, workers: int, drain: str = "5s", **overrides: Any) -> Any:
