@@ -186,10 +186,8 @@ class Authenticator:
             return LoginOutcome(reason="password_known_bad")
 
         if isinstance(plan, UseAppPassword):
-            master_password = self.ctx.master_password
-            assert master_password is not None  # decide() checked master_configured
-            authzid, authcid = self._master_identity(user)
-            logged_in = await self._backend_login(client, authzid, authcid, master_password)
+            # decide() chose an app password only with a master user configured.
+            logged_in = await self._master_login(client, user)
         else:
             logged_in = await self._backend_login(client, "", plan.user, plan.password)
         if isinstance(logged_in, LoginOutcome):
@@ -197,12 +195,10 @@ class Authenticator:
         backend, result = logged_in
 
         if not result.ok:
+            assert isinstance(plan, ForwardPassword)  # _master_login returns only an OK
             await backend.aclose()
             if _not_a_verdict(client, result):
                 return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            if isinstance(plan, UseAppPassword):
-                client.log.error("backend.master_login_failed", code=result.code)
-                return LoginOutcome(reason="master_login_failed")
             self.rejected.put(user, plan.password, 1, now)
             return LoginOutcome(reason="backend_rejected")
 
@@ -229,6 +225,29 @@ class Authenticator:
         if cfg.master_login == "separator":
             return "", f"{user}{cfg.master_separator}{cfg.master_user}"
         return user, cfg.master_user
+
+    async def _master_login(
+        self, client: LoginClient, user: str
+    ) -> tuple[BackendLink, BackendLoginResult] | LoginOutcome:
+        """Log in to the backend as ``user`` through the master user (the gateway checked
+        the credential itself: an app password, an OAuth token). Only a backend that said
+        OK is returned; any refusal is the gateway's fault or the backend's, never the
+        client's: ``backend_unavailable`` or ``master_login_failed`` (Dovecot refuses a
+        master login for a user it does not know, too)."""
+        master_password = self.ctx.master_password
+        assert master_password is not None  # the callers checked master_configured
+        authzid, authcid = self._master_identity(user)
+        logged_in = await self._backend_login(client, authzid, authcid, master_password)
+        if isinstance(logged_in, LoginOutcome):
+            return logged_in
+        backend, result = logged_in
+        if not result.ok:
+            await backend.aclose()
+            if _not_a_verdict(client, result):
+                return LoginOutcome(reason="backend_unavailable", unavailable=True)
+            client.log.error("backend.master_login_failed", code=result.code)
+            return LoginOutcome(reason="master_login_failed")
+        return logged_in
 
     async def _backend_login(
         self, client: LoginClient, authzid: str, authcid: str, password: str
@@ -283,20 +302,10 @@ class Authenticator:
             metrics.policy_denials_total.labels(final.rule or "no_rule_matched").inc()
             return LoginOutcome(reason=final.reason)
 
-        master_password = self.ctx.master_password
-        assert master_password is not None  # master_configured
-        authzid, authcid = self._master_identity(user)
-        logged_in = await self._backend_login(client, authzid, authcid, master_password)
+        logged_in = await self._master_login(client, user)
         if isinstance(logged_in, LoginOutcome):
             return logged_in
         backend, result = logged_in
-        if not result.ok:
-            await backend.aclose()
-            if _not_a_verdict(client, result):
-                return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            # Dovecot refuses a master login for a user it does not know, too.
-            client.log.error("backend.master_login_failed", code=result.code)
-            return LoginOutcome(reason="master_login_failed")
         client.log.info("oauth.token_accepted", user=user, amr=list(checked.amr),
                         subject=checked.subject)
         return LoginOutcome(backend=backend, user=user, ok_line=result.line, factor=factor)
