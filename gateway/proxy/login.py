@@ -245,7 +245,7 @@ class Authenticator:
             await backend.aclose()
             if _not_a_verdict(client, result):
                 return LoginOutcome(reason="backend_unavailable", unavailable=True)
-            client.log.error("backend.master_login_failed", code=result.code)
+            client.log.error("backend.master_login_failed", backend_code=result.code)
             return LoginOutcome(reason="master_login_failed")
         return logged_in
 

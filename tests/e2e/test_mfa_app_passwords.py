@@ -171,3 +171,24 @@ def test_missing_store_key_stops_the_gateway(gateway):
         time.sleep(0.05)
     assert gw.returncode not in (None, 0), gw.tail()
     assert str(key) in gw.stderr_path.read_text(), gw.tail()
+
+
+def test_a_wrong_master_password_refuses_app_passwords_without_counting_the_client(
+        gateway, tmp_path, store_section, dovecot):
+    """The gateway's own master login failing is the gateway's fault: the client gets the
+    uniform failure, the log says why (``backend.master_login_failed``), and the attempts
+    are not counted against the client's address or account (no ban however many)."""
+    backend = master_backend(tmp_path)
+    (tmp_path / "master.pass").write_text("not-the-master-password\n")
+    strict = {**MFA_LIMITS, "ip_fail_threshold": 2, "subnet_fail_threshold": 2,
+              "user_fail_threshold": 2, "user_ip_fail_threshold": 2}
+    gw = gateway(policies={"10-ap.toml": POLICY}, limits=strict, backend=backend,
+                 store=store_section)
+    # Five different credentials: a repeated one would be counted once anyway.
+    for n in range(5):  # a counted failure would ban after 2
+        made = admin_json(gw, "app-password", "create", "alice", "--label", f"d{n}", "--force")
+        a = login(gw, "alice", made["password"])
+        assert_denied(a, "master_login_failed")
+    # Dovecot's answer, readable (a field named "code" would be redacted as a TOTP code)
+    assert gw.events("backend.master_login_failed")[0]["backend_code"] == "AUTHENTICATIONFAILED"
+    assert not gw.events("ban.created")
